@@ -1,0 +1,99 @@
+"""Shared fixtures: a real database (PostgreSQL or SQLite, by ORDERS_DATABASE_URL) and a real
+Redis (a dedicated database, flushed per test).
+
+- ``ORDERS_DATABASE_URL`` unset: a SQLite file in a temporary folder.
+- ``ORDERS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``).
+Each test starts from empty tables and an empty Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from worker import migrate
+from worker.db import dispose_all, get_engine
+from worker.models import Base
+from worker.settings import Settings, get_settings, normalise_database_url
+
+TEST_REDIS_URL = os.environ.get("ORDERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test database, migrated to head once per session."""
+    url = os.environ.get("ORDERS_DATABASE_URL")
+    if url:
+        url = normalise_database_url(url)
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'orders.db'}"
+    migrate.downgrade(url, "base")
+    migrate.upgrade(url)
+    yield url
+    dispose_all()
+
+
+def _truncate(url: str) -> None:
+    engine = get_engine(url)
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in tables:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis database, flushed before and after the test."""
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clean_db(db_url: str) -> str:
+    """The test database, emptied for this test."""
+    _truncate(db_url)
+    return db_url
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, clean_db: str, redis_url: str, tmp_path: Path
+) -> dict[str, str]:
+    """ORDERS_* variables for this test (database, Redis, a private home); extend and
+    call ``settings_from(env)`` or set them with monkeypatch before building objects."""
+    values = {
+        "ORDERS_DATABASE_URL": clean_db,
+        "ORDERS_REDIS_URL": redis_url,
+        "ORDERS_HOME": str(tmp_path / "home"),
+        "ORDERS_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield values
+    get_settings.cache_clear()
+
+
+def settings_from(env: dict[str, str], **overrides: object) -> Settings:
+    """Settings for the test environment plus explicit overrides (field names)."""
+    base = {k.removeprefix("ORDERS_").lower(): v for k, v in env.items()}
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]

@@ -1,0 +1,123 @@
+"""Fixtures for driving the pipeline in-process against the stub, a real DB and real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from api_stub.config import StubConfig
+from api_stub.testing import StubControl, running_stub
+from tests.conftest import settings_from
+from worker.db import transaction
+from worker.ids import new_id, sha256_hex, utcnow
+from worker.models import Caller, Order
+from worker.orders import create_orders, new_order
+from worker.repository import load
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings
+from worker.states import TERMINAL
+
+
+def new_payload(n: int, **extra: Any) -> dict[str, Any]:
+    """A valid ``new`` order payload."""
+    payload = {
+        "order_type": "new",
+        "external_id": f"EXT-{n}",
+        "process_immediately": True,
+        "checkoutId": f"basket-{n}",
+        "country": "GB",
+        "orderItems": [{"offer": {"id": "a" * 40, "version": "b" * 40}, "quantity": 1}],
+        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "a@example.com"},
+        "payment": {"type": "zuora", "zuora": {"refId": "r1"}},
+    }
+    payload.update(extra)
+    return payload
+
+
+@pytest.fixture
+def stub_url() -> Iterator[str]:
+    with running_stub(StubConfig(seed=7, complete_after_s=0.2)) as url:
+        yield url
+
+
+@pytest.fixture
+def stub(stub_url: str) -> Iterator[StubControl]:
+    with StubControl(stub_url) as control:
+        yield control
+
+
+@pytest.fixture
+def make_settings(env: dict[str, str], stub_url: str) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        defaults: dict[str, Any] = {
+            "upstream_url": stub_url,
+            "retry_base_s": 0.01,
+            "retry_cap_s": 0.05,
+            "follow_interval_s": 0.1,
+            "reconcile_delay_s": 0.0,
+            "upstream_read_timeout_s": 2.0,
+            "http_concurrency": 8,
+        }
+        defaults.update(overrides)
+        return settings_from(env, **defaults)
+
+    return make
+
+
+@pytest.fixture
+def runtime_factory(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> Iterator[Callable[..., Runtime]]:
+    made: list[Runtime] = []
+
+    def factory(**overrides: Any) -> Runtime:
+        rt = build_runtime(make_settings(**overrides), redis_url)
+        made.append(rt)
+        return rt
+
+    yield factory
+    for rt in made:
+        rt.close()
+
+
+@pytest.fixture
+def caller_id(clean_db: str) -> str:
+    caller_id = new_id("clr")
+    with transaction(clean_db) as session:
+        session.add(
+            Caller(
+                id=caller_id,
+                name="test-caller",
+                key_hash=sha256_hex(caller_id),
+                key_prefix="test",
+                created_at=utcnow(),
+            )
+        )
+    return caller_id
+
+
+def add_orders(db_url: str, caller_id: str, payloads: list[dict[str, Any]]) -> list[str]:
+    """Store payloads as received orders; returns their ids."""
+    with transaction(db_url) as session:
+        orders = create_orders(session, caller_id, [new_order(p) for p in payloads], utcnow(), 30)
+    return [o.id for o in orders]
+
+
+def drive(rt: Runtime, ids: list[str], timeout_s: float = 20.0) -> dict[str, Order]:
+    """Run the pipeline over ``ids`` until every order is terminal or held; return them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with transaction(rt.settings.database_url) as session:
+            orders = {o.id: o for o in load(session, ids)}
+        pending = [
+            i
+            for i, o in orders.items()
+            if o.status not in TERMINAL and not (o.status == "submit_unknown" and o.due_at is None)
+        ]
+        if not pending or time.monotonic() > deadline:
+            return orders
+        rt.pipeline.run(pending)
+        time.sleep(0.02)

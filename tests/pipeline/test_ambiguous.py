@@ -1,0 +1,72 @@
+"""Ambiguous submits never lead to a blind re-submit (invariant 2)."""
+
+from __future__ import annotations
+
+from tests.pipeline.conftest import add_orders, drive, new_payload
+from worker.db import transaction
+from worker.repository import history
+
+
+def _reasons(db_url: str, oid: str) -> list[tuple[str, str | None]]:
+    with transaction(db_url) as session:
+        return [(e.to_status, e.reason) for e in history(session, oid)]
+
+
+def test_ambiguous_submit_is_found_upstream_not_resubmitted(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """The stub creates the order then never answers: we find it by external_id, once."""
+    rt = runtime_factory(upstream_read_timeout_s=0.5)
+    stub.configure(ambiguous_hold_s=3)
+    stub.script("submit", [{"kind": "ambiguous", "times": 1}])
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    order = drive(rt, [oid])[oid]
+    assert order.status == "complete"
+    steps = _reasons(clean_db, oid)
+    assert ("submit_unknown", "submit_timeout") in steps
+    assert steps[-1] == ("complete", "reconciled")
+    record = stub.orders()
+    assert record["count"] == 1 and not record["duplicates"]
+    assert order.upstream_id == record["orders"][0]["id"]
+
+
+def test_ambiguous_without_external_id_uses_our_id(runtime_factory, caller_id, stub, clean_db):
+    """An order sent without external_id carries our id upstream, so it can still be found."""
+    rt = runtime_factory(upstream_read_timeout_s=0.5)
+    stub.configure(ambiguous_hold_s=3)
+    stub.script("submit", [{"kind": "ambiguous", "times": 1}])
+    payload = new_payload(1)
+    del payload["external_id"]
+    [oid] = add_orders(clean_db, caller_id, [payload])
+    order = drive(rt, [oid])[oid]
+    assert order.status == "complete"
+    assert [o["external_id"] for o in stub.orders()["orders"]] == [oid]
+
+
+def test_unknown_not_found_is_held_for_operator(runtime_factory, caller_id, stub, clean_db):
+    """A submit that timed out and left nothing upstream is held, not re-sent (policy hold)."""
+    rt = runtime_factory(upstream_read_timeout_s=0.5)
+    stub.configure(ambiguous_hold_s=3)
+    stub.script("submit", [{"kind": "timeout", "times": 1}])
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    order = drive(rt, [oid])[oid]
+    assert (order.status, order.reason, order.due_at) == (
+        "submit_unknown",
+        "held_for_operator",
+        None,
+    )
+    assert stub.orders()["count"] == 0
+    rt.pipeline.run([oid])  # a stray message changes nothing
+    assert drive(rt, [oid])[oid].reason == "held_for_operator"
+
+
+def test_resubmit_policy_resubmits_when_not_found(runtime_factory, caller_id, stub, clean_db):
+    """With ORDERS_SUBMIT_UNKNOWN_POLICY=resubmit the decision is recorded and the order sent."""
+    rt = runtime_factory(upstream_read_timeout_s=0.5, submit_unknown_policy="resubmit")
+    stub.configure(ambiguous_hold_s=3)
+    stub.script("submit", [{"kind": "timeout", "times": 1}])
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    order = drive(rt, [oid])[oid]
+    assert order.status == "complete"
+    assert ("previewed", "policy_resubmit") in _reasons(clean_db, oid)
+    assert stub.orders()["count"] == 1

@@ -1,0 +1,77 @@
+"""Engine and sessions for PostgreSQL (psycopg 3) and SQLite, tuned for many writers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front: a deferred transaction that reads and then
+    writes fails at once with "database is locked" when another process wrote in between.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for ``url`` (created on first use)."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    """The process-wide session factory for ``url``."""
+    factory = _factories.get(url)
+    if factory is None:
+        factory = _factories[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return factory
+
+
+@contextmanager
+def transaction(url: str) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any exception."""
+    with session_factory(url)() as session, session.begin():
+        yield session
+
+
+def dispose_all() -> None:
+    """Close every pooled connection (after fork, and in tests)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _factories.clear()

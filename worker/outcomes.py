@@ -1,0 +1,175 @@
+"""What each upstream result does to an order: pure decisions, returning ``Move``s.
+
+Nothing here touches the network or the database; the pipeline applies what it returns.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.backoff import RetryPolicy, decide_retry
+from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
+from worker.models import Order
+from worker.repository import Move
+from worker.states import Status, upstream_status_outcome
+
+S = Status
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The timing knobs the decisions need (from settings)."""
+
+    policy: RetryPolicy
+    countdown_max_s: float
+    enqueue_grace_s: float
+    follow_interval_s: float
+    follow_max_age_s: float
+    reconcile_delay_s: float
+
+
+@dataclass(slots=True)
+class Decision:
+    """A move to apply, and when to run the order again (None: not by us)."""
+
+    move: Move
+    requeue_in_s: float | None = None
+
+
+def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, Any], float | None]:
+    """Columns for "try again in ``delay_s``" and the countdown to enqueue with, if short."""
+    at = now + timedelta(seconds=delay_s)
+    if delay_s <= timing.countdown_max_s:
+        due = at + timedelta(seconds=timing.enqueue_grace_s)
+        return {"next_attempt_at": at, "due_at": due, "lease_owner": None}, delay_s
+    return {"next_attempt_at": at, "due_at": at, "lease_owner": None}, None
+
+
+_DONE: dict[str, Any] = {"next_attempt_at": None, "due_at": None, "lease_owner": None}
+
+
+def upstream_fields(answer: dict[str, Any]) -> dict[str, Any]:
+    """Order columns from a submit answer or a stored upstream order object."""
+    fields = {
+        "upstream_id": answer.get("id"),
+        "upstream_reference": answer.get("order_reference"),
+        "upstream_status": answer.get("status") or answer.get("orderState"),
+        "subscription_reference": answer.get("subscriptionReference"),
+        "upstream_owner": answer.get("owner"),
+    }
+    return {k: (str(v) if v is not None else None) for k, v in fields.items() if v is not None}
+
+
+def on_failure(
+    order: Order,
+    frm: Status,
+    retry_to: Status,
+    error: UpstreamError,
+    now: datetime,
+    timing: Timing,
+    rand: random.Random | None = None,
+) -> Decision:
+    """A failed preview or submit: reject, fail, hold as unknown, or schedule a retry."""
+    common = {"reason": error.reason, "message": error.message, "status_code": error.status_code}
+    if isinstance(error, AmbiguousError):
+        values = {**_DONE, "due_at": now + timedelta(seconds=timing.reconcile_delay_s)}
+        return Decision(Move(order.id, frm, S.SUBMIT_UNKNOWN, values, **common))
+    if isinstance(error, PermanentError):
+        return Decision(Move(order.id, frm, S.REJECTED, dict(_DONE), **common))
+    if isinstance(error, AuthError):
+        return Decision(Move(order.id, frm, S.FAILED, dict(_DONE), **common))
+    failures = order.failures + 1
+    age_s = (now - order.budget_from).total_seconds()
+    verdict = decide_retry(timing.policy, failures, age_s, error.retry_after_s, rand)
+    if verdict.give_up:
+        values = {**_DONE, "failures": failures}
+        return Decision(Move(order.id, frm, S.FAILED, values, **common))
+    values, countdown = _schedule(now, verdict.delay_s, timing)
+    values["failures"] = failures
+    return Decision(Move(order.id, frm, retry_to, values, **common), countdown)
+
+
+def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) -> Decision:
+    """Preview stored; the order goes straight on to ``submitting`` under the same lease."""
+    values = {
+        "preview": preview,
+        "due_at": lease_until,
+        "reason": None,
+        "message": None,
+        "next_attempt_at": None,
+    }
+    move = Move(order.id, S.PREVIEWING, S.SUBMITTING, values, via=S.PREVIEWED)
+    return Decision(move)
+
+
+def on_submit_ok(
+    order: Order, answer: dict[str, Any], now: datetime, timing: Timing, frm: Status
+) -> Decision:
+    """The upstream took the order: complete now, or follow it until it is."""
+    fields = upstream_fields(answer)
+    outcome = upstream_status_outcome(fields.get("upstream_status"))
+    base = {**fields, "submitted_at": now, "reason": None, "message": None}
+    if outcome is S.COMPLETE:
+        return Decision(Move(order.id, frm, S.COMPLETE, {**base, **_DONE}))
+    if outcome is S.FAILED:
+        values = {**base, **_DONE}
+        return Decision(
+            Move(
+                order.id,
+                frm,
+                S.FAILED,
+                values,
+                reason="upstream_failed",
+                message=f"upstream status {fields.get('upstream_status')!r}",
+            )
+        )
+    values, countdown = _schedule(now, timing.follow_interval_s, timing)
+    return Decision(Move(order.id, frm, S.SUBMITTED, {**base, **values}), countdown)
+
+
+def on_follow(
+    order: Order,
+    answer: dict[str, Any] | None,
+    error: UpstreamError | None,
+    now: datetime,
+    timing: Timing,
+) -> Decision:
+    """A look at a submitted order upstream: complete, failed, or look again later."""
+    submitted_at = order.submitted_at or order.updated_at
+    if (now - submitted_at).total_seconds() > timing.follow_max_age_s:
+        return Decision(
+            Move(
+                order.id,
+                S.SUBMITTED,
+                S.FAILED,
+                dict(_DONE),
+                reason="follow_timeout",
+                message="upstream never reported the order complete",
+            )
+        )
+    if answer is not None:
+        fields = upstream_fields(answer)
+        fields.pop("upstream_id", None)
+        outcome = upstream_status_outcome(fields.get("upstream_status"))
+        if outcome is S.COMPLETE:
+            return Decision(Move(order.id, S.SUBMITTED, S.COMPLETE, {**fields, **_DONE}))
+        if outcome is S.FAILED:
+            return Decision(
+                Move(
+                    order.id,
+                    S.SUBMITTED,
+                    S.FAILED,
+                    {**fields, **_DONE},
+                    reason="upstream_failed",
+                    message=f"upstream status {fields.get('upstream_status')!r}",
+                )
+            )
+    delay = timing.follow_interval_s
+    if error is not None and error.retry_after_s:
+        delay = max(delay, error.retry_after_s)
+    values, countdown = _schedule(now, delay, timing)
+    # Same status: a reschedule, not a transition (the pipeline releases the lease).
+    return Decision(Move(order.id, S.SUBMITTED, S.SUBMITTED, values), countdown)

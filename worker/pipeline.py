@@ -1,0 +1,249 @@
+"""The order pipeline: one run takes a chunk of order ids through every step that is due.
+
+Steps are plain functions of the database, the upstream client and a thread pool (no Celery
+here). Each run holds a lease (a random owner id) on the orders it claims; every transition is
+a compare-and-set on status and lease, so a duplicate delivery or a racing worker walks away.
+Database writes are batched per step for the whole chunk; upstream calls run concurrently.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from worker import repository as repo
+from worker.backoff import RetryPolicy
+from worker.db import transaction
+from worker.errors import AmbiguousError, RetryableError, UpstreamError
+from worker.ids import new_id, utcnow
+from worker.models import Order
+from worker.outcomes import (
+    Decision,
+    Timing,
+    on_failure,
+    on_follow,
+    on_preview_ok,
+    on_submit_ok,
+)
+from worker.pipeline_payload import upstream_payload
+from worker.reconcile import reconcile_decisions
+from worker.repository import Event, Move
+from worker.settings import Settings
+from worker.states import Status
+from worker.upstream.client import UpstreamClient
+
+S = Status
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+EventSink = Callable[[Any, Sequence[Event]], list[str]]
+"""Called inside each transaction with the history rows written; returns webhook deliveries."""
+
+# A message that fires slightly early (clock skew between hosts) still counts as due.
+DUE_TOLERANCE = timedelta(seconds=0.5)
+
+
+def timing_from(settings: Settings) -> Timing:
+    policy = RetryPolicy(
+        settings.retry_max_attempts,
+        settings.retry_max_age_s,
+        settings.retry_base_s,
+        settings.retry_cap_s,
+    )
+    return Timing(
+        policy=policy,
+        countdown_max_s=settings.retry_countdown_max_s,
+        enqueue_grace_s=settings.enqueue_grace_s,
+        follow_interval_s=settings.follow_interval_s,
+        follow_max_age_s=settings.follow_max_age_s,
+        reconcile_delay_s=settings.reconcile_delay_s,
+    )
+
+
+def is_due(order: Order, now: datetime) -> bool:
+    """Whether a run may work on ``order`` now (not scheduled later, not held)."""
+    if order.next_attempt_at is not None and order.next_attempt_at > now + DUE_TOLERANCE:
+        return False
+    return not (order.status == S.SUBMIT_UNKNOWN and order.due_at is None)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run leaves to its caller: orders to run again after a countdown, deliveries."""
+
+    requeue: list[tuple[str, float]] = field(default_factory=list)
+    deliveries: list[str] = field(default_factory=list)
+    moved: int = 0
+
+
+class Pipeline:
+    """Drives chunks of orders through preview, submit, follow-up and reconciliation."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: UpstreamClient,
+        executor: Executor,
+        events: EventSink | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db_url = settings.database_url
+        self.upstream = upstream
+        self.executor = executor
+        self.timing = timing_from(settings)
+        self._events = events
+        self._rand = rand
+        self.actor = "worker"
+
+    def run(self, ids: Sequence[str]) -> RunResult:
+        """Take every due order of ``ids`` as far as it can go now."""
+        result = RunResult()
+        owner = new_id("lease")
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.settings.lease_s)
+        with transaction(self.db_url) as session:
+            orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
+            by_status: dict[str, list[str]] = {}
+            for order in orders.values():
+                by_status.setdefault(order.status, []).append(order.id)
+            events = repo.claim(
+                session,
+                by_status.get(S.RECEIVED, []),
+                S.RECEIVED,
+                S.PREVIEWING,
+                owner,
+                now,
+                lease_until,
+                self.actor,
+            )
+            events += repo.claim(
+                session,
+                by_status.get(S.PREVIEWED, []),
+                S.PREVIEWED,
+                S.SUBMITTING,
+                owner,
+                now,
+                lease_until,
+                self.actor,
+            )
+            follow = repo.lease(
+                session, by_status.get(S.SUBMITTED, []), S.SUBMITTED, owner, lease_until
+            )
+            unknown = repo.lease(
+                session, by_status.get(S.SUBMIT_UNKNOWN, []), S.SUBMIT_UNKNOWN, owner, lease_until
+            )
+            self._record(session, events, result)
+        to_preview = [orders[e["order_id"]] for e in events if e["to_status"] == S.PREVIEWING]
+        to_submit = [orders[e["order_id"]] for e in events if e["to_status"] == S.SUBMITTING]
+        to_submit += self._preview(to_preview, owner, lease_until, result)
+        self._submit(to_submit, owner, result)
+        self._follow([orders[i] for i in follow], owner, result)
+        if unknown:
+            decisions = reconcile_decisions(
+                [orders[i] for i in unknown], self.upstream, self.settings, utcnow(), self.timing
+            )
+            self._apply(decisions, owner, result)
+        return result
+
+    def _preview(
+        self, orders: list[Order], owner: str, lease_until: datetime, result: RunResult
+    ) -> list[Order]:
+        outcomes = self._call_all(
+            lambda o: self.upstream.preview(upstream_payload(o)), orders, ambiguous=False
+        )
+        now = utcnow()
+        decisions = [
+            on_preview_ok(order, answer, lease_until)
+            if error is None
+            else on_failure(order, S.PREVIEWING, S.RECEIVED, error, now, self.timing, self._rand)
+            for order, answer, error in outcomes
+        ]
+        moved = self._apply(decisions, owner, result)
+        return [o for o, _, error in outcomes if error is None and o.id in moved]
+
+    def _submit(self, orders: list[Order], owner: str, result: RunResult) -> None:
+        outcomes = self._call_all(
+            lambda o: self.upstream.submit(upstream_payload(o)), orders, ambiguous=True
+        )
+        now = utcnow()
+        decisions = [
+            on_submit_ok(order, answer, now, self.timing, S.SUBMITTING)
+            if error is None
+            else on_failure(order, S.SUBMITTING, S.PREVIEWED, error, now, self.timing, self._rand)
+            for order, answer, error in outcomes
+        ]
+        self._apply(decisions, owner, result)
+
+    def _follow(self, orders: list[Order], owner: str, result: RunResult) -> None:
+        outcomes = self._call_all(
+            lambda o: self.upstream.get_order(o.upstream_id or ""), orders, ambiguous=False
+        )
+        now = utcnow()
+        self._apply(
+            [
+                on_follow(order, answer, error, now, self.timing)
+                for order, answer, error in outcomes
+            ],
+            owner,
+            result,
+        )
+
+    def _call_all(
+        self, call: Callable[[Order], dict[str, Any]], orders: list[Order], *, ambiguous: bool
+    ) -> list[tuple[Order, dict[str, Any], UpstreamError | None]]:
+        """Run ``call`` for every order concurrently; never raises for one order's failure."""
+
+        def one(order: Order) -> tuple[Order, dict[str, Any], UpstreamError | None]:
+            try:
+                return order, call(order), None
+            except UpstreamError as exc:
+                return order, {}, exc
+            except Exception as exc:  # a bug or a broken answer: never a blind re-submit
+                log.exception("upstream_call_crashed", order_id=order.id)
+                cls = AmbiguousError if ambiguous else RetryableError
+                return order, {}, cls("internal_error", f"{type(exc).__name__}: {exc}")
+
+        if not orders:
+            return []
+        if len(orders) == 1:
+            return [one(orders[0])]
+        return list(self.executor.map(one, orders))
+
+    def _apply(self, decisions: list[Decision], owner: str, result: RunResult) -> set[str]:
+        """Write the decisions in one transaction; returns the ids whose move won."""
+        if not decisions:
+            return set()
+        now = utcnow()
+        moves: list[Move] = []
+        won: set[str] = set()
+        with transaction(self.db_url) as session:
+            for decision in decisions:
+                move = decision.move
+                if move.frm == move.to and move.frm == S.SUBMITTED:
+                    if repo.release(session, move.order_id, owner, now, **_no_lease(move.values)):
+                        won.add(move.order_id)
+                else:
+                    moves.append(move)
+            events = repo.apply_moves(session, moves, now, owner, self.actor)
+            won.update(e["order_id"] for e in events)
+            self._record(session, events, result)
+        for decision in decisions:
+            if decision.move.order_id in won and decision.requeue_in_s is not None:
+                result.requeue.append((decision.move.order_id, decision.requeue_in_s))
+        result.moved += len(won)
+        return won
+
+    def _record(self, session: Any, events: Sequence[Event], result: RunResult) -> None:
+        if events and self._events is not None:
+            result.deliveries.extend(self._events(session, events))
+
+
+def _no_lease(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != "lease_owner"}

@@ -1,0 +1,178 @@
+"""Order persistence: every status change is a compare-and-set plus one history row.
+
+A move only happens ``WHERE id = :id AND status = :expected AND lease_owner <=> :owner``, so two
+workers racing on one order cannot both move it; the loser sees ``False`` and walks away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from worker.models import Order, OrderEvent
+from worker.states import Status, check_move
+
+
+@dataclass(slots=True)
+class Move:
+    """One intended transition of one order, with what to record about it."""
+
+    order_id: str
+    frm: Status
+    to: Status
+    values: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    message: str | None = None
+    status_code: int | None = None
+    via: Status | None = None
+    """An intermediate state passed through in the same statement (two history rows)."""
+
+    def legs(self) -> list[tuple[Status, Status]]:
+        if self.via is None:
+            return [(self.frm, self.to)]
+        return [(self.frm, self.via), (self.via, self.to)]
+
+
+Event = dict[str, Any]
+"""A history row about to be written (the ``order_events`` columns)."""
+
+
+def _owner_clause(owner: str | None) -> Any:
+    return Order.lease_owner.is_(None) if owner is None else Order.lease_owner == owner
+
+
+def _event_rows(move: Move, attempt: int, now: datetime, actor: str | None) -> list[Event]:
+    return [
+        {
+            "order_id": move.order_id,
+            "at": now,
+            "from_status": str(frm),
+            "to_status": str(to),
+            "attempt": attempt,
+            "reason": move.reason if to == move.to else None,
+            "status_code": move.status_code if to == move.to else None,
+            "message": (move.message or None) and move.message[:2000] if to == move.to else None,
+            "actor": actor,
+        }
+        for frm, to in move.legs()
+    ]
+
+
+def apply_moves(
+    session: Session,
+    moves: Sequence[Move],
+    now: datetime,
+    owner: str | None,
+    actor: str | None = None,
+) -> list[Event]:
+    """Apply each move as a compare-and-set; record history for those that won.
+
+    Returns the history rows written (one per leg of each move that won). ``owner`` is the
+    lease the caller holds (None: no lease).
+    """
+    events: list[Event] = []
+    for move in moves:
+        for frm, to in move.legs():
+            check_move(frm, to)
+        stmt = (
+            update(Order)
+            .where(Order.id == move.order_id, Order.status == str(move.frm), _owner_clause(owner))
+            .values(
+                status=str(move.to),
+                updated_at=now,
+                **{"reason": move.reason, "message": move.message, **move.values},
+            )
+            .returning(Order.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        attempt = session.execute(stmt).scalar_one_or_none()
+        if attempt is not None:
+            events.extend(_event_rows(move, attempt, now, actor))
+    if events:
+        session.execute(insert(OrderEvent), events)
+    return events
+
+
+def claim(
+    session: Session,
+    ids: Iterable[str],
+    frm: Status,
+    to: Status,
+    owner: str,
+    now: datetime,
+    lease_until: datetime,
+    actor: str | None = None,
+) -> list[Event]:
+    """Move every unleased order of ``ids`` in state ``frm`` to ``to`` under lease ``owner``.
+
+    One statement for the whole set; counts one attempt per order. Returns the history rows.
+    """
+    check_move(frm, to)
+    ids = list(ids)
+    if not ids:
+        return []
+    stmt = (
+        update(Order)
+        .where(Order.id.in_(ids), Order.status == str(frm), Order.lease_owner.is_(None))
+        .values(
+            status=str(to),
+            lease_owner=owner,
+            due_at=lease_until,
+            updated_at=now,
+            attempts=Order.attempts + 1,
+        )
+        .returning(Order.id, Order.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(stmt).all()
+    events = [e for oid, n in rows for e in _event_rows(Move(oid, frm, to), n, now, actor)]
+    if events:
+        session.execute(insert(OrderEvent), events)
+    return events
+
+
+def lease(
+    session: Session, ids: Iterable[str], status: Status, owner: str, lease_until: datetime
+) -> list[str]:
+    """Take the lease of unleased orders in ``status`` without changing it (no history row)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    stmt = (
+        update(Order)
+        .where(Order.id.in_(ids), Order.status == str(status), Order.lease_owner.is_(None))
+        .values(lease_owner=owner, due_at=lease_until)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def release(session: Session, order_id: str, owner: str, now: datetime, **values: Any) -> bool:
+    """Give back the lease (same status, no history row), setting ``values``."""
+    stmt = (
+        update(Order)
+        .where(Order.id == order_id, Order.lease_owner == owner)
+        .values(lease_owner=None, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(session.execute(stmt).rowcount)
+
+
+def load(session: Session, ids: Iterable[str]) -> list[Order]:
+    """The orders of ``ids`` (missing ids are skipped), in creation order."""
+    ids = list(ids)
+    if not ids:
+        return []
+    return list(session.scalars(select(Order).where(Order.id.in_(ids)).order_by(Order.id)))
+
+
+def history(session: Session, order_id: str) -> list[OrderEvent]:
+    """The order's status changes, oldest first."""
+    stmt = select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+    return list(session.scalars(stmt))

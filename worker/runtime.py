@@ -1,0 +1,89 @@
+"""Per-process singletons of a worker: settings, Redis, token cache, upstream client, pipeline.
+
+Built lazily on first use and rebuilt after a fork (connections must not cross processes).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from worker.celery_app import configure
+from worker.embedded_redis import resolve_redis_url
+from worker.ids import sha256_hex
+from worker.pipeline import Pipeline
+from worker.settings import Settings, get_settings
+from worker.upstream.client import UpstreamClient, fetch_token
+from worker.upstream.token import TokenCache
+from worker.webhooks.outbox import record_deliveries
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    celery: Celery
+    tokens: TokenCache
+    upstream: UpstreamClient
+    executor: ThreadPoolExecutor
+    pipeline: Pipeline
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.upstream.close()
+        self.redis.close()
+
+
+_runtime: Runtime | None = None
+_pid: int | None = None
+
+
+def token_key(settings: Settings) -> str:
+    """The Redis key of the shared token for this upstream and client id."""
+    digest = sha256_hex(f"{settings.upstream_url}|{settings.upstream_client_id}")[:16]
+    return f"orders:upstream-token:{digest}"
+
+
+def build_runtime(settings: Settings, redis_url: str) -> Runtime:
+    """Wire the process's objects together."""
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
+    )
+    ssl_context = ssl.create_default_context()
+    token_http = UpstreamClient(settings, None, ssl_context)
+
+    def fetch() -> tuple[str, float]:
+        with token_http.new_http_client() as http:
+            return fetch_token(settings, http)
+
+    tokens = TokenCache(client, token_key(settings), fetch, settings.token_refresh_margin_s)
+    upstream = UpstreamClient(settings, tokens, ssl_context)
+    executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
+    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
+    return Runtime(
+        settings, client, configure(redis_url, settings), tokens, upstream, executor, pipeline
+    )
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use."""
+    global _runtime, _pid
+    if _runtime is None or _pid != os.getpid():
+        settings = get_settings()
+        _runtime = build_runtime(settings, resolve_redis_url(settings, start_if_missing=False))
+        _pid = os.getpid()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Drop this process's runtime (tests; after a fork)."""
+    global _runtime, _pid
+    if _runtime is not None and _pid == os.getpid():
+        _runtime.close()
+    _runtime = None
+    _pid = None

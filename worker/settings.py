@@ -1,0 +1,122 @@
+"""One typed configuration object, read once from ``ORDERS_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".orders")
+DEFAULT_STUB_PORT = 18080
+
+
+class ConfigError(RuntimeError):
+    """The environment holds an invalid ``ORDERS_*`` value; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Everything the services read from the environment (see the README's table)."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore", frozen=True)
+
+    home: Path = DEFAULT_HOME
+    database_url: str = ""
+    redis_url: str | None = None
+
+    upstream_url: str = f"http://127.0.0.1:{DEFAULT_STUB_PORT}"
+    upstream_client_id: str = "demo-client"
+    upstream_client_secret: SecretStr = SecretStr("demo-secret")
+    upstream_preview_path: str = "/api/partner/order/preview"
+    upstream_submit_path: str = "/api/partner/order"
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    upstream_read_timeout_s: float = Field(15.0, gt=0)
+    upstream_write_timeout_s: float = Field(5.0, gt=0)
+    upstream_pool_timeout_s: float = Field(5.0, gt=0)
+    token_refresh_margin_s: float = Field(60.0, ge=0)
+
+    retry_max_attempts: int = Field(8, ge=1)
+    retry_max_age_s: float = Field(6 * 3600.0, gt=0)
+    retry_base_s: float = Field(2.0, gt=0)
+    retry_cap_s: float = Field(300.0, gt=0)
+    retry_countdown_max_s: float = Field(30.0, ge=0)
+
+    lease_s: float = Field(120.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0)
+    enqueue_grace_s: float = Field(30.0, gt=0)
+    follow_interval_s: float = Field(2.0, gt=0)
+    follow_max_age_s: float = Field(24 * 3600.0, gt=0)
+    submit_unknown_policy: Literal["hold", "resubmit"] = "hold"
+    reconcile_delay_s: float = Field(5.0, ge=0)
+    reconcile_max_pages: int = Field(20, ge=0)
+
+    chunk_size: int = Field(50, ge=1, le=1000)
+    http_concurrency: int = Field(32, ge=1, le=512)
+
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_batch_bytes: int = Field(32_000_000, gt=0)
+    max_batch_items: int = Field(10_000, gt=0)
+    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
+
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str) -> str:
+        return normalise_database_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            db_file = (self.home / "orders.db").resolve()
+            object.__setattr__(self, "database_url", f"sqlite:///{db_file}")
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError("ORDERS_RETRY_CAP_S must be >= ORDERS_RETRY_BASE_S")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def normalise_database_url(url: str) -> str:
+    """Map ``postgres://`` and ``postgresql://`` URLs to the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def load_settings() -> Settings:
+    """Read the environment, turning a validation error into one readable ``ConfigError``."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ORDERS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

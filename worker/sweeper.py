@@ -1,0 +1,112 @@
+"""The sweeper: the database is the source of truth, the broker only a transport.
+
+Run every few seconds by Celery beat. It recovers orders whose worker died (lease expired),
+enqueues orders whose time has come (retries, follow-ups, orders committed but never enqueued,
+messages lost with a Redis restart) and due webhook deliveries. Safe to run twice at once:
+each pick-up is a compare-and-set on ``due_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from worker import repository as repo
+from worker.models import IdempotencyKey, Order, WebhookDelivery
+from worker.repository import Move
+from worker.states import IN_FLIGHT, RESTING, Status
+
+S = Status
+
+# Where an order whose lease expired mid-step goes: preview is safe to repeat, submit is not.
+RECOVERY: dict[Status, tuple[Status, str]] = {
+    S.PREVIEWING: (S.RECEIVED, "lease_expired"),
+    S.SUBMITTING: (S.SUBMIT_UNKNOWN, "worker_lost_during_submit"),
+}
+
+
+@dataclass(slots=True)
+class SweepResult:
+    recovered: int = 0
+    orders: list[str] | None = None
+    deliveries: list[str] | None = None
+    purged_keys: int = 0
+
+
+def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
+    """Move in-flight orders whose lease expired to a safe resting state, with history."""
+    rows = session.execute(
+        select(Order.id, Order.status, Order.lease_owner)
+        .where(Order.status.in_([str(s) for s in IN_FLIGHT]), Order.due_at <= now)
+        .limit(limit)
+    ).all()
+    recovered = 0
+    for order_id, status, owner in rows:
+        to, reason = RECOVERY[S(status)]
+        values = {"lease_owner": None, "due_at": now, "next_attempt_at": None}
+        move = Move(
+            order_id, S(status), to, values, reason=reason, message=f"lease of {owner} expired"
+        )
+        recovered += bool(repo.apply_moves(session, [move], now, owner=owner, actor="sweeper"))
+    # Leases without a status change (follow-up, reconcile lookups) are simply released.
+    session.execute(
+        update(Order)
+        .where(
+            Order.status.in_([str(s) for s in RESTING]),
+            Order.lease_owner.is_not(None),
+            Order.due_at <= now,
+        )
+        .values(lease_owner=None)
+        .execution_options(synchronize_session=False)
+    )
+    return recovered
+
+
+def take_due_orders(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
+    """Claim due, unleased resting orders for enqueueing: push their ``due_at`` by the grace."""
+    due = (
+        select(Order.id)
+        .where(
+            Order.status.in_([str(s) for s in RESTING]),
+            Order.lease_owner.is_(None),
+            Order.due_at <= now,
+        )
+        .order_by(Order.due_at)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Order)
+        .where(Order.id.in_(due), Order.due_at <= now, Order.lease_owner.is_(None))
+        .values(due_at=now + timedelta(seconds=grace_s))
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
+    """Claim due pending webhook deliveries the same way."""
+    due = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.due_at <= now)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(due), WebhookDelivery.due_at <= now)
+        .values(due_at=now + timedelta(seconds=grace_s))
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def purge_idempotency_keys(session: Session, now: datetime) -> int:
+    """Forget idempotency keys past their retention."""
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    return int(result.rowcount or 0)

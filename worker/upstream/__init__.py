@@ -1,0 +1,1 @@
+"""The upstream (Limio Partner Orders) client: token, classification, calls."""

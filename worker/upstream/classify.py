@@ -1,0 +1,96 @@
+"""Decide what an upstream answer or transport failure means. Pure: no I/O.
+
+Status codes and exception types decide; message text never does.
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from worker.errors import (
+    AmbiguousError,
+    AuthError,
+    PermanentError,
+    RetryableError,
+    UpstreamError,
+)
+from worker.ids import utcnow
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+# Failures after which the request can't have reached the server's application.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - utcnow()).total_seconds())
+
+
+def error_message(body: Any) -> str:
+    """The upstream's ``message`` if the body is the documented ``{"message": ...}`` shape."""
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str):
+            return message
+    return ""
+
+
+def error_for_status(
+    status_code: int, body: Any, retry_after: str | None = None
+) -> UpstreamError | None:
+    """The error an HTTP answer stands for, or None for a 2xx.
+
+    401 reaching this point means the auth hook already refreshed once: an auth failure.
+    """
+    if 200 <= status_code < 300:
+        return None
+    reason = f"upstream_{status_code}"
+    message = error_message(body) or f"upstream answered HTTP {status_code}"
+    if status_code == 401 or status_code == 403:
+        return AuthError("upstream_auth", message, status_code=status_code)
+    if status_code in RETRYABLE_STATUS or status_code >= 500:
+        return RetryableError(
+            reason, message, status_code=status_code, retry_after_s=parse_retry_after(retry_after)
+        )
+    return PermanentError(reason, message, status_code=status_code)
+
+
+def error_for_exception(exc: Exception, *, idempotent: bool) -> UpstreamError:
+    """The error a transport failure stands for.
+
+    A non-idempotent call (submit) that may have reached the server is ambiguous: a timeout
+    while reading, a dropped connection, a half-written request.
+    """
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, NOT_SENT):
+        reason = (
+            "upstream_timeout" if isinstance(exc, httpx.TimeoutException) else "upstream_connect"
+        )
+        return RetryableError(reason, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        reason, cls = "upstream_timeout", RetryableError
+    elif isinstance(exc, httpx.TransportError):
+        reason, cls = "upstream_disconnect", RetryableError
+    else:
+        reason, cls = "upstream_invalid_response", RetryableError
+    if not idempotent:
+        return AmbiguousError(
+            reason.replace("upstream_", "submit_"), f"{type(exc).__name__}: {exc}"
+        )
+    return cls(reason, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,149 @@
+"""Calls to the upstream: preview, submit, read an order, list orders, fetch a token.
+
+One small ``httpx.Client`` per thread (a shared pool scans all its connections per request,
+which collapses under concurrency), all sharing one SSL context and one token cache.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import Any
+
+import httpx
+import orjson
+
+from worker.errors import AuthError, RetryableError, UpstreamError
+from worker.settings import Settings
+from worker.upstream.auth import SharedTokenAuth
+from worker.upstream.classify import error_for_exception, error_for_status
+from worker.upstream.token import TokenCache
+
+# Below uvicorn's 5 s keep-alive, so we never reuse a connection the server is closing.
+KEEPALIVE_EXPIRY_S = 3.0
+
+
+def timeouts(settings: Settings) -> httpx.Timeout:
+    """Timeouts by phase, from settings."""
+    return httpx.Timeout(
+        connect=settings.upstream_connect_timeout_s,
+        read=settings.upstream_read_timeout_s,
+        write=settings.upstream_write_timeout_s,
+        pool=settings.upstream_pool_timeout_s,
+    )
+
+
+def fetch_token(settings: Settings, client: httpx.Client) -> tuple[str, float]:
+    """Client-credentials grant against ``/oauth2/token``; returns ``(token, expires_in_s)``."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": settings.upstream_client_id,
+        "client_secret": settings.upstream_client_secret.get_secret_value(),
+    }
+    try:
+        response = client.post(f"{settings.upstream_url}/oauth2/token", data=form)
+    except httpx.HTTPError as exc:
+        raise error_for_exception(exc, idempotent=True) from exc
+    body = _json(response)
+    error = error_for_status(response.status_code, body, response.headers.get("retry-after"))
+    if error is not None:
+        if response.status_code in (400, 401, 403):
+            raise AuthError(
+                "upstream_auth",
+                f"token request refused: {error.message}",
+                status_code=response.status_code,
+            )
+        raise RetryableError(
+            f"token_{response.status_code}",
+            error.message,
+            status_code=response.status_code,
+            retry_after_s=error.retry_after_s,
+        )
+    try:
+        return str(body["access_token"]), float(body.get("expires_in") or 3600)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise RetryableError("token_invalid_response", "token answer lacks access_token") from exc
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+class UpstreamClient:
+    """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure."""
+
+    def __init__(self, settings: Settings, tokens: TokenCache | None, ssl_context: ssl.SSLContext):
+        self._settings = settings
+        self._tokens = tokens
+        self._ssl = ssl_context
+        self._timeout = timeouts(settings)
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+
+    def new_http_client(self, auth: httpx.Auth | None = None) -> httpx.Client:
+        """A small client: a few keep-alive connections, our timeouts and SSL context."""
+        return httpx.Client(
+            verify=self._ssl,
+            timeout=self._timeout,
+            auth=auth,
+            limits=httpx.Limits(
+                max_connections=4, max_keepalive_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
+        )
+
+    def _client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            auth = SharedTokenAuth(self._tokens) if self._tokens is not None else None
+            client = self.new_http_client(auth)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, method: str, path: str, payload: Any = None, *, idempotent: bool) -> Any:
+        url = f"{self._settings.upstream_url}{path}"
+        content = orjson.dumps(payload) if payload is not None else None
+        headers = {"content-type": "application/json"} if content is not None else None
+        try:
+            response = self._client().request(method, url, content=content, headers=headers)
+        except UpstreamError:
+            raise
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, idempotent=idempotent) from exc
+        body = _json(response)
+        error = error_for_status(response.status_code, body, response.headers.get("retry-after"))
+        if error is not None:
+            raise error
+        if not isinstance(body, dict):
+            raise error_for_exception(
+                ValueError("answer is not a JSON object"), idempotent=idempotent
+            )
+        return body
+
+    def preview(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/partner/order/preview``: safe to repeat."""
+        return self._call("POST", self._settings.upstream_preview_path, payload, idempotent=True)
+
+    def submit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/partner/order``: NOT safe to repeat; transport failures are ambiguous."""
+        return self._call("POST", self._settings.upstream_submit_path, payload, idempotent=False)
+
+    def get_order(self, upstream_id: str) -> dict[str, Any]:
+        """``GET /api/objects/limio/orders/{id}``: the stored order object."""
+        return self._call("GET", f"/api/objects/limio/orders/{upstream_id}", idempotent=True)
+
+    def list_orders(self, limit: int = 100, query_more: str | None = None) -> dict[str, Any]:
+        """``GET /api/objects/limio/orders``: one page of order summaries, newest first."""
+        params = f"?limit={limit}" + (f"&queryMore={query_more}" if query_more else "")
+        return self._call("GET", f"/api/objects/limio/orders{params}", idempotent=True)
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,84 @@
+"""The webhook outbox: delivery rows written in the same transaction as the transitions.
+
+A transition that commits has its deliveries committed with it; a crash cannot lose one.
+Only callers with an enabled endpoint pay anything beyond one small query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from worker.ids import new_id, utcnow
+from worker.models import Order, WebhookDelivery, WebhookEndpoint
+from worker.repository import Event
+from worker.views import iso, order_view
+
+
+def event_type(status: str) -> str:
+    """The webhook event type for a status: ``order.<status>``."""
+    return f"order.{status}"
+
+
+def wants(endpoint_types: list[str] | None, etype: str) -> bool:
+    """Whether an endpoint's filter (None or empty: everything) accepts ``etype``."""
+    return not endpoint_types or etype in endpoint_types or "order.*" in endpoint_types
+
+
+def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
+    """Write one pending delivery per (event, subscribed endpoint); returns their ids."""
+    if not events:
+        return []
+    order_ids = {e["order_id"] for e in events}
+    endpoints = session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.caller_id, WebhookEndpoint.event_types).where(
+            WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    if not endpoints:
+        return []
+    by_caller: dict[str, list[tuple[str, list[str] | None]]] = {}
+    for endpoint_id, caller_id, types in endpoints:
+        by_caller.setdefault(caller_id, []).append((endpoint_id, types))
+    orders = {
+        o.id: o
+        for o in session.scalars(
+            select(Order)
+            .where(Order.id.in_(order_ids), Order.caller_id.in_(by_caller))
+            .execution_options(populate_existing=True)
+        )
+    }
+    if not orders:
+        return []
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        order = orders.get(event["order_id"])
+        if order is None:
+            continue
+        etype = event_type(event["to_status"])
+        view = order_view(order)
+        view["status"] = event["to_status"]
+        payload = {"type": etype, "timestamp": iso(event["at"]), "data": view}
+        for endpoint_id, types in by_caller[order.caller_id]:
+            if wants(types, etype):
+                rows.append(
+                    {
+                        "id": new_id("msg"),
+                        "endpoint_id": endpoint_id,
+                        "order_id": order.id,
+                        "event_type": etype,
+                        "payload": payload,
+                        "status": "pending",
+                        "attempts": 0,
+                        "due_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+    if rows:
+        session.execute(insert(WebhookDelivery), rows)
+    return [r["id"] for r in rows]
