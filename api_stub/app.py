@@ -1,0 +1,251 @@
+"""The fake upstream as a Starlette app: OAuth token, preview, submit, order objects.
+
+Every call goes through :meth:`UpstreamApi._serve`: count it, add the configured latency
+(``/api`` only), then serve a fault if :func:`choose_fault` picks one, else the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote_plus
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api_stub.config import StubConfig
+from api_stub.control import control_routes
+from api_stub.faults import Fault, choose_fault
+from api_stub.pricing import build_preview
+from api_stub.responses import json_response
+from api_stub.state import StubState, Subscription
+from schemas.upstream import (
+    ROOT_FIELD,
+    OrderPayload,
+    OrderValidationError,
+    parse_order,
+    validation_errors,
+)
+
+__all__ = ["UpstreamApi", "create_app"]
+
+Handler = Callable[[Request, bool], Awaitable[Response]]
+
+_NOT_FOUND: Final = {"message": "Not found."}
+_UNAUTHORIZED: Final = {"message": "Unauthorized"}
+_HELD_ANSWER: Final = {"message": "Gateway Timeout"}
+_FAULT_MESSAGES: Final = {
+    429: "Too Many Requests",
+    502: "Bad Gateway: the upstream returned an unexpected response",
+    503: "Service Unavailable",
+}
+_MAX_PAGE: Final = 1000
+
+
+def _fault_response(fault: Fault) -> Response:
+    status = fault.status or 502
+    headers = None if fault.retry_after_s is None else {"Retry-After": str(fault.retry_after_s)}
+    message = _FAULT_MESSAGES.get(status, f"Stub fault {status}")
+    return json_response(status, {"message": message}, headers)
+
+
+def _bad_request(errors: list[dict[str, str]]) -> Response:
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return json_response(400, {"message": message, "errors": errors})
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    text = base64.urlsafe_b64decode(cursor.encode()).decode()
+    prefix, _, seq = text.partition(":")
+    if prefix != "seq":
+        raise ValueError(cursor)
+    return int(seq)
+
+
+class UpstreamApi:
+    """Endpoint handlers of the upstream, sharing one :class:`StubState`."""
+
+    def __init__(self, state: StubState) -> None:
+        self.state = state
+
+    async def _serve(self, endpoint: str, request: Request, handler: Handler) -> Response:
+        state = self.state
+        config = state.config
+        state.requests[endpoint] += 1
+        if endpoint != "token" and config.latency_ms:
+            await asyncio.sleep(config.latency_ms / 1000)
+        fault = choose_fault(config, state.script, state.rng, endpoint)
+        if fault is None:
+            return await handler(request, False)
+        state.faults[fault.label] += 1
+        if fault.kind == "status":
+            return _fault_response(fault)
+        if fault.kind == "ambiguous":
+            await handler(request, True)
+        await asyncio.sleep(config.ambiguous_hold_s if fault.hold_s is None else fault.hold_s)
+        return json_response(504, _HELD_ANSWER)
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.state.token_valid(token.strip()):
+            return None
+        self.state.counters["unauthorized"] += 1
+        return json_response(401, _UNAUTHORIZED)
+
+    async def _read_order(
+        self, request: Request
+    ) -> tuple[OrderPayload, dict[str, Any], Subscription | None] | Response:
+        try:
+            payload = orjson.loads(await request.body())
+            order = parse_order(payload)
+        except orjson.JSONDecodeError:
+            self.state.counters["rejected_400"] += 1
+            return _bad_request([{"field": ROOT_FIELD, "message": "Malformed JSON body"}])
+        except OrderValidationError as exc:
+            self.state.counters["rejected_400"] += 1
+            return _bad_request(validation_errors(exc))
+        subscription = None
+        reference = order.subscription_reference()
+        if reference is not None:
+            subscription = self.state.find_subscription(reference)
+            if subscription is None:
+                self.state.counters["rejected_404"] += 1
+                return json_response(404, _NOT_FOUND)
+        return order, payload, subscription
+
+    async def token(self, request: Request) -> Response:
+        """``POST /oauth2/token``: client credentials in the form body or HTTP Basic."""
+        return await self._serve("token", request, self._token)
+
+    async def _token(self, request: Request, held: bool) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        grant_type = form.get("grant_type", [""])[0]
+        if grant_type != "client_credentials":
+            message = f"unsupported grant_type {grant_type!r}; use client_credentials"
+            return json_response(400, {"error": "unsupported_grant_type", "message": message})
+        client_id = form.get("client_id", [""])[0]
+        client_secret = form.get("client_secret", [""])[0]
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            basic_id, _, basic_secret = decoded.partition(":")
+            client_id, client_secret = unquote_plus(basic_id), unquote_plus(basic_secret)
+        config = self.state.config
+        if not (
+            secrets.compare_digest(client_id.encode(), config.client_id.encode())
+            and secrets.compare_digest(client_secret.encode(), config.client_secret.encode())
+        ):
+            self.state.counters["token_denied"] += 1
+            message = "Unauthorized: invalid client credentials"
+            return json_response(401, {"error": "invalid_client", "message": message})
+        body = {
+            "access_token": self.state.issue_token(),
+            "token_type": "Bearer",
+            "expires_in": max(1, int(config.token_ttl_s)),
+        }
+        return json_response(200, body, {"Cache-Control": "no-store"})
+
+    async def preview(self, request: Request) -> Response:
+        """``POST /api/order/preview`` and ``/api/partner/order/preview``."""
+        return await self._serve("preview", request, self._preview)
+
+    async def _preview(self, request: Request, held: bool) -> Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        parsed = await self._read_order(request)
+        if isinstance(parsed, Response):
+            return parsed
+        return json_response(200, build_preview(parsed[1]))
+
+    async def submit(self, request: Request) -> Response:
+        """``POST /api/order``, ``/api/partner/order`` and ``/api/admin/order``."""
+        return await self._serve("submit", request, self._submit)
+
+    async def _submit(self, request: Request, held: bool) -> Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        parsed = await self._read_order(request)
+        if isinstance(parsed, Response):
+            return parsed
+        order, payload, subscription = parsed
+        stored = self.state.create_order(
+            order, payload, endpoint=request.url.path, subscription=subscription, ambiguous=held
+        )
+        return json_response(200, stored.submit_response(time.time()))
+
+    async def get_order(self, request: Request) -> Response:
+        """``GET /api/objects/limio/orders/{order_id}``."""
+        return await self._serve("object", request, self._get_order)
+
+    async def _get_order(self, request: Request, held: bool) -> Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        stored = self.state.orders.get(request.path_params["order_id"])
+        if stored is None:
+            return json_response(404, _NOT_FOUND)
+        return json_response(200, stored.object_view(time.time()))
+
+    async def list_orders(self, request: Request) -> Response:
+        """``GET /api/objects/limio/orders?limit=&queryMore=``, newest first."""
+        return await self._serve("list", request, self._list_orders)
+
+    async def _list_orders(self, request: Request, held: bool) -> Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        orders = self.state.order_list
+        try:
+            limit = min(max(int(request.query_params.get("limit", "10")), 1), _MAX_PAGE)
+            cursor = request.query_params.get("queryMore")
+            end = len(orders) if not cursor else min(_decode_cursor(cursor) - 1, len(orders))
+        except (ValueError, binascii.Error):
+            return _bad_request([{"field": "limit/queryMore", "message": "Invalid paging value"}])
+        start = max(end - limit, 0)
+        now = time.time()
+        items = [stored.summary(now) for stored in reversed(orders[start:end])]
+        next_cursor = _encode_cursor(orders[start].seq) if start > 0 else None
+        return json_response(
+            200, {"items": items, "totalSize": len(orders), "queryMore": next_cursor}
+        )
+
+
+def create_app(config: StubConfig | None = None) -> Starlette:
+    """Build the stub app with its own fresh state.
+
+    Args:
+        config: Behaviour of the stub; default ``StubConfig()``.
+    """
+    state = StubState(config or StubConfig())
+    api = UpstreamApi(state)
+    routes = [
+        Route("/oauth2/token", api.token, methods=["POST"]),
+        Route("/api/partner/order/preview", api.preview, methods=["POST"]),
+        Route("/api/order/preview", api.preview, methods=["POST"]),
+        Route("/api/partner/order", api.submit, methods=["POST"]),
+        Route("/api/order", api.submit, methods=["POST"]),
+        Route("/api/admin/order", api.submit, methods=["POST"]),
+        Route("/api/objects/limio/orders", api.list_orders, methods=["GET"]),
+        Route("/api/objects/limio/orders/{order_id}", api.get_order, methods=["GET"]),
+        *control_routes(state),
+    ]
+    app = Starlette(routes=routes)
+    app.state.stub = state
+    return app

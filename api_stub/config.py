@@ -1,0 +1,96 @@
+"""Settings of the upstream stub: latency, token lifetime, faults, known subscriptions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["DEMO_CLIENT_ID", "DEMO_CLIENT_SECRET", "DEMO_SUBSCRIPTIONS", "ENV_PREFIX", "StubConfig"]
+
+ENV_PREFIX: Final = "STUB_"
+DEMO_CLIENT_ID: Final = "demo-client"
+DEMO_CLIENT_SECRET: Final = "demo-secret"
+DEMO_SUBSCRIPTIONS: Final = (
+    "sub-00000000000000000000000000000001",
+    "sub-00000000000000000000000000000002",
+    "sub-00000000000000000000000000000003",
+)
+_JSON_FIELDS: Final = frozenset({"fail_rates", "subscriptions"})
+
+
+class StubConfig(BaseModel):
+    """How the stub behaves; immutable, replaced as a whole by the control API.
+
+    Attributes:
+        latency_ms: Added to every ``/api`` call before anything else.
+        token_ttl_s: Real lifetime of issued tokens; ``expires_in`` is its floor (min 1).
+        complete_after_s: Delay after which a ``submitted`` order reads as settled.
+        async_fail_rate: Share of queued orders that settle as ``failed``, not ``complete``.
+        client_id: Accepted client-credentials id.
+        client_secret: Accepted client-credentials secret (a demo value, not a secret).
+        fail_rates: Share of ``/api`` calls answered with each HTTP status, e.g. ``{502: 0.1}``.
+        retry_after_s: ``Retry-After`` header value sent with 429 and 503, if set.
+        ambiguous_rate: Share of submits that create the order, then never answer.
+        ambiguous_hold_s: How long an ambiguous or timed-out request is held before a 504.
+        subscriptions: Subscription ids that exist from the start.
+        seed: Seed of the random generator (faults and ids); ``None`` for a random one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: float = Field(default=0.0, ge=0)
+    token_ttl_s: float = Field(default=3600.0, gt=0)
+    complete_after_s: float = Field(default=0.5, ge=0)
+    async_fail_rate: float = Field(default=0.0, ge=0, le=1)
+    client_id: str = DEMO_CLIENT_ID
+    client_secret: str = DEMO_CLIENT_SECRET
+    fail_rates: dict[int, float] = Field(default_factory=dict)
+    retry_after_s: int | None = Field(default=None, ge=0)
+    ambiguous_rate: float = Field(default=0.0, ge=0, le=1)
+    ambiguous_hold_s: float = Field(default=30.0, ge=0)
+    subscriptions: list[str] = Field(default_factory=lambda: list(DEMO_SUBSCRIPTIONS))
+    seed: int | None = None
+
+    @field_validator("fail_rates")
+    @classmethod
+    def _check_rates(cls, rates: dict[int, float]) -> dict[int, float]:
+        for status, rate in rates.items():
+            if not 400 <= status <= 599:
+                raise ValueError(f"status {status} is not an HTTP error status")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate {rate} of status {status} is not within [0, 1]")
+        return rates
+
+    @model_validator(mode="after")
+    def _check_total(self) -> Self:
+        if sum(self.fail_rates.values()) + self.ambiguous_rate > 1.0 + 1e-9:
+            raise ValueError("fail_rates and ambiguous_rate add up to more than 1")
+        return self
+
+    def updated(self, changes: Mapping[str, Any]) -> StubConfig:
+        """Return a validated copy with ``changes`` applied (a partial update)."""
+        return StubConfig.model_validate({**self.model_dump(), **changes})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StubConfig:
+        """Read ``STUB_<FIELD>`` variables; JSON for ``fail_rates``, JSON or CSV for ids.
+
+        Example: ``STUB_LATENCY_MS=20 STUB_FAIL_RATES='{"502": 0.1}'``.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(f"{ENV_PREFIX}{name.upper()}")
+            if raw is None:
+                continue
+            if name in _JSON_FIELDS and raw.lstrip().startswith(("{", "[")):
+                values[name] = orjson.loads(raw)
+            elif name == "subscriptions":
+                values[name] = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                values[name] = None if raw.lower() in {"", "none", "null"} else raw
+        return cls.model_validate(values)

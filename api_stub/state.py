@@ -1,0 +1,177 @@
+"""In-memory state of the stub: tokens, subscriptions, orders, counters, fault script.
+
+Only the event loop of the serving process touches it, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import string
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Final
+
+from api_stub.config import StubConfig
+from api_stub.faults import FaultScript
+from api_stub.records import STATE_COMPLETE, STATE_FAILED, StoredOrder
+from schemas.upstream import OrderPayload
+
+__all__ = ["StubState", "Subscription"]
+
+_REFERENCE_ALPHABET: Final = string.ascii_uppercase + string.digits
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A subscription change orders may name, by ``id`` or by ``reference``."""
+
+    id: str
+    reference: str
+    owner: str
+
+
+def _demo_subscription(sub_id: str) -> Subscription:
+    digest = hashlib.sha256(sub_id.encode()).hexdigest()
+    reference = "".join(
+        _REFERENCE_ALPHABET[int(digest[i : i + 2], 16) % 36] for i in range(0, 24, 2)
+    )
+    return Subscription(sub_id, reference, f"id-{digest[24:56]}")
+
+
+class StubState:
+    """Everything the stub remembers between calls."""
+
+    def __init__(self, config: StubConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self, config: StubConfig | None = None) -> None:
+        """Forget orders, tokens, script and counters; optionally replace the config."""
+        if config is not None:
+            self.config = config
+        self.rng = random.Random(self.config.seed)
+        self.tokens: dict[str, float] = {}
+        self.orders: dict[str, StoredOrder] = {}
+        self.order_list: list[StoredOrder] = []
+        self.subscriptions: dict[str, Subscription] = {}
+        self.by_reference: dict[str, Subscription] = {}
+        self.script = FaultScript()
+        self.requests: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._add_demo_subscriptions()
+
+    def configure(self, config: StubConfig) -> None:
+        """Switch to ``config``, reseeding when the seed changed; state is kept."""
+        if config.seed != self.config.seed:
+            self.rng = random.Random(config.seed)
+        self.config = config
+        self._add_demo_subscriptions()
+
+    def _add_demo_subscriptions(self) -> None:
+        for sub_id in self.config.subscriptions:
+            if sub_id not in self.subscriptions:
+                self._add_subscription(_demo_subscription(sub_id))
+
+    def _add_subscription(self, subscription: Subscription) -> None:
+        self.subscriptions[subscription.id] = subscription
+        self.by_reference[subscription.reference] = subscription
+
+    def _hex32(self) -> str:
+        return f"{self.rng.getrandbits(128):032x}"
+
+    def _reference(self) -> str:
+        return "".join(self.rng.choices(_REFERENCE_ALPHABET, k=12))
+
+    def issue_token(self) -> str:
+        """Mint a bearer token that stops working ``token_ttl_s`` from now."""
+        token = f"stub.{self._hex32()}{self._hex32()}"
+        self.tokens[token] = time.monotonic() + self.config.token_ttl_s
+        self.counters["tokens_issued"] += 1
+        return token
+
+    def token_valid(self, token: str) -> bool:
+        """Whether ``token`` was issued here and has not expired."""
+        expires_at = self.tokens.get(token)
+        return expires_at is not None and time.monotonic() < expires_at
+
+    def active_tokens(self) -> int:
+        """How many issued tokens still work."""
+        now = time.monotonic()
+        return sum(1 for expires_at in self.tokens.values() if now < expires_at)
+
+    def expire_tokens(self) -> int:
+        """Make every issued token expire now; return how many were still valid."""
+        active = self.active_tokens()
+        now = time.monotonic()
+        self.tokens = dict.fromkeys(self.tokens, now)
+        return active
+
+    def find_subscription(self, ref: str) -> Subscription | None:
+        """The subscription whose id or 12-character reference is ``ref``."""
+        return self.subscriptions.get(ref) or self.by_reference.get(ref)
+
+    def create_order(
+        self,
+        order: OrderPayload,
+        payload: dict[str, Any],
+        *,
+        endpoint: str,
+        subscription: Subscription | None,
+        ambiguous: bool,
+    ) -> StoredOrder:
+        """Record an order; a ``new`` order creates the subscription it returns."""
+        if subscription is None and order.order_type == "new":
+            subscription = Subscription(
+                f"sub-{self._hex32()}", self._reference(), f"id-{self._hex32()}"
+            )
+            self._add_subscription(subscription)
+        now = time.time()
+        queued = not order.process_immediately
+        fail_rate = self.config.async_fail_rate
+        fails = queued and fail_rate > 0 and self.rng.random() < fail_rate
+        stored = StoredOrder(
+            seq=len(self.order_list) + 1,
+            id=f"order-{self._hex32()}",
+            payload=payload,
+            order_type=order.order_type,
+            external_id=order.external_id,
+            order_reference=self._reference(),
+            subscription_id=subscription.id if subscription else None,
+            subscription_reference=subscription.reference if subscription else None,
+            owner=subscription.owner if subscription else f"id-{self._hex32()}",
+            endpoint=endpoint,
+            created_at=now,
+            settles_at=now + self.config.complete_after_s if queued else now,
+            final_state=STATE_FAILED if fails else STATE_COMPLETE,
+            ambiguous=ambiguous,
+        )
+        self.orders[stored.id] = stored
+        self.order_list.append(stored)
+        self.counters["orders_created"] += 1
+        return stored
+
+    def duplicates(self) -> dict[str, int]:
+        """``external_id`` -> count, for every external id used by more than one order."""
+        seen = Counter(o.external_id for o in self.orders.values() if o.external_id is not None)
+        return {external_id: count for external_id, count in seen.items() if count > 1}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the control API."""
+        return {
+            "tokens_issued": self.counters["tokens_issued"],
+            "tokens_active": self.active_tokens(),
+            "token_denied": self.counters["token_denied"],
+            "unauthorized": self.counters["unauthorized"],
+            "orders_created": self.counters["orders_created"],
+            "rejected": {
+                "400": self.counters["rejected_400"],
+                "404": self.counters["rejected_404"],
+            },
+            "requests": dict(self.requests),
+            "faults": dict(self.faults),
+            "process": {"pid": os.getpid(), "cpu_s": time.process_time()},
+        }

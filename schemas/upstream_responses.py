@@ -1,0 +1,168 @@
+"""What the upstream answers (upstream-api.md §5, §6, §7, §10).
+
+Every response model is open: unknown keys are kept, every field the docs do not promise
+is optional, and numbers arriving where a string is documented are turned into strings.
+The preview's structure depends on the billing plugin, so a ``preview`` or ``schedule``
+that does not look like Zuora's is kept as raw JSON instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from pydantic import ConfigDict, Field, field_validator
+
+from schemas.upstream_parts import OpenModel
+
+__all__ = [
+    "SUBMIT_STATUS_COMPLETE",
+    "SUBMIT_STATUS_FAILED",
+    "SUBMIT_STATUS_SUBMITTED",
+    "CreditMemo",
+    "ErrorBody",
+    "Invoice",
+    "LimioOrderObject",
+    "PreviewResponse",
+    "PreviewResult",
+    "ScheduleEntry",
+    "SubmitResponse",
+    "TokenResponse",
+    "ZuoraPreview",
+]
+
+SUBMIT_STATUS_COMPLETE: Final = "complete"
+SUBMIT_STATUS_SUBMITTED: Final = "submitted"
+SUBMIT_STATUS_FAILED: Final = "failed"
+
+
+class _Response(OpenModel):
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+
+Amount = str | int | float
+"""Money as upstream sends it: Zuora mixes strings (``"19.99"``) and numbers."""
+
+
+class TokenResponse(_Response):
+    """Answer of ``POST /oauth2/token`` (client credentials)."""
+
+    access_token: str = Field(min_length=1)
+    token_type: str = "Bearer"
+    expires_in: int
+    id_token: str | None = None
+
+
+class SubmitResponse(_Response):
+    """Answer of a successful submit; every field optional, ``status`` an open set."""
+
+    id: str | None = None
+    order_reference: str | None = None
+    status: str | None = None
+    external_id: str | None = None
+    subscriptionReference: str | None = None
+    owner: str | None = None
+
+
+class ErrorBody(_Response):
+    """Body of an error answer: ``{"message": ...}`` at best."""
+
+    message: str | None = None
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else str(value)
+
+
+class Invoice(_Response):
+    """A previewed invoice."""
+
+    amount: Amount | None = None
+    amountWithoutTax: Amount | None = None
+    taxAmount: Amount | None = None
+    targetDate: str | None = None
+    invoiceItems: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class CreditMemo(_Response):
+    """A previewed credit memo."""
+
+    amount: Amount | None = None
+    amountWithoutTax: Amount | None = None
+    taxAmount: Amount | None = None
+    targetDate: str | None = None
+    creditMemoItems: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class PreviewResult(_Response):
+    """Invoices and credit memos the order would produce."""
+
+    invoices: list[Invoice] | None = None
+    creditMemos: list[CreditMemo] | None = None
+
+
+class ZuoraPreview(_Response):
+    """The Zuora-backed ``preview`` object."""
+
+    success: bool | None = None
+    orderNumber: str | None = None
+    orderId: str | None = None
+    accountNumber: str | None = None
+    status: str | None = None
+    subscriptions: list[dict[str, Any]] | None = None
+    paymentNumber: str | None = None
+    paymentId: str | None = None
+    paidAmount: Amount | None = None
+    previewResult: PreviewResult | None = None
+
+
+class ScheduleEntry(_Response):
+    """One billing date of the preview schedule."""
+
+    date: str | None = None
+    schedule_date: str | None = None
+    type: str | None = None
+    description: str | None = None
+    amount: Amount | None = None
+    taxAmount: Amount | None = None
+    amountWithoutTax: Amount | None = None
+    currency: str | None = None
+    lineItems: list[dict[str, Any]] | None = None
+
+
+class PreviewResponse(_Response):
+    """Answer of a preview: Zuora's ``preview`` + ``schedule`` when it has that shape.
+
+    ``preview`` and ``schedule`` fall back to the raw JSON value when they do not fit the
+    Zuora shape (another billing plugin), so parsing never fails on them.
+    """
+
+    preview: Annotated[ZuoraPreview | Any, Field(union_mode="left_to_right")] = None
+    schedule: Annotated[list[ScheduleEntry] | Any, Field(union_mode="left_to_right")] = None
+
+    def first_schedule(self) -> ScheduleEntry | None:
+        """The first schedule entry (the first payment), if the schedule has Zuora's shape."""
+        if isinstance(self.schedule, list) and self.schedule:
+            first = self.schedule[0]
+            return first if isinstance(first, ScheduleEntry) else None
+        return None
+
+
+class LimioOrderObject(_Response):
+    """A stored order as read back from ``GET /api/objects/limio/orders/{id}``."""
+
+    id: str
+    orderState: str | None = None
+    status: str | None = None
+    order_type: str | None = None
+    order_reference: str | None = None
+    external_id: str | None = None
+    subscriptionReference: str | None = None
+    owner: str | None = None
+    created: str | None = None
+    updated: str | None = None
+
+    @property
+    def state(self) -> str | None:
+        """``orderState`` if present, else ``status``."""
+        return self.orderState or self.status
