@@ -17,8 +17,9 @@ import redis
 from sqlalchemy import text
 
 from worker import migrate
-from worker.db import dispose_all, get_engine
-from worker.models import Base
+from worker.db import dispose_all, get_engine, transaction
+from worker.ids import new_id, sha256_hex, utcnow
+from worker.models import Base, Caller
 from worker.settings import Settings, get_settings, normalise_database_url
 
 TEST_REDIS_URL = os.environ.get("ORDERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -97,3 +98,19 @@ def settings_from(env: dict[str, str], **overrides: object) -> Settings:
     base = {k.removeprefix("ORDERS_").lower(): v for k, v in env.items()}
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def caller_id(clean_db: str) -> str:
+    caller_id = new_id("clr")
+    with transaction(clean_db) as session:
+        session.add(
+            Caller(
+                id=caller_id,
+                name="test-caller",
+                key_hash=sha256_hex(caller_id),
+                key_prefix="test",
+                created_at=utcnow(),
+            )
+        )
+    return caller_id

@@ -29,6 +29,12 @@ def configure(broker_url: str, settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if _configured_with == broker_url:
         return app
+    if _configured_with is not None:
+        # Pointing at another broker (tests, CLI): drop pools bound to the old one.
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=broker_url,
         result_backend=None,

@@ -11,30 +11,13 @@ import pytest
 from api_stub.config import StubConfig
 from api_stub.testing import StubControl, running_stub
 from tests.conftest import settings_from
+from tests.helpers import add_orders, new_payload  # noqa: F401
 from worker.db import transaction
-from worker.ids import new_id, sha256_hex, utcnow
-from worker.models import Caller, Order
-from worker.orders import create_orders, new_order
+from worker.models import Order
 from worker.repository import load
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings
 from worker.states import TERMINAL
-
-
-def new_payload(n: int, **extra: Any) -> dict[str, Any]:
-    """A valid ``new`` order payload."""
-    payload = {
-        "order_type": "new",
-        "external_id": f"EXT-{n}",
-        "process_immediately": True,
-        "checkoutId": f"basket-{n}",
-        "country": "GB",
-        "orderItems": [{"offer": {"id": "a" * 40, "version": "b" * 40}, "quantity": 1}],
-        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "a@example.com"},
-        "payment": {"type": "zuora", "zuora": {"refId": "r1"}},
-    }
-    payload.update(extra)
-    return payload
 
 
 @pytest.fixture
@@ -81,29 +64,6 @@ def runtime_factory(
     yield factory
     for rt in made:
         rt.close()
-
-
-@pytest.fixture
-def caller_id(clean_db: str) -> str:
-    caller_id = new_id("clr")
-    with transaction(clean_db) as session:
-        session.add(
-            Caller(
-                id=caller_id,
-                name="test-caller",
-                key_hash=sha256_hex(caller_id),
-                key_prefix="test",
-                created_at=utcnow(),
-            )
-        )
-    return caller_id
-
-
-def add_orders(db_url: str, caller_id: str, payloads: list[dict[str, Any]]) -> list[str]:
-    """Store payloads as received orders; returns their ids."""
-    with transaction(db_url) as session:
-        orders = create_orders(session, caller_id, [new_order(p) for p in payloads], utcnow(), 30)
-    return [o.id for o in orders]
 
 
 def drive(rt: Runtime, ids: list[str], timeout_s: float = 20.0) -> dict[str, Order]:

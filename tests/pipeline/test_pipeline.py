@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.pipeline.conftest import add_orders, drive, new_payload
+from tests.helpers import add_orders, new_payload
+from tests.pipeline.conftest import drive
 from worker.db import transaction
 from worker.models import OrderEvent
 from worker.repository import history

@@ -1,0 +1,35 @@
+"""Helpers shared by tests: valid payloads, storing orders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.db import transaction
+from worker.ids import utcnow
+from worker.orders import create_orders, new_order
+
+
+def new_payload(n: int, **extra: Any) -> dict[str, Any]:
+    """A valid ``new`` order payload."""
+    payload = {
+        "order_type": "new",
+        "external_id": f"EXT-{n}",
+        "process_immediately": True,
+        "checkoutId": f"basket-{n}",
+        "country": "GB",
+        "orderItems": [{"offer": {"id": "a" * 40, "version": "b" * 40}, "quantity": 1}],
+        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "a@example.com"},
+        "payment": {"type": "zuora", "zuora": {"refId": "r1"}},
+    }
+    payload.update(extra)
+    return payload
+
+
+def add_orders(
+    db_url: str, caller_id: str, payloads: list[dict[str, Any]], grace_s: float = 30.0
+) -> list[str]:
+    """Store payloads as received orders (due for the sweeper after ``grace_s``)."""
+    items = [new_order(p) for p in payloads]
+    with transaction(db_url) as session:
+        orders = create_orders(session, caller_id, items, utcnow(), grace_s)
+    return [o.id for o in orders]
