@@ -14,6 +14,8 @@ TASK_SWEEP = "orders.sweep"
 TASK_DELIVER = "webhooks.deliver"
 QUEUE_ORDERS = "orders"
 QUEUE_WEBHOOKS = "webhooks"
+LAST_SWEEP_KEY = "orders:last-sweep-at"
+"""Liveness: set each time a worker runs the sweep beat scheduled (read by ``orders health``)."""
 
 # Longer than any countdown we schedule (retry_countdown_max_s): Redis re-delivers an
 # unacknowledged message after this, so longer waits live in the database (due_at).

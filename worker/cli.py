@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 import typer
 
@@ -154,3 +155,122 @@ def main() -> None:  # pragma: no cover - console entry point
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         sys.exit(2)
+
+
+@app.command()
+def submit(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines or CSV."),
+    api_url: str | None = typer.Option(None, help="Intake API (default ORDERS_API_URL)."),
+    key: str | None = typer.Option(None, help="Caller API key (default ORDERS_API_KEY)."),
+    batch_size: int = typer.Option(1000, min=1, max=10000),
+    follow: bool = typer.Option(True, help="Follow the orders until they settle."),
+    timeout_s: float = typer.Option(3600.0, help="How long to follow."),
+) -> None:
+    """Submit a file of order payloads through the API, then follow them to the end."""
+    from worker.cli_client import ApiError, client_from, console, status_table, submit_file
+
+    client = client_from(api_url, key)
+    try:
+        counts = submit_file(client, file, batch_size, follow, timeout_s)
+    except (ApiError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    console.print(status_table(counts))
+
+
+@app.command()
+def status(
+    order_id: str | None = typer.Argument(None, help="One order: its view and history."),
+    batch: str | None = typer.Option(None, help="Counts for one batch."),
+    status_filter: str | None = typer.Option(None, "--status", help="Only this status."),
+    api_url: str | None = typer.Option(None),
+    key: str | None = typer.Option(None),
+) -> None:
+    """Show one order with its history, or counts by status (optionally for one batch)."""
+    from collections import Counter
+
+    from worker.cli_client import ApiError, client_from, console, show_order, status_table
+
+    client = client_from(api_url, key)
+    try:
+        if order_id:
+            show_order(client, order_id)
+            return
+        views = client.orders(batch_id=batch, status=status_filter)
+        console.print(status_table(Counter(v["status"] for v in views)))
+    except ApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def retry(
+    order_id: str | None = typer.Argument(None, help="One order to retry."),
+    status_filter: str = typer.Option("failed", "--status", help="Status to retry."),
+    reason: str | None = typer.Option(None, help="Only this reason, e.g. upstream_502."),
+    batch: str | None = typer.Option(None, help="Only this batch."),
+    at: str | None = typer.Option(None, help="When (ISO 8601); default now."),
+    api_url: str | None = typer.Option(None),
+    key: str | None = typer.Option(None),
+) -> None:
+    """Schedule a retry of one order, or of all orders matching the filter."""
+    from worker.cli_client import ApiError, client_from
+
+    client = client_from(api_url, key)
+    try:
+        if order_id:
+            scheduled = client.retry(order_id, at=at)
+        else:
+            scheduled = client.retry(status=status_filter, reason=reason, batch_id=batch, at=at)
+    except ApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"scheduled: {scheduled}")
+
+
+@app.command()
+def health(
+    max_sweep_age_s: float | None = typer.Option(
+        None, help="Oldest acceptable sweep (default 3 x ORDERS_SWEEP_INTERVAL_S + 30)."
+    ),
+) -> None:
+    """Exit 0 if the database and Redis answer and a worker ran beat's sweep recently."""
+    import time
+
+    import redis
+    from sqlalchemy import text
+
+    from worker.celery_app import LAST_SWEEP_KEY
+    from worker.db import get_engine
+    from worker.embedded_redis import resolve_redis_url
+
+    settings = _settings()
+    limit = max_sweep_age_s or settings.sweep_interval_s * 3 + 30
+    problems = []
+    try:
+        with get_engine(settings.database_url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        problems.append(f"database: {exc}")
+    try:
+        client = redis.Redis.from_url(resolve_redis_url(settings, start_if_missing=False))
+        last = client.get(LAST_SWEEP_KEY)
+        age = time.time() - float(last) if last else None
+        if age is None or age > limit:
+            problems.append(f"no sweep in the last {limit:.0f} s (worker or beat not consuming)")
+    except Exception as exc:
+        problems.append(f"redis: {exc}")
+    for problem in problems:
+        typer.echo(problem, err=True)
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def demo(
+    orders: int = typer.Option(500, min=1, max=10000, help="How many sample orders."),
+    timeout_s: float = typer.Option(300.0, help="How long to wait for them to settle."),
+) -> None:
+    """Run the whole pipeline locally (bundled Redis, SQLite, the stub) on a sample batch."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(orders, timeout_s))

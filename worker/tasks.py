@@ -6,6 +6,7 @@ when the order has moved on. Retrying happens here and in the sweeper, nowhere e
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
 from worker import sweeper
-from worker.celery_app import TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
+from worker.celery_app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
 from worker.db import dispose_all, transaction
 from worker.enqueue import enqueue_deliveries, enqueue_orders
 from worker.ids import utcnow
@@ -61,6 +62,7 @@ def sweep() -> dict[str, int]:
         orders = sweeper.take_due_orders(session, now, grace, SWEEP_LIMIT)
         deliveries = sweeper.take_due_deliveries(session, now, grace, SWEEP_LIMIT)
         purged = sweeper.purge_idempotency_keys(session, now)
+    rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     if orders:
         enqueue_orders(rt.celery, orders, rt.settings.chunk_size)
     if deliveries:

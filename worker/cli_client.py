@@ -1,0 +1,119 @@
+"""Client commands of ``orders``: submit a file, show status, schedule retries."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker.client import ApiClient, ApiError, read_orders, settled
+from worker.ids import sha256_hex
+from worker.settings import get_settings
+
+console = Console(stderr=True)
+
+
+def client_from(api_url: str | None, key: str | None) -> ApiClient:
+    settings = get_settings()
+    key = key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key:
+        raise typer.BadParameter("give --key or set ORDERS_API_KEY (see `orders keys create`)")
+    return ApiClient(api_url or settings.api_url, key)
+
+
+def submit_file(
+    client: ApiClient, path: Path, batch_size: int, follow: bool, timeout_s: float
+) -> Counter[str]:
+    """Send the file's orders in batches, then follow them until settled; return status counts.
+
+    Each batch carries an Idempotency-Key derived from the file's content, so running the same
+    command again returns the orders it already created instead of creating them twice.
+    """
+    payloads = read_orders(path)
+    digest = sha256_hex(path.read_bytes())[:24]
+    batch_ids: list[str] = []
+    errors: list[tuple[int, dict[str, Any]]] = []
+    with _progress() as progress:
+        task = progress.add_task("accepted", total=len(payloads))
+        for start in range(0, len(payloads), batch_size):
+            answer = client.submit_batch(
+                payloads[start : start + batch_size], f"submit-{digest}-{start}"
+            )
+            batch_ids.append(answer["batch_id"])
+            for result in answer["results"]:
+                if "error" in result:
+                    errors.append((start + result["index"], result["error"]))
+            progress.advance(task, len(answer["results"]))
+    for index, error in errors[:20]:
+        console.print(f"[red]line {index + 1}[/red]: {error.get('message')} {error.get('fields')}")
+    if len(errors) > 20:
+        console.print(f"... and {len(errors) - 20} more rejected lines")
+    accepted = len(payloads) - len(errors)
+    console.print(f"{accepted} accepted, {len(errors)} rejected, batches: {', '.join(batch_ids)}")
+    if not follow or not accepted:
+        return Counter({"rejected_at_intake": len(errors)})
+    return follow_batches(client, batch_ids, accepted, timeout_s)
+
+
+def follow_batches(
+    client: ApiClient, batch_ids: list[str], total: int, timeout_s: float
+) -> Counter[str]:
+    """Poll the batches until every order is settled (or the timeout); show progress."""
+    deadline = time.monotonic() + timeout_s
+    counts: Counter[str] = Counter()
+    with _progress() as progress:
+        task = progress.add_task("settled", total=total)
+        while True:
+            views = [v for b in batch_ids for v in client.orders(batch_id=b)]
+            counts = Counter(v["status"] for v in views)
+            done = sum(1 for v in views if settled(v))
+            progress.update(
+                task,
+                completed=done,
+                description=" ".join(f"{k}:{n}" for k, n in sorted(counts.items())),
+            )
+            if done >= total or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.5)
+
+
+def status_table(counts: Counter[str]) -> Table:
+    table = Table("status", "orders")
+    for status, n in sorted(counts.items()):
+        table.add_row(status, str(n))
+    return table
+
+
+def show_order(client: ApiClient, order_id: str) -> None:
+    view = client.order(order_id)
+    console.print_json(data=view)
+    table = Table("at", "from", "to", "attempt", "reason", "message")
+    for event in client.events(order_id):
+        table.add_row(
+            event["at"],
+            event["from"] or "",
+            event["to"],
+            str(event["attempt"]),
+            event["reason"] or "",
+            (event["message"] or "")[:60],
+        )
+    console.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+__all__ = ["ApiError", "client_from", "follow_batches", "show_order", "status_table", "submit_file"]

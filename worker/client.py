@@ -1,0 +1,132 @@
+"""A small client of the intake API, for the ``orders`` client commands and the demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from worker.states import TERMINAL
+
+
+class ApiError(RuntimeError):
+    """The API answered an error; the message is the API's."""
+
+
+class ApiClient:
+    """Calls ``/v1`` with a caller's key."""
+
+    def __init__(self, base_url: str, key: str, timeout_s: float = 60.0) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        body = orjson.loads(response.content) if response.content else None
+        if response.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else response.text
+            raise ApiError(f"HTTP {response.status_code}: {message}")
+        return body
+
+    def submit_batch(self, payloads: list[dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
+        return dict(
+            self._call(
+                "POST",
+                "/v1/orders/batch",
+                content=orjson.dumps({"orders": payloads}),
+                headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
+            )
+        )
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/orders/{order_id}"))
+
+    def events(self, order_id: str) -> list[dict[str, Any]]:
+        body = self._call("GET", f"/v1/orders/{order_id}/events")
+        return list(body["items"] if isinstance(body, dict) else body)
+
+    def orders(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every order matching ``filters``, following the cursor."""
+        params = {k: v for k, v in filters.items() if v is not None} | {"limit": 1000}
+        while True:
+            page = self._call("GET", "/v1/orders", params=params)
+            yield from page["items"]
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def retry(self, order_id: str | None = None, **filters: Any) -> int:
+        body = {k: v for k, v in filters.items() if v is not None}
+        path = f"/v1/orders/{order_id}/retry" if order_id else "/v1/retries"
+        return int(self._call("POST", path, json=body)["scheduled"])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def settled(view: dict[str, Any]) -> bool:
+    """Terminal, or held for an operator (``submit_unknown`` with nothing scheduled)."""
+    if view["status"] in TERMINAL:
+        return True
+    return view["status"] == "submit_unknown" and view.get("reason") == "held_for_operator"
+
+
+def _unflatten(row: dict[str, str]) -> dict[str, Any]:
+    """Dotted CSV columns to nested JSON; columns ending in ``:json`` hold JSON values."""
+    root: dict[str, Any] = {}
+    for column, cell in row.items():
+        if column is None or cell is None or cell == "":
+            continue
+        name, is_json = (column[:-5], True) if column.endswith(":json") else (column, False)
+        value: Any = orjson.loads(cell) if is_json else cell
+        parts = name.split(".")
+        node: Any = root
+        for part, nxt in itertools.pairwise(parts):
+            key: Any = int(part) if isinstance(node, list) else part
+            if isinstance(node, list):
+                while len(node) <= key:
+                    node.append(None)
+            child = node[key] if (isinstance(node, list) or key in node) else None
+            if child is None:
+                child = [] if nxt.isdigit() else {}
+                node[key] = child
+            node = child
+        last: Any = parts[-1]
+        if isinstance(node, list):
+            last = int(last)
+            while len(node) <= last:
+                node.append(None)
+        node[last] = value
+    return root
+
+
+def read_orders(path: Path) -> list[dict[str, Any]]:
+    """Order payloads from JSON Lines (one object a line) or CSV.
+
+    CSV: either a ``payload`` column holding each order as JSON, or one column per field with
+    dotted paths (``billingDetails.email``, ``orderItems.0.offer.id``); cells are strings unless
+    the column name ends in ``:json`` (``orderItems.0.quantity:json`` holding ``1``).
+    """
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and "payload" in rows[0]:
+            return [orjson.loads(r["payload"]) for r in rows]
+        return [_unflatten(r) for r in rows]
+    payloads = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                payloads.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from None
+    return payloads
