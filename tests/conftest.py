@@ -2,7 +2,8 @@
 Redis (a dedicated database, flushed per test).
 
 - ``ORDERS_DATABASE_URL`` unset: a SQLite file in a temporary folder.
-- ``ORDERS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``).
+- ``ORDERS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``; if nothing answers there,
+  a bundled redis-server is started for the session).
 Each test starts from empty tables and an empty Redis database.
 """
 
@@ -22,7 +23,26 @@ from worker.ids import new_id, sha256_hex, utcnow
 from worker.models import Base, Caller
 from worker.settings import Settings, get_settings, normalise_database_url
 
-TEST_REDIS_URL = os.environ.get("ORDERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A real Redis for the session: the configured one, else a bundled redis-server."""
+    url = os.environ.get("ORDERS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        if "ORDERS_TEST_REDIS_URL" in os.environ:
+            raise
+        from worker.embedded_redis import start
+
+        proc, url = start()
+        yield url
+        proc.terminate()
+        proc.wait(10)
+        return
+    yield url
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +71,11 @@ def _truncate(url: str) -> None:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url(redis_server_url: str) -> Iterator[str]:
     """A real Redis database, flushed before and after the test."""
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client = redis.Redis.from_url(redis_server_url)
     client.flushdb()
-    yield TEST_REDIS_URL
+    yield redis_server_url
     client.flushdb()
     client.close()
 
