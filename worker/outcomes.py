@@ -73,23 +73,36 @@ def on_failure(
     rand: random.Random | None = None,
 ) -> Decision:
     """A failed preview or submit: reject, fail, hold as unknown, or schedule a retry."""
-    common = {"reason": error.reason, "message": error.message, "status_code": error.status_code}
+
+    def move(to: Status, values: dict[str, Any]) -> Move:
+        return Move(
+            order.id,
+            frm,
+            to,
+            values,
+            reason=error.reason,
+            message=error.message,
+            status_code=error.status_code,
+        )
+
     if isinstance(error, AmbiguousError):
-        values = {**_DONE, "due_at": now + timedelta(seconds=timing.reconcile_delay_s)}
-        return Decision(Move(order.id, frm, S.SUBMIT_UNKNOWN, values, **common))
+        return Decision(
+            move(
+                S.SUBMIT_UNKNOWN,
+                {**_DONE, "due_at": now + timedelta(seconds=timing.reconcile_delay_s)},
+            )
+        )
     if isinstance(error, PermanentError):
-        return Decision(Move(order.id, frm, S.REJECTED, dict(_DONE), **common))
+        return Decision(move(S.REJECTED, dict(_DONE)))
     if isinstance(error, AuthError):
-        return Decision(Move(order.id, frm, S.FAILED, dict(_DONE), **common))
+        return Decision(move(S.FAILED, dict(_DONE)))
     failures = order.failures + 1
     age_s = (now - order.budget_from).total_seconds()
     verdict = decide_retry(timing.policy, failures, age_s, error.retry_after_s, rand)
     if verdict.give_up:
-        values = {**_DONE, "failures": failures}
-        return Decision(Move(order.id, frm, S.FAILED, values, **common))
+        return Decision(move(S.FAILED, {**_DONE, "failures": failures}))
     values, countdown = _schedule(now, verdict.delay_s, timing)
-    values["failures"] = failures
-    return Decision(Move(order.id, frm, retry_to, values, **common), countdown)
+    return Decision(move(retry_to, {**values, "failures": failures}), countdown)
 
 
 def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) -> Decision:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.backoff import decide_retry
-from worker.errors import UpstreamError
+from worker.errors import PermanentError, UpstreamError
 from worker.models import Order
 from worker.outcomes import Decision, Timing, upstream_fields
 from worker.pipeline_payload import sent_external_id
@@ -56,6 +56,9 @@ def reconcile_decisions(
     wanted = {sent_external_id(o): o for o in orders}
     try:
         found = find_upstream(upstream, set(wanted), settings.reconcile_max_pages)
+    except PermanentError:
+        # The upstream offers no list to search (404/405...): nothing can be found there.
+        found = {}
     except UpstreamError as exc:
         return [_lookup_failed(order, exc, now, timing) for order in orders]
     decisions = []

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     follow_max_age_s: float = Field(24 * 3600.0, gt=0)
     submit_unknown_policy: Literal["hold", "resubmit"] = "hold"
     reconcile_delay_s: float = Field(5.0, ge=0)
-    reconcile_max_pages: int = Field(20, ge=0)
+    reconcile_max_pages: int = Field(50, ge=0)
 
     chunk_size: int = Field(50, ge=1, le=1000)
     http_concurrency: int = Field(32, ge=1, le=512)

@@ -71,3 +71,17 @@ def test_resubmit_policy_resubmits_when_not_found(runtime_factory, caller_id, st
     assert order.status == "complete"
     assert ("previewed", "policy_resubmit") in _reasons(clean_db, oid)
     assert stub.orders()["count"] == 1
+
+
+def test_upstream_without_a_list_holds_instead_of_guessing(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """If the order list cannot be read (404), the ambiguous order is held, not re-sent."""
+    rt = runtime_factory(upstream_read_timeout_s=0.5)
+    stub.configure(ambiguous_hold_s=3)
+    stub.script("submit", [{"kind": "ambiguous", "times": 1}])
+    stub.script("list", [{"status": 404, "times": 5}])
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    order = drive(rt, [oid])[oid]
+    assert (order.status, order.reason) == ("submit_unknown", "held_for_operator")
+    assert stub.orders()["count"] == 1
