@@ -82,6 +82,16 @@ class RunResult:
     moved: int = 0
 
 
+@dataclass(slots=True)
+class _Run:
+    """One run's lease, the orders' attempt counts, and what it leaves to its caller."""
+
+    owner: str
+    lease_until: datetime
+    attempts: dict[str, int] = field(default_factory=dict)
+    result: RunResult = field(default_factory=RunResult)
+
+
 class Pipeline:
     """Drives chunks of orders through preview, submit, follow-up and reconciliation."""
 
@@ -104,71 +114,59 @@ class Pipeline:
 
     def run(self, ids: Sequence[str]) -> RunResult:
         """Take every due order of ``ids`` as far as it can go now."""
-        result = RunResult()
-        owner = new_id("lease")
         now = utcnow()
-        lease_until = now + timedelta(seconds=self.settings.lease_s)
+        run = _Run(new_id("lease"), now + timedelta(seconds=self.settings.lease_s))
         with transaction(self.db_url) as session:
             orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
             by_status: dict[str, list[str]] = {}
             for order in orders.values():
                 by_status.setdefault(order.status, []).append(order.id)
-            events = repo.claim(
-                session,
-                by_status.get(S.RECEIVED, []),
-                S.RECEIVED,
-                S.PREVIEWING,
-                owner,
-                now,
-                lease_until,
-                self.actor,
+            events: list[Event] = []
+            for frm, to in ((S.RECEIVED, S.PREVIEWING), (S.PREVIEWED, S.SUBMITTING)):
+                events += repo.claim(
+                    session,
+                    by_status.get(frm, []),
+                    frm,
+                    to,
+                    run.owner,
+                    now,
+                    run.lease_until,
+                    self.actor,
+                )
+            follow, unknown = (
+                repo.lease(session, by_status.get(st, []), st, run.owner, run.lease_until)
+                for st in (S.SUBMITTED, S.SUBMIT_UNKNOWN)
             )
-            events += repo.claim(
-                session,
-                by_status.get(S.PREVIEWED, []),
-                S.PREVIEWED,
-                S.SUBMITTING,
-                owner,
-                now,
-                lease_until,
-                self.actor,
-            )
-            follow = repo.lease(
-                session, by_status.get(S.SUBMITTED, []), S.SUBMITTED, owner, lease_until
-            )
-            unknown = repo.lease(
-                session, by_status.get(S.SUBMIT_UNKNOWN, []), S.SUBMIT_UNKNOWN, owner, lease_until
-            )
-            self._record(session, events, result)
+            self._record(session, events, run.result)
+        run.attempts = {o.id: o.attempts for o in orders.values()}
+        run.attempts.update((e["order_id"], e["attempt"]) for e in events)
         to_preview = [orders[e["order_id"]] for e in events if e["to_status"] == S.PREVIEWING]
         to_submit = [orders[e["order_id"]] for e in events if e["to_status"] == S.SUBMITTING]
-        to_submit += self._preview(to_preview, owner, lease_until, result)
-        self._submit(to_submit, owner, result)
-        self._follow([orders[i] for i in follow], owner, result)
+        to_submit += self._preview(to_preview, run)
+        self._submit(to_submit, run)
+        self._follow([orders[i] for i in follow], run)
         if unknown:
             decisions = reconcile_decisions(
                 [orders[i] for i in unknown], self.upstream, self.settings, utcnow(), self.timing
             )
-            self._apply(decisions, owner, result)
-        return result
+            self._apply(decisions, run)
+        return run.result
 
-    def _preview(
-        self, orders: list[Order], owner: str, lease_until: datetime, result: RunResult
-    ) -> list[Order]:
+    def _preview(self, orders: list[Order], run: _Run) -> list[Order]:
         outcomes = self._call_all(
             lambda o: self.upstream.preview(upstream_payload(o)), orders, ambiguous=False
         )
         now = utcnow()
         decisions = [
-            on_preview_ok(order, answer, lease_until)
+            on_preview_ok(order, answer, run.lease_until)
             if error is None
             else on_failure(order, S.PREVIEWING, S.RECEIVED, error, now, self.timing, self._rand)
             for order, answer, error in outcomes
         ]
-        moved = self._apply(decisions, owner, result)
+        moved = self._apply(decisions, run)
         return [o for o, _, error in outcomes if error is None and o.id in moved]
 
-    def _submit(self, orders: list[Order], owner: str, result: RunResult) -> None:
+    def _submit(self, orders: list[Order], run: _Run) -> None:
         outcomes = self._call_all(
             lambda o: self.upstream.submit(upstream_payload(o)), orders, ambiguous=True
         )
@@ -179,21 +177,15 @@ class Pipeline:
             else on_failure(order, S.SUBMITTING, S.PREVIEWED, error, now, self.timing, self._rand)
             for order, answer, error in outcomes
         ]
-        self._apply(decisions, owner, result)
+        self._apply(decisions, run)
 
-    def _follow(self, orders: list[Order], owner: str, result: RunResult) -> None:
+    def _follow(self, orders: list[Order], run: _Run) -> None:
         outcomes = self._call_all(
             lambda o: self.upstream.get_order(o.upstream_id or ""), orders, ambiguous=False
         )
         now = utcnow()
-        self._apply(
-            [
-                on_follow(order, answer, error, now, self.timing)
-                for order, answer, error in outcomes
-            ],
-            owner,
-            result,
-        )
+        decisions = [on_follow(o, answer, error, now, self.timing) for o, answer, error in outcomes]
+        self._apply(decisions, run)
 
     def _call_all(
         self, call: Callable[[Order], dict[str, Any]], orders: list[Order], *, ambiguous: bool
@@ -216,7 +208,7 @@ class Pipeline:
             return [one(orders[0])]
         return list(self.executor.map(one, orders))
 
-    def _apply(self, decisions: list[Decision], owner: str, result: RunResult) -> set[str]:
+    def _apply(self, decisions: list[Decision], run: _Run) -> set[str]:
         """Write the decisions in one transaction; returns the ids whose move won."""
         if not decisions:
             return set()
@@ -226,18 +218,20 @@ class Pipeline:
         with transaction(self.db_url) as session:
             for decision in decisions:
                 move = decision.move
-                if move.frm == move.to and move.frm == S.SUBMITTED:
-                    if repo.release(session, move.order_id, owner, now, **_no_lease(move.values)):
+                if move.frm == move.to == S.SUBMITTED:
+                    # A reschedule of the follow-up: same status, no history row.
+                    values = _no_lease(move.values)
+                    if repo.release(session, move.order_id, run.owner, now, **values):
                         won.add(move.order_id)
                 else:
                     moves.append(move)
-            events = repo.apply_moves(session, moves, now, owner, self.actor)
+            events = repo.apply_moves_bulk(session, moves, now, run.owner, run.attempts, self.actor)
             won.update(e["order_id"] for e in events)
-            self._record(session, events, result)
+            self._record(session, events, run.result)
         for decision in decisions:
             if decision.move.order_id in won and decision.requeue_in_s is not None:
-                result.requeue.append((decision.move.order_id, decision.requeue_in_s))
-        result.moved += len(won)
+                run.result.requeue.append((decision.move.order_id, decision.requeue_in_s))
+        run.result.moved += len(won)
         return won
 
     def _record(self, session: Any, events: Sequence[Event], result: RunResult) -> None:
