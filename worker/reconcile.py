@@ -91,12 +91,12 @@ def _found(order: Order, item: dict[str, Any], now: datetime, timing: Timing) ->
     outcome = upstream_status_outcome(fields.get("upstream_status"))
     msg = f"found upstream as {fields.get('upstream_id')}"
     if outcome is S.COMPLETE:
-        values = {**fields, **_RELEASE, "due_at": None, "next_attempt_at": None}
+        done: dict[str, Any] = {**fields, **_RELEASE, "due_at": None, "next_attempt_at": None}
         return Decision(
-            Move(order.id, S.SUBMIT_UNKNOWN, S.COMPLETE, values, reason="reconciled", message=msg)
+            Move(order.id, S.SUBMIT_UNKNOWN, S.COMPLETE, done, reason="reconciled", message=msg)
         )
     at = now + timedelta(seconds=timing.follow_interval_s)
-    values = {
+    values: dict[str, Any] = {
         **fields,
         **_RELEASE,
         "submitted_at": now,

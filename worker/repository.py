@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import Order, OrderEvent
@@ -98,8 +98,8 @@ def apply_moves(
     return events
 
 
-_ORDERS = Order.__table__
-_EVENTS = OrderEvent.__table__
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 
 
 def apply_moves_bulk(
@@ -153,7 +153,8 @@ def apply_moves_bulk(
             }
             for m, values in group
         ]
-        matched = session.execute(stmt, rows).rowcount
+        result: CursorResult[Any] = session.execute(stmt, rows)  # type: ignore[assignment]
+        matched = result.rowcount
         if matched == len(rows):
             won.extend(m for m, _ in group)
             continue
@@ -233,7 +234,8 @@ def release(session: Session, order_id: str, owner: str, now: datetime, **values
         .values(lease_owner=None, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(stmt).rowcount)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return bool(result.rowcount)
 
 
 def load(session: Session, ids: Iterable[str]) -> list[Order]:

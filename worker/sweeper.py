@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from worker import repository as repo
@@ -108,5 +109,6 @@ def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: 
 
 def purge_idempotency_keys(session: Session, now: datetime) -> int:
     """Forget idempotency keys past their retention."""
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    stmt = delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return int(result.rowcount or 0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import httpx
 import structlog
+from celery import Task
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
@@ -35,7 +36,7 @@ def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
 
 
 @app.task(name=TASK_PROCESS, bind=True, max_retries=5)
-def process_orders(self, order_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+def process_orders(self: Task, order_ids: list[str]) -> int:
     """Take the given orders as far as they can go; re-enqueue short waits with a countdown."""
     rt = get_runtime()
     try:
