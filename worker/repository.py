@@ -41,6 +41,9 @@ class Move:
 Event = dict[str, Any]
 """A history row about to be written (the ``order_events`` columns)."""
 
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
+
 
 def _owner_clause(owner: str | None) -> Any:
     return Order.lease_owner.is_(None) if owner is None else Order.lease_owner == owner
@@ -94,12 +97,8 @@ def apply_moves(
         if attempt is not None:
             events.extend(_event_rows(move, attempt, now, actor))
     if events:
-        session.execute(insert(OrderEvent), events)
+        session.execute(insert(_EVENTS), events)
     return events
-
-
-_ORDERS: Table = Order.__table__  # type: ignore[assignment]
-_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 
 
 def apply_moves_bulk(
@@ -205,7 +204,7 @@ def claim(
     rows = session.execute(stmt).all()
     events = [e for oid, n in rows for e in _event_rows(Move(oid, frm, to), n, now, actor)]
     if events:
-        session.execute(insert(OrderEvent), events)
+        session.execute(insert(_EVENTS), events)
     return events
 
 

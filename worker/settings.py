@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     reconcile_max_pages: int = Field(50, ge=0)
 
     chunk_size: int = Field(50, ge=1, le=1000)
-    http_concurrency: int = Field(32, ge=1, le=512)
+    http_concurrency: int = Field(64, ge=1, le=512)
 
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(10.0, gt=0)
