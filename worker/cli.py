@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 
 from worker.settings import ConfigError, get_settings
+
+
+class Pool(StrEnum):
+    """Celery pools that work here: the client code is blocking, not monkey-patched."""
+
+    prefork = "prefork"
+    threads = "threads"
+    solo = "solo"
+
 
 app = typer.Typer(help="The partner order worker.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Caller API keys.", no_args_is_help=True)
@@ -56,7 +66,7 @@ def worker(
     concurrency: int = typer.Option(
         4, help="Worker processes (prefork; two per core measured best) or threads."
     ),
-    pool: str = typer.Option("prefork", help="Celery pool: prefork, threads or solo."),
+    pool: Pool = typer.Option(Pool.prefork, help="Celery pool (gevent/eventlet not supported)."),
     queues: str = typer.Option("orders,webhooks", help="Queues to consume."),
 ) -> None:
     """Run a Celery worker: preview, submit, follow orders; deliver webhooks."""
@@ -71,7 +81,7 @@ def worker(
         [
             "worker",
             "-P",
-            pool,
+            pool.value,
             "-c",
             str(concurrency),
             "-Q",
