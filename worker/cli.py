@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from worker.settings import ConfigError, get_settings
+from worker.settings import ConfigError, Settings, get_settings
 
 
 class Pool(StrEnum):
@@ -26,7 +26,7 @@ keys_app = typer.Typer(help="Caller API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     try:
         return get_settings()
     except ConfigError as exc:
@@ -68,8 +68,17 @@ def worker(
     ),
     pool: Pool = typer.Option(Pool.prefork, help="Celery pool (gevent/eventlet not supported)."),
     queues: str = typer.Option("orders,webhooks", help="Queues to consume."),
+    nice: int = typer.Option(
+        0,
+        min=0,
+        max=19,
+        help="Lower the worker's CPU priority, so that on a shared host the "
+        "intake API keeps answering fast while the pipeline runs flat out.",
+    ),
 ) -> None:
     """Run a Celery worker: preview, submit, follow orders; deliver webhooks."""
+    if nice:
+        os.nice(nice)
     _logging()
     url = _export_redis_url()
     from worker.celery_app import configure
@@ -121,6 +130,7 @@ def beat() -> None:
 def api(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes (one per core)."),
 ) -> None:
     """Run the HTTP intake API (FastAPI under uvicorn)."""
     _logging()
@@ -132,6 +142,7 @@ def api(
         factory=True,
         host=host,
         port=port,
+        workers=workers,
         log_level="warning",
         access_log=False,
     )

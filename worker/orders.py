@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from worker import repository as repo
@@ -41,12 +41,47 @@ class NewOrder:
 def new_order(payload: dict[str, Any]) -> NewOrder:
     """Wrap a payload that passed validation."""
     ext = payload.get("external_id")
-    return NewOrder(
-        payload,
-        str(payload["order_type"]),
-        ext if isinstance(ext, str) else None,
-        request_hash(payload),
-    )
+    # An empty external_id is no external_id (upstream, our id is sent in its place).
+    ext = ext if isinstance(ext, str) and ext else None
+    return NewOrder(payload, str(payload["order_type"]), ext, request_hash(payload))
+
+
+@dataclass(slots=True)
+class StoredOrder:
+    """A just-created order as plain data (the ``orders`` columns; see ``views.order_view``)."""
+
+    id: str
+    caller_id: str
+    batch_id: str | None
+    external_id: str | None
+    request_hash: str
+    order_type: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    failures: int
+    budget_from: datetime
+    due_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+    message: str | None = None
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    preview: dict[str, Any] | None = None
+    upstream_id: str | None = None
+    upstream_reference: str | None = None
+    upstream_status: str | None = None
+    subscription_reference: str | None = None
+    upstream_owner: str | None = None
+    submitted_at: datetime | None = None
+
+
+OrderLike = Order | StoredOrder
+"""A stored order, loaded (ORM) or just created (plain data)."""
+
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 
 
 def create_orders(
@@ -57,57 +92,55 @@ def create_orders(
     enqueue_grace_s: float,
     batch_id: str | None = None,
     actor: str = "intake",
-) -> list[Order]:
+) -> list[StoredOrder]:
     """Insert ``items`` as ``received`` orders with their first history row, in bulk.
 
     ``due_at`` is set a grace period ahead: if the enqueue after commit never happens, the
-    sweeper picks the orders up then.
+    sweeper picks the orders up then. Plain rows through Core: building ORM objects for a
+    10,000-order batch cost about half of the insert's time.
     """
+    if not items:
+        return []
     due = now + timedelta(seconds=enqueue_grace_s)
-    orders = [
-        Order(
-            id=new_id("ord"),
-            caller_id=caller_id,
-            batch_id=batch_id,
-            external_id=item.external_id,
-            request_hash=item.request_hash,
-            order_type=item.order_type,
-            payload=item.payload,
-            status=str(S.RECEIVED),
-            attempts=0,
-            failures=0,
-            budget_from=now,
-            due_at=due,
-            created_at=now,
-            updated_at=now,
-        )
+    received = str(S.RECEIVED)
+    rows = [
+        {
+            "id": new_id("ord"),
+            "caller_id": caller_id,
+            "batch_id": batch_id,
+            "external_id": item.external_id,
+            "request_hash": item.request_hash,
+            "order_type": item.order_type,
+            "payload": item.payload,
+            "status": received,
+            "attempts": 0,
+            "failures": 0,
+            "budget_from": now,
+            "due_at": due,
+            "created_at": now,
+            "updated_at": now,
+        }
         for item in items
     ]
-    if not orders:
-        return []
-    session.execute(insert(Order), [_columns(o) for o in orders])
+    session.execute(insert(_ORDERS), rows)
     session.execute(
-        insert(OrderEvent),
+        insert(_EVENTS),
         [
             {
-                "order_id": o.id,
+                "order_id": r["id"],
                 "at": now,
                 "from_status": None,
-                "to_status": str(S.RECEIVED),
+                "to_status": received,
                 "attempt": 0,
                 "reason": None,
                 "status_code": None,
                 "message": None,
                 "actor": actor,
             }
-            for o in orders
+            for r in rows
         ],
     )
-    return orders
-
-
-def _columns(order: Order) -> dict[str, Any]:
-    return {c.key: getattr(order, c.key) for c in Order.__table__.columns if hasattr(order, c.key)}
+    return [StoredOrder(**r) for r in rows]  # type: ignore[arg-type]
 
 
 def cancel(session: Session, order: Order, now: datetime, actor: str) -> list[Event]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from worker.models import Order, OrderEvent
+from worker.models import OrderEvent
+from worker.orders import OrderLike
 
 
 def iso(value: datetime | None) -> str | None:
@@ -15,7 +16,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def upstream_view(order: Order) -> dict[str, Any] | None:
+def upstream_view(order: OrderLike) -> dict[str, Any] | None:
     """The upstream's answer as recorded, or None until the order was submitted."""
     if order.upstream_id is None and order.upstream_status is None:
         return None
@@ -28,7 +29,7 @@ def upstream_view(order: Order) -> dict[str, Any] | None:
     }
 
 
-def order_view(order: Order) -> dict[str, Any]:
+def order_view(order: OrderLike) -> dict[str, Any]:
     """The contract's order view (design.md section 6)."""
     return {
         "id": order.id,

@@ -18,7 +18,7 @@ from worker.db import transaction
 from worker.ids import utcnow
 from worker.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from worker.upstream.classify import parse_retry_after
-from worker.webhooks.targets import TargetRefused, check_target
+from worker.webhooks.targets import TargetRefused, TargetUnresolved, check_target
 
 # Seconds to wait before attempt n+1 after attempt n failed (like Svix: up to ~28 h in all).
 SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -69,22 +69,29 @@ def deliver(
         status_code: int | None = None
         error: str | None = None
         retry_after_s: float | None = None
+        permanent = False
         started = time.perf_counter()
         try:
             check_target(endpoint.url, allow_private)
             headers = sign_headers(endpoint.secret, delivery.id, utcnow(), body)
-            response = client.post(endpoint.url, content=body, headers=headers)
-            status_code = response.status_code
-            retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+            started = time.perf_counter()
+            # Streamed and left unread: a receiver's answer body is never loaded into memory.
+            with client.stream("POST", endpoint.url, content=body, headers=headers) as response:
+                status_code = response.status_code
+                retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+        except TargetUnresolved as exc:
+            error = f"target unresolved: {exc}"
         except TargetRefused as exc:
-            error = f"target refused: {exc}"
+            error, permanent = f"target refused: {exc}", True
+        except httpx.InvalidURL as exc:
+            error, permanent = f"invalid url: {exc}", True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         latency_ms = (time.perf_counter() - started) * 1000
         attempts = delivery.attempts + 1
         if status_code is not None and 200 <= status_code < 300:
             outcome, delay = "delivered", None
-        elif status_code == 410 or (error and error.startswith("target refused")):
+        elif status_code == 410 or permanent:
             outcome, delay = "failed", None
         else:
             delay = next_delay_s(attempts, max_attempts, retry_after_s)

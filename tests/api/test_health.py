@@ -1,0 +1,91 @@
+"""Health, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import CallerKey, order
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_healthz_needs_no_key(client: TestClient) -> None:
+    """/healthz answers 200 without an API key."""
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readyz_when_database_and_redis_answer(client: TestClient) -> None:
+    """/readyz is 200 with both dependencies reachable."""
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_readyz_is_503_without_redis(api: Callable[..., TestClient]) -> None:
+    """/readyz is 503 naming Redis when it does not answer."""
+    client = api(redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "ok"
+    assert response.json()["checks"]["redis"].startswith("error")
+
+
+def test_readyz_is_503_without_database(api: Callable[..., TestClient]) -> None:
+    """/readyz is 503 naming the database when it does not answer."""
+    client = api(database_url=f"postgresql://root@127.0.0.1:{_closed_port()}/none")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("error")
+    assert response.json()["checks"]["redis"] == "ok"
+
+
+def test_metrics(client: TestClient, alpha: CallerKey) -> None:
+    """/metrics counts requests by route, accepted orders and orders by status."""
+    client.post(
+        "/v1/orders/batch", json={"orders": [order("a"), order("b")]}, headers=alpha.headers
+    )
+    client.get("/v1/orders/ord_00000000000000000000000000000000", headers=alpha.headers)
+    text = client.get("/metrics").text
+    assert re.search(
+        r'orders_http_requests_total\{method="POST",route="/v1/orders/batch",'
+        r'status="202"\} 1\.0',
+        text,
+    )
+    assert re.search(
+        r'orders_http_requests_total\{method="GET",route="/v1/orders/\{order_id\}",'
+        r'status="404"\} 1\.0',
+        text,
+    )
+    assert "orders_http_request_duration_seconds_bucket" in text
+    assert "orders_accepted_total 2.0" in text
+    assert 'orders_by_status{status="received"} 2.0' in text
+
+
+def test_openapi_documents_the_contract(client: TestClient) -> None:
+    """The OpenAPI document has every route, the upstream body schema and examples."""
+    doc = client.get("/openapi.json").json()
+    assert {
+        "/v1/orders",
+        "/v1/orders/batch",
+        "/v1/orders/{order_id}",
+        "/v1/retries",
+        "/v1/webhook-endpoints",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(doc["paths"])
+    body = doc["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/OrderPayload"}
+    assert body["examples"]["new"]["value"]["order_type"] == "new"
+    assert "NewOrder" in doc["components"]["schemas"]
+    assert doc["components"]["schemas"]["OrderView"]["examples"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,105 @@
+"""Webhook endpoints over HTTP: create with a secret, list, delete, SSRF refusal."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import CallerKey, row_counts
+
+
+def test_create_list_delete(client: TestClient, alpha: CallerKey) -> None:
+    """POST answers 201 with a whsec_ secret shown once; DELETE removes it from the list."""
+    response = client.post(
+        "/v1/webhook-endpoints",
+        headers=alpha.headers,
+        json={"url": "http://127.0.0.1:9/hooks", "event_types": ["order.failed", "order.complete"]},
+    )
+    assert response.status_code == 201
+    created = response.json()
+    assert created["secret"].startswith("whsec_")
+    assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) == 24
+    assert created["event_types"] == ["order.complete", "order.failed"]
+    assert created["enabled"] is True
+    listed = client.get("/v1/webhook-endpoints", headers=alpha.headers).json()["items"]
+    assert [e["id"] for e in listed] == [created["id"]]
+    assert "secret" not in listed[0]
+    deleted = client.delete(f"/v1/webhook-endpoints/{created['id']}", headers=alpha.headers)
+    assert deleted.status_code == 204
+    assert client.get("/v1/webhook-endpoints", headers=alpha.headers).json()["items"] == []
+    assert (
+        client.delete(f"/v1/webhook-endpoints/{created['id']}", headers=alpha.headers).status_code
+        == 404
+    )
+    assert (
+        client.get(
+            f"/v1/webhook-endpoints/{created['id']}/deliveries", headers=alpha.headers
+        ).status_code
+        == 404
+    )
+
+
+def test_each_endpoint_gets_its_own_secret(client: TestClient, alpha: CallerKey) -> None:
+    """Two endpoints never share a signing secret."""
+    secrets = {
+        client.post(
+            "/v1/webhook-endpoints", headers=alpha.headers, json={"url": f"http://127.0.0.1:9/{i}"}
+        ).json()["secret"]
+        for i in range(3)
+    }
+    assert len(secrets) == 3
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "http://10.0.0.7/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8000/",
+        "http://0.0.0.0/",
+        "http://100.100.100.200/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://192.168.1.1/",
+        "http://2130706433/",
+    ],
+)
+def test_private_targets_are_refused(
+    api: Callable[..., TestClient], alpha: CallerKey, clean_db: str, url: str
+) -> None:
+    """With private targets not allowed, an internal URL is 422 naming ``url``."""
+    client = api(webhook_allow_private=False)
+    response = client.post("/v1/webhook-endpoints", headers=alpha.headers, json={"url": url})
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == "url"
+    assert row_counts(clean_db)["webhook_endpoints"] == 0
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "http://[::1"}, "url"),
+        ({"url": "http://x:99999/"}, "url"),
+        ({"url": "http://exa mple.com/"}, "url"),
+        ({"url": "/relative"}, "url"),
+        ({"url": ""}, "url"),
+        ({"url": 5}, "url"),
+        ({}, "url"),
+        ({"url": "http://127.0.0.1/", "event_types": ["order.shipped"]}, "event_types.0"),
+        ({"url": "http://127.0.0.1/", "event_types": "order.failed"}, "event_types"),
+        ({"url": "http://127.0.0.1/", "extra": 1}, "extra"),
+    ],
+)
+def test_invalid_endpoint_bodies_are_422(
+    client: TestClient, alpha: CallerKey, clean_db: str, body: object, field: str
+) -> None:
+    """Bad endpoint bodies are 422 naming the field; nothing is stored."""
+    response = client.post("/v1/webhook-endpoints", headers=alpha.headers, json=body)
+    assert response.status_code == 422, response.text
+    assert field in [f["field"] for f in response.json()["fields"]]
+    assert row_counts(clean_db)["webhook_endpoints"] == 0

@@ -1,0 +1,5 @@
+"""The intake HTTP API (FastAPI): ``create_app(settings)``."""
+
+from worker.api.app import create_app
+
+__all__ = ["create_app"]

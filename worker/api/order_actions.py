@@ -1,0 +1,101 @@
+"""Actions on a caller's orders: cancel, retry one, retry all matching a filter.
+
+Retries are scheduled with ``worker.orders.schedule_retry`` (a history row each); those due
+now are enqueued after commit. Both retry calls answer ``{"scheduled": n}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+from starlette.concurrency import run_in_threadpool
+
+from schemas.intake import OrderView, RetryOneRequest, RetryRequest, RetryResponse
+from worker import actions
+from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id
+from worker.api.errors import ApiError, json_response
+from worker.api.openapi import errors
+from worker.states import Status
+
+router = APIRouter(prefix="/v1", tags=["orders"])
+
+
+def _actor(caller_id: str) -> str:
+    return f"caller:{caller_id}"
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderView, responses=errors(401, 404, 409))
+async def cancel(
+    order_id: str, caller: Caller, settings: SettingsDep, broker: BrokerDep
+) -> Response:
+    """Cancel an order that has not been submitted yet (409 otherwise)."""
+    try:
+        view = await run_in_threadpool(
+            actions.cancel_order,
+            settings.database_url,
+            caller.id,
+            check_id(order_id),
+            _actor(caller.id),
+            broker.dispatch,
+        )
+    except actions.OrderNotFound:
+        raise ApiError(404, f"order {order_id} not found") from None
+    except actions.WrongState as exc:
+        raise ApiError(409, str(exc)) from None
+    return json_response(view)
+
+
+@router.post(
+    "/orders/{order_id}/retry", response_model=RetryResponse, responses=errors(401, 404, 409, 422)
+)
+async def retry_one(
+    order_id: str,
+    caller: Caller,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    request: Annotated[RetryOneRequest | None, Body()] = None,
+) -> Response:
+    """Schedule a retry of a ``failed`` or ``submit_unknown`` order, now or ``at`` a time."""
+    at = as_utc(request.at if request else None, "at")
+    try:
+        n = await run_in_threadpool(
+            actions.retry_order,
+            settings.database_url,
+            caller.id,
+            check_id(order_id),
+            at,
+            settings.enqueue_grace_s,
+            _actor(caller.id),
+            broker.dispatch,
+        )
+    except actions.OrderNotFound:
+        raise ApiError(404, f"order {order_id} not found") from None
+    except actions.WrongState as exc:
+        raise ApiError(409, str(exc)) from None
+    return json_response({"scheduled": n})
+
+
+@router.post("/retries", response_model=RetryResponse, responses=errors(401, 422))
+async def retry_matching(
+    caller: Caller,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    request: Annotated[RetryRequest | None, Body()] = None,
+) -> Response:
+    """Schedule a retry of every order of the caller matching the filter (default: failed)."""
+    request = request or RetryRequest()
+    flt = actions.RetryFilter(
+        Status(request.status), request.reason, request.batch_id, request.external_id
+    )
+    n = await run_in_threadpool(
+        actions.retry_matching,
+        settings.database_url,
+        caller.id,
+        flt,
+        as_utc(request.at, "at"),
+        settings.enqueue_grace_s,
+        _actor(caller.id),
+        broker.dispatch,
+    )
+    return json_response({"scheduled": n})

@@ -1,0 +1,148 @@
+"""Order intake and reads: ``POST /v1/orders``, ``/v1/orders/batch``, ``GET /v1/orders...``.
+
+Intake answers 202 with the order view (or the batch results) once the orders are committed;
+they are enqueued right after (:mod:`worker.api.submission`). A repeat (same
+``Idempotency-Key`` or ``external_id`` with the same payload) answers 200 with the original,
+and the header ``Idempotent-Replayed: true``. See :mod:`worker.intake_service` for the rules.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from schemas.intake import BatchResponse, EventPage, OrderPage, OrderStatus, OrderView, TextParam
+from worker import intake_service
+from worker.api.deps import (
+    BrokerDep,
+    Caller,
+    IdempotencyKeyDep,
+    MetricsDep,
+    SettingsDep,
+    as_utc,
+    check_id,
+    in_session,
+)
+from worker.api.errors import ApiError, json_response
+from worker.api.listing import OrderFilter, decode_cursor, order_page
+from worker.api.openapi import BATCH_BODY, ORDER_BODY, errors
+from worker.api.submission import submit
+from worker.orders import find_for_caller
+from worker.repository import history
+from worker.views import event_view, order_view
+
+router = APIRouter(prefix="/v1/orders", tags=["orders"])
+
+MAX_PAGE = 1000
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=OrderView,
+    openapi_extra=ORDER_BODY,
+    responses={
+        200: {"model": OrderView, "description": "Replay of an earlier request"},
+        **errors(400, 401, 409, 413, 422),
+    },
+    summary="Accept one order (the upstream payload, unchanged)",
+)
+async def create_order(
+    request: Request,
+    caller: Caller,
+    key: IdempotencyKeyDep,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    metrics: MetricsDep,
+) -> Response:
+    return await submit(
+        intake_service.accept_order, request, caller.id, key, settings, broker, metrics
+    )
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=BatchResponse,
+    openapi_extra=BATCH_BODY,
+    responses={
+        200: {"model": BatchResponse, "description": "Replay of an earlier request"},
+        **errors(400, 401, 409, 413, 422),
+    },
+    summary="Accept up to ORDERS_MAX_BATCH_ITEMS orders; one result per item, in order",
+)
+async def create_batch(
+    request: Request,
+    caller: Caller,
+    key: IdempotencyKeyDep,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    metrics: MetricsDep,
+) -> Response:
+    return await submit(
+        intake_service.accept_batch,
+        request,
+        caller.id,
+        key,
+        settings,
+        broker,
+        metrics,
+        defer_enqueue=True,
+    )
+
+
+def _view(session: Session, caller_id: str, order_id: str) -> dict[str, Any] | None:
+    order = find_for_caller(session, caller_id, order_id)
+    return None if order is None else order_view(order)
+
+
+def _events(session: Session, caller_id: str, order_id: str) -> list[dict[str, Any]] | None:
+    order = find_for_caller(session, caller_id, order_id)
+    return None if order is None else [event_view(e) for e in history(session, order.id)]
+
+
+@router.get("/{order_id}", response_model=OrderView, responses=errors(401, 404))
+async def get_order(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
+    """The order view."""
+    view = await in_session(settings, _view, caller.id, check_id(order_id))
+    if view is None:
+        raise ApiError(404, f"order {order_id} not found")
+    return json_response(view)
+
+
+@router.get("", response_model=OrderPage, responses=errors(401, 422))
+async def list_orders(
+    caller: Caller,
+    settings: SettingsDep,
+    status: Annotated[list[OrderStatus] | None, Query(description="Repeat for several")] = None,
+    external_id: Annotated[TextParam | None, Query()] = None,
+    batch_id: Annotated[TextParam | None, Query()] = None,
+    created_since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    created_before: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> Response:
+    """The caller's orders, newest first; follow ``next_cursor`` until it is null."""
+    flt = OrderFilter(
+        statuses=tuple(status or ()),
+        external_id=external_id,
+        batch_id=batch_id,
+        created_since=as_utc(created_since, "created_since"),
+        created_before=as_utc(created_before, "created_before"),
+    )
+    last_id = decode_cursor(cursor) if cursor is not None else None
+    return json_response(await in_session(settings, order_page, caller.id, flt, limit, last_id))
+
+
+@router.get("/{order_id}/events", response_model=EventPage, responses=errors(401, 404))
+async def order_events(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
+    """The order's status history, oldest first."""
+    items = await in_session(settings, _events, caller.id, check_id(order_id))
+    if items is None:
+        raise ApiError(404, f"order {order_id} not found")
+    return json_response({"items": items, "next_cursor": None})

@@ -1,0 +1,200 @@
+"""Checking what a caller sends before anything is written: pure functions, no I/O.
+
+An order payload is accepted when ``schemas.upstream.parse_order`` accepts it and it can be
+stored as is (``external_id`` fits its column, no NUL character anywhere: PostgreSQL text
+cannot hold one). A batch is split per item: each item is a :class:`~worker.orders.NewOrder`
+or an :class:`ItemError`, so valid items go ahead while the others are reported.
+
+Errors carry ``fields``: ``[{"field": "orderItems.0.offer.id", "message": "Field required"}]``;
+``(root)`` stands for the body itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas.upstream import ROOT_FIELD, OrderValidationError, parse_order, validation_errors
+from worker.ids import sha256_hex
+from worker.orders import NewOrder, new_order
+
+MAX_EXTERNAL_ID_CHARS = 200
+MAX_DEPTH = 254
+"""Nesting levels orjson serialises (request hashes need it); deeper payloads are refused."""
+MAX_MESSAGE_FIELDS = 3
+
+FieldErrors = list[dict[str, str]]
+
+
+class InvalidInput(ValueError):
+    """The request cannot be accepted; nothing was written.
+
+    Attributes:
+        status_code: 400 (not JSON), 413 (too large) or 422 (invalid content).
+        fields: ``[{"field", "message"}]`` naming what is wrong.
+    """
+
+    def __init__(
+        self, message: str, fields: FieldErrors | None = None, status_code: int = 422
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+        self.status_code = status_code
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why one batch item was not accepted."""
+
+    message: str
+    fields: FieldErrors = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "fields": self.fields}
+
+
+def describe(prefix: str, fields: FieldErrors) -> str:
+    """``prefix: field: message; ...`` naming the first few fields."""
+    shown = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:MAX_MESSAGE_FIELDS])
+    more = len(fields) - MAX_MESSAGE_FIELDS
+    return f"{prefix}: {shown}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def decode_json(body: bytes) -> Any:
+    """The decoded body, or ``InvalidInput`` (400) naming the position of the problem."""
+    if not body.strip():
+        raise InvalidInput(
+            "request body is empty; expected JSON",
+            [{"field": ROOT_FIELD, "message": "JSON body required"}],
+            400,
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"malformed JSON: {exc}", [{"field": ROOT_FIELD, "message": str(exc)}], 400
+        ) from None
+
+
+def _nul_paths(value: Any, path: str) -> list[str]:
+    if isinstance(value, str):
+        return [path or ROOT_FIELD] if "\x00" in value else []
+    if isinstance(value, dict):
+        found: list[str] = []
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            found.extend([child] if "\x00" in key else _nul_paths(item, child))
+        return found
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_paths(item, f"{path}.{i}")]
+    return []
+
+
+def _too_deep_path(value: Any, limit: int) -> str:
+    """The path of the first container nested ``limit`` levels deep (iterative: no recursion)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return path or ROOT_FIELD
+            pairs = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in pairs)
+    return ROOT_FIELD
+
+
+def _errors_of(payload: dict[str, Any], may_hold_nul: bool) -> FieldErrors:
+    errors: FieldErrors = []
+    ext = payload.get("external_id")
+    if isinstance(ext, str) and len(ext) > MAX_EXTERNAL_ID_CHARS:
+        message = f"String should have at most {MAX_EXTERNAL_ID_CHARS} characters"
+        errors.append({"field": "external_id", "message": message})
+    if may_hold_nul:
+        errors.extend(
+            {"field": p, "message": "NUL characters are not allowed"}
+            for p in _nul_paths(payload, "")
+        )
+    return errors
+
+
+def check_item(payload: Any, may_hold_nul: bool = True) -> NewOrder | ItemError:
+    """One order payload checked: ready to store, or why not (every bad field named).
+
+    ``may_hold_nul=False`` skips the NUL scan when the raw body had no ``\\u0000`` escape.
+    Payloads nested deeper than ``MAX_DEPTH`` levels are refused (they cannot be hashed).
+    """
+    try:
+        parse_order(payload)
+        errors = _errors_of(payload, may_hold_nul)
+        if not errors:
+            return new_order(payload)
+    except OrderValidationError as exc:
+        errors = validation_errors(exc)
+    except (RecursionError, orjson.JSONEncodeError):
+        message = f"nested too deeply (at most {MAX_DEPTH} levels)"
+        errors = [{"field": _too_deep_path(payload, MAX_DEPTH), "message": message}]
+    return ItemError(describe("invalid order", errors), errors)
+
+
+def check_order(payload: Any, may_hold_nul: bool = True) -> NewOrder:
+    """Validate one order payload; ``InvalidInput`` (422) names every bad field."""
+    item = check_item(payload, may_hold_nul)
+    if isinstance(item, ItemError):
+        raise InvalidInput(item.message, item.fields)
+    return item
+
+
+def check_batch_shape(body: Any, max_items: int) -> list[Any]:
+    """The ``orders`` list of a batch body; ``InvalidInput`` (422) names ``orders`` otherwise."""
+    if not isinstance(body, dict):
+        raise InvalidInput(
+            'batch body must be a JSON object {"orders": [...]}',
+            [{"field": ROOT_FIELD, "message": "Input should be a JSON object"}],
+        )
+    items = body.get("orders")
+    problem = None
+    if items is None:
+        problem = "Field required"
+    elif not isinstance(items, list):
+        problem = "Input should be a list of order payloads"
+    elif not items:
+        problem = "List should have at least 1 item"
+    elif len(items) > max_items:
+        problem = f"List should have at most {max_items} items, not {len(items)}"
+    if problem:
+        raise InvalidInput(f"orders: {problem}", [{"field": "orders", "message": problem}])
+    return items  # type: ignore[return-value]
+
+
+def split_batch(items: list[Any], may_hold_nul: bool = True) -> list[NewOrder | ItemError]:
+    """Check each item on its own; one result per item, in order."""
+    return [check_item(payload, may_hold_nul) for payload in items]
+
+
+def batch_errors(results: Sequence[object]) -> FieldErrors:
+    """Every item error of a batch, with fields prefixed ``orders.<index>.``."""
+    return [
+        {"field": f"orders.{index}.{f['field']}", "message": f["message"]}
+        for index, item in enumerate(results)
+        if isinstance(item, ItemError)
+        for f in item.fields
+    ]
+
+
+def _item_hash(item: Any, result: NewOrder | ItemError) -> str:
+    if isinstance(result, NewOrder):
+        return result.request_hash
+    try:
+        return sha256_hex(orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    except orjson.JSONEncodeError:
+        return sha256_hex(orjson.dumps(result.fields))
+
+
+def batch_hash(items: list[Any], results: list[NewOrder | ItemError]) -> str:
+    """A stable hash of a batch request (the order of items matters, key order does not)."""
+    parts = [_item_hash(item, r) for item, r in zip(items, results, strict=True)]
+    return sha256_hex("batch\n" + "\n".join(parts))
