@@ -42,9 +42,18 @@ def submit_file(
     with _progress() as progress:
         task = progress.add_task("accepted", total=len(payloads))
         for start in range(0, len(payloads), batch_size):
-            answer = client.submit_batch(
-                payloads[start : start + batch_size], f"submit-{digest}-{start}"
-            )
+            chunk = payloads[start : start + batch_size]
+            try:
+                answer = client.submit_batch(chunk, f"submit-{digest}-{start}")
+            except ApiError as exc:
+                if exc.status_code != 422:
+                    raise
+                # No line of this chunk was valid: report them all and go on with the next.
+                errors += [
+                    (start + i, {"message": str(exc), "fields": []}) for i in range(len(chunk))
+                ]
+                progress.advance(task, len(chunk))
+                continue
             batch_ids.append(answer["batch_id"])
             for result in answer["results"]:
                 if "error" in result:

@@ -18,23 +18,27 @@ from worker.states import TERMINAL
 class ApiError(RuntimeError):
     """The API answered an error; the message is the API's."""
 
+    def __init__(self, status_code: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.body = body
+
 
 class ApiClient:
     """Calls ``/v1`` with a caller's key."""
 
-    def __init__(self, base_url: str, key: str, timeout_s: float = 60.0) -> None:
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout_s,
-            headers={"Authorization": f"Bearer {key}"},
-        )
+    def __init__(
+        self, base_url: str, key: str, timeout_s: float = 60.0, http: httpx.Client | None = None
+    ) -> None:
+        self._http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        self._http.headers["Authorization"] = f"Bearer {key}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
         body = orjson.loads(response.content) if response.content else None
         if response.status_code >= 400:
             message = body.get("message") if isinstance(body, dict) else response.text
-            raise ApiError(f"HTTP {response.status_code}: {message}")
+            raise ApiError(response.status_code, str(message), body)
         return body
 
     def submit_batch(self, payloads: list[dict[str, Any]], idempotency_key: str) -> dict[str, Any]:

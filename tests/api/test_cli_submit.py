@@ -1,0 +1,68 @@
+"""``orders submit FILE``: JSON Lines and CSV files through the API, idempotent on re-runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.api.conftest import CallerKey, order, row_counts
+from worker.cli_client import submit_file
+from worker.client import ApiClient, read_orders
+
+
+def _client(client, caller: CallerKey) -> ApiClient:  # type: ignore[no-untyped-def]
+    return ApiClient(str(client.base_url), caller.key, http=client)
+
+
+def test_jsonl_file_is_submitted_once_even_when_run_twice(client, alpha, clean_db, tmp_path):
+    """Valid lines are accepted, the bad one reported; a second run creates nothing new."""
+    lines = [order(f"F-{i}") for i in range(5)] + [{"order_type": "new", "external_id": "bad"}]
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(p) for p in lines) + b"\n")
+    api = _client(client, alpha)
+    counts = submit_file(api, path, batch_size=2, follow=False, timeout_s=1)
+    assert counts["rejected_at_intake"] == 1
+    assert row_counts(clean_db)["orders"] == 5
+    submit_file(api, path, batch_size=2, follow=False, timeout_s=1)
+    assert row_counts(clean_db)["orders"] == 5
+
+
+def test_chunk_with_no_valid_line_does_not_stop_the_file(client, alpha, clean_db, tmp_path):
+    """A batch of only invalid lines is reported and the following batches still go in."""
+    lines = [{"order_type": "new"}, {"order_type": "nope"}, order("G-1"), order("G-2")]
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(p) for p in lines))
+    counts = submit_file(_client(client, alpha), path, batch_size=2, follow=False, timeout_s=1)
+    assert counts["rejected_at_intake"] == 2
+    assert row_counts(clean_db)["orders"] == 2
+
+
+def test_csv_with_dotted_columns(tmp_path: Path):
+    """Dotted CSV columns become nested JSON; ``:json`` columns hold typed values."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_type,external_id,process_immediately:json,orderItems.0.offer.id,"
+        "orderItems.0.quantity:json,billingDetails.postalCode\n"
+        "new,C-1,true,abc,2,01234\n"
+    )
+    [payload] = read_orders(path)
+    assert payload == {
+        "order_type": "new",
+        "external_id": "C-1",
+        "process_immediately": True,
+        "orderItems": [{"offer": {"id": "abc"}, "quantity": 2}],
+        "billingDetails": {"postalCode": "01234"},
+    }
+
+
+def test_csv_payload_column_and_bad_jsonl_line(tmp_path: Path):
+    """A ``payload`` column holds whole orders; a broken JSON line names its line number."""
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text('payload\n"{""order_type"": ""new""}"\n')
+    assert read_orders(csv_path) == [{"order_type": "new"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"order_type": "new"}\n{not json\n')
+    with pytest.raises(ValueError, match=":2:"):
+        read_orders(bad)
