@@ -46,7 +46,7 @@ from sqlalchemy import delete, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api_stub.testing import free_port, stub_process
+from api_stub.testing import StubControl, free_port, stub_process
 from worker import migrate
 from worker.callers import create_caller
 from worker.db import transaction
@@ -234,6 +234,9 @@ def get_load(
 def pipeline(db_url: str, redis_url: str, home: str, nice: int) -> Iterator[None]:
     """The stub (20 ms a call) and `orders worker --nice N` on the same DB and Redis."""
     with stub_process(["--latency-ms", "20"]) as stub_url:
+        # In production the upstream is remote; here its CPU must not count against the API.
+        with StubControl(stub_url) as control:
+            os.setpriority(os.PRIO_PROCESS, int(control.stats()["process"]["pid"]), nice)
         env = {
             **os.environ,
             "ORDERS_DATABASE_URL": db_url,
@@ -250,7 +253,7 @@ def pipeline(db_url: str, redis_url: str, home: str, nice: int) -> Iterator[None
         try:
             yield
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
+            os.kill(worker.pid, signal.SIGTERM)  # warm shutdown: the main process stops its pool
             try:
                 worker.wait(20)
             except subprocess.TimeoutExpired:
@@ -292,6 +295,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the rows and queues")
+    parser.add_argument(
+        "--worker-nice", type=int, default=10, help="`orders worker --nice` for --with-pipeline"
+    )
     parser.add_argument(
         "--with-pipeline",
         action="store_true",
