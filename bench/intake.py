@@ -135,6 +135,20 @@ def post_batch(
     return elapsed, ids
 
 
+async def _get_once(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, auth: str, order_id: str
+) -> bool:
+    """One GET /v1/orders/{id} on a keep-alive connection; True if it answered 200."""
+    writer.write(
+        f"GET /v1/orders/{order_id} HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: {auth}\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200")
+
+
 async def _get_loop(
     port: int, auth: str, ids: list[str], seed: int, stop_at: float, latencies: list[float]
 ) -> int:
@@ -145,14 +159,7 @@ async def _get_loop(
     errors = 0
     while time.perf_counter() < stop_at:
         started = time.perf_counter()
-        writer.write(
-            f"GET /v1/orders/{rng.choice(ids)} HTTP/1.1\r\nHost: bench\r\n"
-            f"Authorization: {auth}\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        if head.startswith(b"HTTP/1.1 200"):
+        if await _get_once(reader, writer, auth, rng.choice(ids)):
             latencies.append(time.perf_counter() - started)
         else:
             errors += 1
@@ -177,14 +184,7 @@ async def _paced_loop(
     due = time.perf_counter() + rng.uniform(0, interval_s)
     while due < stop_at:
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        writer.write(
-            f"GET /v1/orders/{rng.choice(ids)} HTTP/1.1\r\nHost: bench\r\n"
-            f"Authorization: {auth}\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        if head.startswith(b"HTTP/1.1 200"):
+        if await _get_once(reader, writer, auth, rng.choice(ids)):
             latencies.append(time.perf_counter() - due)
         else:
             errors += 1
