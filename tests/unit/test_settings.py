@@ -14,8 +14,9 @@ def test_postgres_urls_use_psycopg3():
     assert Settings(database_url="postgresql://u@h/d").database_url.startswith("postgresql+psycopg")
 
 
-def test_default_database_is_a_sqlite_file(tmp_path):
+def test_default_database_is_a_sqlite_file(tmp_path, monkeypatch):
     """With no URL, the database is a SQLite file under ORDERS_HOME."""
+    monkeypatch.delenv("ORDERS_DATABASE_URL", raising=False)
     settings = Settings(home=tmp_path)
     assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/orders.db"
 
