@@ -320,9 +320,11 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
         proc = start_api(args.database_url, args.redis_url, port, home, args.workers)
-        if args.with_pipeline:
-            stack.enter_context(pipeline(args.database_url, args.redis_url, home, args.worker_nice))
         try:
+            if args.with_pipeline:
+                stack.enter_context(
+                    pipeline(args.database_url, args.redis_url, home, args.worker_nice)
+                )
             post_batch(base, headers, batch_body(100, "warm"), 100)
             print(f"database {db_url.split('@')[-1]}, {args.runs} runs per size")
             all_ids: list[str] = []
