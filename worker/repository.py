@@ -45,10 +45,6 @@ _ORDERS: Table = Order.__table__  # type: ignore[assignment]
 _EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 
 
-def _owner_clause(owner: str | None) -> Any:
-    return Order.lease_owner.is_(None) if owner is None else Order.lease_owner == owner
-
-
 def _event_rows(move: Move, attempt: int, now: datetime, actor: str | None) -> list[Event]:
     return [
         {
@@ -78,27 +74,12 @@ def apply_moves(
     Returns the history rows written (one per leg of each move that won). ``owner`` is the
     lease the caller holds (None: no lease).
     """
-    events: list[Event] = []
-    for move in moves:
-        for frm, to in move.legs():
-            check_move(frm, to)
-        stmt = (
-            update(Order)
-            .where(Order.id == move.order_id, Order.status == str(move.frm), _owner_clause(owner))
-            .values(
-                status=str(move.to),
-                updated_at=now,
-                **{"reason": move.reason, "message": move.message, **move.values},
-            )
-            .returning(Order.attempts)
-            .execution_options(synchronize_session=False)
-        )
-        attempt = session.execute(stmt).scalar_one_or_none()
-        if attempt is not None:
-            events.extend(_event_rows(move, attempt, now, actor))
-    if events:
-        session.execute(insert(_EVENTS), events)
-    return events
+    if not moves:
+        return []
+    ids = [m.order_id for m in moves]
+    rows = session.execute(select(_ORDERS.c.id, _ORDERS.c.attempts).where(_ORDERS.c.id.in_(ids)))
+    attempts = {order_id: n for order_id, n in rows}
+    return apply_moves_bulk(session, moves, now, owner, attempts, actor)
 
 
 def apply_moves_bulk(
