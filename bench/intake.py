@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api_stub.testing import StubControl, free_port, stub_process
 from worker import migrate
-from worker.callers import create_caller
 from worker.db import transaction
+from worker.intake.callers import create_caller
 from worker.models import Caller, IdempotencyKey, Order, OrderEvent
 from worker.settings import normalise_database_url
 

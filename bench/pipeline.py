@@ -10,8 +10,8 @@ product of ``--pool``, ``--concurrency``, ``--chunk-size``, ``--http-concurrency
   (``--naive-orders``, default min(N, 2000) at 0 ms and 200 above).
 * PIPELINE: ``python -m worker worker --pool P --concurrency C`` as a subprocess (its own
   session), warmed up with a few orders, then N orders are inserted in bulk
-  (``worker.orders.create_orders``), enqueued in chunks of ORDERS_CHUNK_SIZE
-  (``worker.enqueue.enqueue_orders``), and the clock runs from the first publish until a COUNT
+  (``worker.intake.store.create_orders``), enqueued in chunks of ORDERS_CHUNK_SIZE
+  (``worker.queue.enqueue.enqueue_orders``), and the clock runs from the first publish until a COUNT
   of ``complete`` orders reaches N.
 
 By default payloads carry ``process_immediately: true``: the stub answers ``complete`` to the
@@ -63,12 +63,12 @@ from sqlalchemy import func, select, text, update  # noqa: E402
 
 from api_stub.testing import StubControl, stub_process  # noqa: E402
 from worker import migrate  # noqa: E402
-from worker.celery_app import configure  # noqa: E402
 from worker.db import dispose_all, get_engine, session_factory, transaction  # noqa: E402
-from worker.enqueue import enqueue_orders  # noqa: E402
 from worker.ids import new_id, sha256_hex, utcnow  # noqa: E402
+from worker.intake.store import create_orders, new_order  # noqa: E402
 from worker.models import Base, Caller, Order  # noqa: E402
-from worker.orders import create_orders, new_order  # noqa: E402
+from worker.queue.app import configure  # noqa: E402
+from worker.queue.enqueue import enqueue_orders  # noqa: E402
 from worker.settings import Settings, normalise_database_url  # noqa: E402
 
 PG_URL = "postgresql://root@127.0.0.1:5432/root"

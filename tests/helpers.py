@@ -6,7 +6,7 @@ from typing import Any
 
 from worker.db import transaction
 from worker.ids import utcnow
-from worker.orders import create_orders, new_order
+from worker.intake.store import create_orders, new_order
 
 
 def new_payload(n: int, **extra: Any) -> dict[str, Any]:

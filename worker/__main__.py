@@ -1,5 +1,5 @@
 """``python -m worker`` is the ``orders`` command."""
 
-from worker.cli import main
+from worker.cli.commands import main
 
 main()

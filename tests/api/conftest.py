@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 
 from tests.conftest import settings_from
 from worker.api import create_app
-from worker.callers import create_caller
 from worker.db import transaction
+from worker.intake.callers import create_caller
 from worker.models import Base
 
 NEW_ORDER: dict[str, Any] = {

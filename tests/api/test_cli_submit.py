@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from tests.api.conftest import CallerKey, order, row_counts
-from worker.cli_client import submit_file
-from worker.client import ApiClient, read_orders
+from worker.cli.api_client import ApiClient, read_orders
+from worker.cli.output import submit_file
 
 
 def _client(client, caller: CallerKey) -> ApiClient:  # type: ignore[no-untyped-def]

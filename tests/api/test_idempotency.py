@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from tests.api.conftest import CallerKey, order, row_counts
 from worker.db import transaction
-from worker.idempotency import STALE_IN_FLIGHT_S
 from worker.ids import utcnow
+from worker.intake.idempotency import STALE_IN_FLIGHT_S
+from worker.intake.store import request_hash
 from worker.models import IdempotencyKey
-from worker.orders import request_hash
 
 
 def _with_key(caller: CallerKey, key: str) -> dict[str, str]:

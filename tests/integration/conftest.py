@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 
 from api_stub.testing import StubControl, stub_process
 from tests.helpers import add_orders
-from worker.celery_app import configure
 from worker.db import transaction
-from worker.enqueue import enqueue_orders
 from worker.models import Order
+from worker.queue.app import configure
+from worker.queue.enqueue import enqueue_orders
 from worker.states import TERMINAL
 
 pytestmark = pytest.mark.slow

@@ -80,8 +80,8 @@ def test_redis_restart_mid_batch(cluster_env, tmp_path, private_redis, caller_id
 
 def test_publish_reaches_queue_on_an_empty_redis(redis_url):
     """Publishing right after a flush lands on the queue (no exchange binding is needed)."""
-    from worker.celery_app import configure
-    from worker.enqueue import enqueue_orders
+    from worker.queue.app import configure
+    from worker.queue.enqueue import enqueue_orders
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()

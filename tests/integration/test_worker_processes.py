@@ -136,7 +136,7 @@ def test_two_workers_racing_on_duplicate_messages(cluster, caller_id):
     cluster.worker()
     cluster.beat()
     ids = cluster.submit(caller_id, [new_payload(i) for i in range(200)])
-    from worker.enqueue import enqueue_orders
+    from worker.queue.enqueue import enqueue_orders
 
     enqueue_orders(cluster.celery, ids, 50)
     orders = cluster.wait_settled(ids)

@@ -14,8 +14,8 @@ from tests.conftest import settings_from
 from tests.helpers import add_orders, new_payload  # noqa: F401
 from worker.db import transaction
 from worker.models import Order
+from worker.queue.runtime import Runtime, build_runtime
 from worker.repository import load
-from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings
 from worker.states import TERMINAL
 

@@ -78,7 +78,7 @@ def test_persistent_502_fails_with_reason_then_operator_retry_completes(
 ):
     """A 502 that keeps coming back ends ``failed``/``upstream_502``; a retry then completes."""
     from worker.ids import utcnow
-    from worker.orders import find_for_caller, schedule_retry
+    from worker.intake.store import find_for_caller, schedule_retry
 
     rt = runtime_factory(retry_max_attempts=3)
     stub.script("preview", [{"status": 502, "times": 3}])

@@ -8,10 +8,10 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from tests.helpers import add_orders, new_payload
-from worker import sweeper
 from worker.db import transaction
 from worker.ids import utcnow
 from worker.models import Order
+from worker.pipeline import sweeper
 from worker.repository import history, load
 
 

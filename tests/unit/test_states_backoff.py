@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.backoff import RetryPolicy, backoff_delay_s, decide_retry
+from worker.pipeline.backoff import RetryPolicy, backoff_delay_s, decide_retry
 from worker.states import ALLOWED, TERMINAL, Status, can_move, check_move, upstream_status_outcome
 
 S = Status

@@ -17,8 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from worker.api.errors import ApiError
-from worker.callers import authenticate, hash_key
 from worker.db import session_factory
+from worker.intake.callers import authenticate, hash_key
 
 CACHE_S = 30.0
 CACHE_MAX = 10_000

@@ -6,7 +6,7 @@ enqueueing is skipped for ``PAUSE_S`` so that a Redis outage does not add a conn
 timeout to every request.
 
 Each :class:`Broker` publishes through its own Celery producer app (same settings as
-``worker.celery_app``): Celery caches its connection pool per app, so two intake apps with
+``worker.queue.app``): Celery caches its connection pool per app, so two intake apps with
 different broker URLs in one process (tests) must not share one.
 """
 
@@ -20,9 +20,9 @@ import redis
 import structlog
 from celery import Celery
 
-from worker import celery_app
 from worker.embedded_redis import resolve_redis_url
-from worker.enqueue import enqueue_deliveries, enqueue_orders
+from worker.queue import app as celery_app
+from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

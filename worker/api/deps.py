@@ -21,7 +21,7 @@ from worker.api.broker import Broker
 from worker.api.errors import ApiError
 from worker.api.metrics import Metrics
 from worker.db import get_engine, session_factory
-from worker.idempotency import MAX_KEY_CHARS, normalise_key
+from worker.intake.idempotency import MAX_KEY_CHARS, normalise_key
 from worker.settings import Settings
 
 T = TypeVar("T")

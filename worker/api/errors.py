@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from schemas.upstream import ROOT_FIELD
-from worker.idempotency import KeyInFlight, KeyReused
-from worker.intake import InvalidInput, describe
+from worker.intake.checks import InvalidInput, describe
+from worker.intake.idempotency import KeyInFlight, KeyReused
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Actions on a caller's orders: cancel, retry one, retry all matching a filter.
 
-Retries are scheduled with ``worker.orders.schedule_retry`` (a history row each); those due
+Retries are scheduled with ``worker.intake.store.schedule_retry`` (a history row each); those due
 now are enqueued after commit. Both retry calls answer ``{"scheduled": n}``.
 """
 
@@ -12,10 +12,10 @@ from fastapi import APIRouter, Body, Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.intake import OrderView, RetryOneRequest, RetryRequest, RetryResponse
-from worker import actions
 from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id
 from worker.api.errors import ApiError, json_response
 from worker.api.openapi import errors
+from worker.intake import actions
 from worker.states import Status
 
 router = APIRouter(prefix="/v1", tags=["orders"])

@@ -3,7 +3,7 @@
 Intake answers 202 with the order view (or the batch results) once the orders are committed;
 they are enqueued right after (:mod:`worker.api.submission`). A repeat (same
 ``Idempotency-Key`` or ``external_id`` with the same payload) answers 200 with the original,
-and the header ``Idempotent-Replayed: true``. See :mod:`worker.intake_service` for the rules.
+and the header ``Idempotent-Replayed: true``. See :mod:`worker.intake.service` for the rules.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from schemas.intake import BatchResponse, EventPage, OrderPage, OrderStatus, OrderView, TextParam
-from worker import intake_service
 from worker.api.deps import (
     BrokerDep,
     Caller,
@@ -30,7 +29,8 @@ from worker.api.errors import ApiError, json_response
 from worker.api.listing import OrderFilter, decode_cursor, order_page
 from worker.api.openapi import BATCH_BODY, ORDER_BODY, errors
 from worker.api.submission import submit
-from worker.orders import find_for_caller
+from worker.intake import service as intake_service
+from worker.intake.store import find_for_caller
 from worker.repository import history
 from worker.views import event_view, order_view
 

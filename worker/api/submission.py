@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from worker.api.broker import Broker
 from worker.api.deps import read_body
 from worker.api.metrics import Metrics
-from worker.intake import decode_json
-from worker.intake_service import Dispatch, Outcome
+from worker.intake.checks import decode_json
+from worker.intake.service import Dispatch, Outcome
 from worker.settings import Settings
 
 Accept = Callable[[Settings, str, Any, str | None, Dispatch, bool], Outcome]

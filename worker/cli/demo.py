@@ -21,11 +21,11 @@ from rich.console import Console
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker import migrate
-from worker.callers import create_caller
-from worker.cli_client import follow_batches, show_order, status_table
-from worker.client import ApiClient
+from worker.cli.api_client import ApiClient
+from worker.cli.output import follow_batches, show_order, status_table
 from worker.db import transaction
 from worker.embedded_redis import _free_port, resolve_redis_url
+from worker.intake.callers import create_caller
 from worker.settings import get_settings
 
 console = Console(stderr=True)

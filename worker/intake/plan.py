@@ -18,9 +18,9 @@ from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, defer
 
-from worker.intake import ItemError
+from worker.intake.checks import ItemError
+from worker.intake.store import NewOrder, OrderLike, StoredOrder
 from worker.models import Order, WebhookEndpoint
-from worker.orders import NewOrder, OrderLike, StoredOrder
 from worker.states import Status
 from worker.webhooks.outbox import record_deliveries
 

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker import orders
 from worker.db import transaction
 from worker.ids import utcnow
+from worker.intake import store as orders
 from worker.models import Order
 from worker.repository import Event
 from worker.states import CANCELLABLE, RETRYABLE_BY_OPERATOR, Status

@@ -16,12 +16,12 @@ from celery import Task
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
-from worker import sweeper
-from worker.celery_app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
 from worker.db import dispose_all, transaction
-from worker.enqueue import enqueue_deliveries, enqueue_orders
 from worker.ids import utcnow
-from worker.runtime import get_runtime, reset_runtime
+from worker.pipeline import sweeper
+from worker.queue.app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
+from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
+from worker.queue.runtime import get_runtime, reset_runtime
 from worker.webhooks.delivery import deliver as deliver_webhooks
 
 log = structlog.get_logger(__name__)

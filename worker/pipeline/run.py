@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import structlog
 
 from worker import repository as repo
-from worker.backoff import RetryPolicy
 from worker.db import transaction
 from worker.errors import AmbiguousError, RetryableError, UpstreamError
 from worker.ids import new_id, utcnow
 from worker.models import Order
-from worker.outcomes import (
+from worker.pipeline.backoff import RetryPolicy
+from worker.pipeline.outcomes import (
     Decision,
     Timing,
     on_failure,
@@ -31,8 +31,8 @@ from worker.outcomes import (
     on_preview_ok,
     on_submit_ok,
 )
-from worker.pipeline_payload import upstream_payload
-from worker.reconcile import reconcile_decisions
+from worker.pipeline.payload import upstream_payload
+from worker.pipeline.reconcile import reconcile_decisions
 from worker.repository import Event, Move
 from worker.settings import Settings
 from worker.states import Status

@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.backoff import decide_retry
 from worker.errors import PermanentError, UpstreamError
 from worker.models import Order
-from worker.outcomes import Decision, Timing, upstream_fields
-from worker.pipeline_payload import sent_external_id
+from worker.pipeline.backoff import decide_retry
+from worker.pipeline.outcomes import Decision, Timing, upstream_fields
+from worker.pipeline.payload import sent_external_id
 from worker.repository import Move
 from worker.settings import Settings
 from worker.states import Status, upstream_status_outcome

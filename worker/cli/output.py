@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.client import ApiClient, ApiError, read_orders, settled
+from worker.cli.api_client import ApiClient, ApiError, read_orders, settled
 from worker.ids import sha256_hex
 from worker.settings import get_settings
 

@@ -6,7 +6,7 @@ for a broker problem: ``dispatch`` is called after commit and must swallow its o
 
 Repeats are answered, not duplicated (design.md invariant 7), per caller:
 
-- ``Idempotency-Key``: see :mod:`worker.idempotency` (replay, 422 on a different request,
+- ``Idempotency-Key``: see :mod:`worker.intake.idempotency` (replay, 422 on a different request,
   409 while in flight). For a batch the key stands for the whole batch.
 - ``external_id``: an order whose ``external_id`` the caller already used is answered with
   the original order when the payload is the same, and refused (422 naming ``external_id``)
@@ -27,18 +27,10 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from worker import idempotency as idem
-from worker.batches import (
-    Placed,
-    anonymous_orders,
-    by_external_id,
-    fill,
-    plan_batch,
-    record_received,
-)
 from worker.db import transaction
 from worker.ids import new_id, utcnow
-from worker.intake import (
+from worker.intake import idempotency as idem
+from worker.intake.checks import (
     InvalidInput,
     ItemError,
     batch_errors,
@@ -48,8 +40,16 @@ from worker.intake import (
     describe,
     split_batch,
 )
+from worker.intake.plan import (
+    Placed,
+    anonymous_orders,
+    by_external_id,
+    fill,
+    plan_batch,
+    record_received,
+)
+from worker.intake.store import NewOrder, OrderLike, StoredOrder, create_orders, find_for_caller
 from worker.models import Order
-from worker.orders import NewOrder, OrderLike, StoredOrder, create_orders, find_for_caller
 from worker.settings import Settings
 from worker.views import order_view
 
@@ -91,7 +91,7 @@ def accept_order(
 
     Raises:
         InvalidInput: the payload is invalid, or its ``external_id`` was used with another one.
-        KeyReused, KeyInFlight: see :mod:`worker.idempotency`.
+        KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     item = check_order(payload, may_hold_nul)
     url = settings.database_url
@@ -159,7 +159,7 @@ def accept_batch(
 
     Raises:
         InvalidInput: the body is not a batch, has too many items, or no item can be accepted.
-        KeyReused, KeyInFlight: see :mod:`worker.idempotency`.
+        KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     items = check_batch_shape(body, settings.max_batch_items)
     results = split_batch(items, may_hold_nul)

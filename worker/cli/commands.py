@@ -81,10 +81,10 @@ def worker(
         os.nice(nice)
     _logging()
     url = _export_redis_url()
-    from worker.celery_app import configure
+    from worker.queue.app import configure
 
     celery = configure(url, _settings())
-    import worker.tasks  # noqa: F401  (registers the tasks)
+    import worker.queue.tasks  # noqa: F401  (registers the tasks)
 
     celery.worker_main(
         [
@@ -111,7 +111,7 @@ def beat() -> None:
     _logging()
     url = _export_redis_url()
     settings = _settings()
-    from worker.celery_app import configure
+    from worker.queue.app import configure
 
     celery = configure(url, settings)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -162,8 +162,8 @@ def stub(
 @keys_app.command("create")
 def keys_create(name: str) -> None:
     """Create a caller and print its new API key once, alone on the last line."""
-    from worker.callers import create_caller
     from worker.db import transaction
+    from worker.intake.callers import create_caller
 
     settings = _settings()
     with transaction(settings.database_url) as session:
@@ -190,7 +190,7 @@ def submit(
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli_client import ApiError, client_from, console, status_table, submit_file
+    from worker.cli.output import ApiError, client_from, console, status_table, submit_file
 
     client = client_from(api_url, key)
     try:
@@ -212,7 +212,7 @@ def status(
     """Show one order with its history, or counts by status (optionally for one batch)."""
     from collections import Counter
 
-    from worker.cli_client import ApiError, client_from, console, show_order, status_table
+    from worker.cli.output import ApiError, client_from, console, show_order, status_table
 
     client = client_from(api_url, key)
     try:
@@ -237,7 +237,7 @@ def retry(
     key: str | None = typer.Option(None),
 ) -> None:
     """Schedule a retry of one order, or of all orders matching the filter."""
-    from worker.cli_client import ApiError, client_from
+    from worker.cli.output import ApiError, client_from
 
     client = client_from(api_url, key)
     try:
@@ -263,9 +263,9 @@ def health(
     import redis
     from sqlalchemy import text
 
-    from worker.celery_app import LAST_SWEEP_KEY
     from worker.db import get_engine
     from worker.embedded_redis import resolve_redis_url
+    from worker.queue.app import LAST_SWEEP_KEY
 
     settings = _settings()
     limit = max_sweep_age_s or settings.sweep_interval_s * 3 + 30
@@ -294,6 +294,6 @@ def demo(
     timeout_s: float = typer.Option(300.0, help="How long to wait for them to settle."),
 ) -> None:
     """Run the whole pipeline locally (bundled Redis, SQLite, the stub) on a sample batch."""
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     raise typer.Exit(run_demo(orders, timeout_s))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.backoff import RetryPolicy, decide_retry
 from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
 from worker.models import Order
+from worker.pipeline.backoff import RetryPolicy, decide_retry
 from worker.repository import Move
 from worker.states import Status, upstream_status_outcome
 

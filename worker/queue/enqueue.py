@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from celery import Celery
 
-from worker.celery_app import QUEUE_ORDERS, QUEUE_WEBHOOKS, TASK_DELIVER, TASK_PROCESS
+from worker.queue.app import QUEUE_ORDERS, QUEUE_WEBHOOKS, TASK_DELIVER, TASK_PROCESS
 
 
 def chunks(ids: Sequence[str], size: int) -> Iterable[list[str]]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from worker.celery_app import configure
 from worker.embedded_redis import resolve_redis_url
 from worker.ids import sha256_hex
-from worker.pipeline import Pipeline
+from worker.pipeline.run import Pipeline
+from worker.queue.app import configure
 from worker.settings import Settings, get_settings
 from worker.upstream.client import UpstreamClient, fetch_token
 from worker.upstream.token import TokenCache

@@ -2,7 +2,7 @@
 
 An order payload is accepted when ``schemas.upstream.parse_order`` accepts it and it can be
 stored as is (``external_id`` fits its column, no NUL character anywhere: PostgreSQL text
-cannot hold one). A batch is split per item: each item is a :class:`~worker.orders.NewOrder`
+cannot hold one). A batch is split per item: each item is a :class:`~worker.intake.store.NewOrder`
 or an :class:`ItemError`, so valid items go ahead while the others are reported.
 
 Errors carry ``fields``: ``[{"field": "orderItems.0.offer.id", "message": "Field required"}]``;
@@ -19,7 +19,7 @@ import orjson
 
 from schemas.upstream import ROOT_FIELD, OrderValidationError, parse_order, validation_errors
 from worker.ids import sha256_hex
-from worker.orders import NewOrder, new_order
+from worker.intake.store import NewOrder, new_order
 
 MAX_EXTERNAL_ID_CHARS = 200
 MAX_DEPTH = 254
