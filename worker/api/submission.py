@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import Request, Response
@@ -23,12 +23,25 @@ from starlette.concurrency import run_in_threadpool
 from worker.api.broker import Broker
 from worker.api.deps import read_body
 from worker.api.metrics import Metrics
+from worker.intake import Dispatch
 from worker.intake.checks import decode_json
-from worker.intake.service import Dispatch, Outcome
+from worker.intake.service import Outcome
 from worker.settings import Settings
 
-Accept = Callable[[Settings, str, Any, str | None, Dispatch, bool], Outcome]
-"""``intake_service.accept_order`` or ``accept_batch``."""
+
+class Accept(Protocol):
+    """``intake_service.accept_order`` or ``accept_batch``."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        caller_id: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        dispatch: Dispatch | None = None,
+        may_hold_nul: bool = True,
+    ) -> Outcome: ...
 
 
 class AfterResponse:
@@ -88,19 +101,28 @@ def _intake(
     settings: Settings,
     caller_id: str,
     body: bytes,
+    *,
     key: str | None,
     dispatch: AfterResponse,
 ) -> tuple[Outcome, bytes]:
     """Decode, accept and serialise in a worker thread: nothing big runs on the event loop."""
     with gc_paused():
         document = decode_json(body)
-        outcome = accept(settings, caller_id, document, key, dispatch, b"\\u0000" in body)
+        outcome = accept(
+            settings,
+            caller_id,
+            document,
+            key=key,
+            dispatch=dispatch,
+            may_hold_nul=b"\\u0000" in body,
+        )
         return outcome, orjson.dumps(outcome.body)
 
 
 async def submit(
     accept: Accept,
     request: Request,
+    *,
     caller_id: str,
     key: str | None,
     settings: Settings,
@@ -112,7 +134,7 @@ async def submit(
     body = await read_body(request)
     after = AfterResponse(broker, defer_enqueue)
     outcome, content = await run_in_threadpool(
-        _intake, accept, settings, caller_id, body, key, after
+        lambda: _intake(accept, settings, caller_id, body, key=key, dispatch=after)
     )
     metrics.accepted.inc(outcome.accepted)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
