@@ -429,14 +429,14 @@ PHASES = (
     ),
     (
         "Pipeline._apply: status writes (apply_moves*, events)",
-        ("Pipeline._apply (worker/pipeline.py",),
+        ("Pipeline._apply (worker/pipeline/run.py",),
     ),
     ("  of which record_deliveries (webhook outbox query)", ("record_deliveries (",)),
     ("UpstreamClient._call: HTTP calls (httpx + JSON)", ("UpstreamClient._call (",)),
     ("  of which SharedTokenAuth / token", ("SharedTokenAuth.auth_flow (",)),
     ("ThreadPoolExecutor plumbing outside the calls", ("_worker (concurrent",)),
-    ("Pipeline.run total", ("Pipeline.run (worker/pipeline.py",)),
-    ("process_orders task (incl. requeue/enqueue)", ("process_orders (worker/tasks.py",)),
+    ("Pipeline.run total", ("Pipeline.run (worker/pipeline/run.py",)),
+    ("process_orders task (incl. requeue/enqueue)", ("process_orders (worker/queue/tasks.py",)),
     ("transaction(): session begin/commit/close", ("transaction (worker/db.py",)),
 )
 

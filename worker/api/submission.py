@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
 
 import orjson
 from fastapi import Request, Response
@@ -23,25 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from worker.api.broker import Broker
 from worker.api.deps import read_body
 from worker.api.metrics import Metrics
-from worker.intake import Dispatch
 from worker.intake.checks import decode_json
 from worker.intake.service import Outcome
 from worker.settings import Settings
 
-
-class Accept(Protocol):
-    """``intake_service.accept_order`` or ``accept_batch``."""
-
-    def __call__(
-        self,
-        settings: Settings,
-        caller_id: str,
-        payload: Any,
-        *,
-        key: str | None = None,
-        dispatch: Dispatch | None = None,
-        may_hold_nul: bool = True,
-    ) -> Outcome: ...
+Accept = Callable[..., Outcome]
+"""``intake_service.accept_order`` or ``accept_batch`` (``key``, ``dispatch``, ``may_hold_nul``
+are keyword arguments)."""
 
 
 class AfterResponse:
