@@ -293,3 +293,27 @@ def test_retries_by_filter_work_through_many_chunks(
     assert response.json() == {"scheduled": n}
     again = client.post("/v1/retries", headers=alpha.headers, json={"reason": "upstream_502"})
     assert again.json() == {"scheduled": 0}
+
+
+def test_events_are_paged_with_a_cursor(
+    client: TestClient, alpha: CallerKey, clean_db: str
+) -> None:
+    """A long history comes in pages, oldest first, each event exactly once."""
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    for _ in range(6):
+        _set(clean_db, created["id"], status="failed", due_at=None)
+        assert client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers).is_success
+    url = f"/v1/orders/{created['id']}/events"
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 4} | ({"cursor": cursor} if cursor else {})
+        page = client.get(url, headers=alpha.headers, params=params).json()
+        seen += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    whole = client.get(url, headers=alpha.headers).json()
+    assert pages == 2 and seen == whole["items"] and len(seen) == 7
+    bad = client.get(url, headers=alpha.headers, params={"cursor": "bm90LWFuLWlk"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "cursor"

@@ -27,13 +27,12 @@ from worker.api.deps import (
     in_session,
 )
 from worker.api.errors import ApiError, json_response
-from worker.api.listing import OrderFilter, decode_cursor, order_page
+from worker.api.listing import EVENT_ID, OrderFilter, decode_cursor, event_page, order_page
 from worker.api.openapi import BATCH_BODY, ORDER_BODY, errors
 from worker.api.submission import Accept, submit
 from worker.intake import service as intake_service
 from worker.intake.store import find_for_caller
-from worker.repository import history
-from worker.views import event_view, order_view
+from worker.views import order_view
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
@@ -113,11 +112,6 @@ def _view(session: Session, caller_id: str, order_id: str) -> dict[str, Any] | N
     return None if order is None else order_view(order)
 
 
-def _events(session: Session, caller_id: str, order_id: str) -> list[dict[str, Any]] | None:
-    order = find_for_caller(session, caller_id, order_id)
-    return None if order is None else [event_view(e) for e in history(session, order.id)]
-
-
 @router.get("/{order_id}", response_model=OrderView, responses=errors(401, 404))
 async def get_order(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
     """The order view."""
@@ -153,10 +147,19 @@ async def list_orders(
     return json_response(await in_session(settings, order_page, caller.id, flt, limit, last_id))
 
 
-@router.get("/{order_id}/events", response_model=EventPage, responses=errors(401, 404))
-async def order_events(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
-    """The order's status history, oldest first."""
-    items = await in_session(settings, _events, caller.id, check_id(order_id))
-    if items is None:
+@router.get("/{order_id}/events", response_model=EventPage, responses=errors(401, 404, 422))
+async def order_events(
+    order_id: str,
+    caller: Caller,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> Response:
+    """The order's status history, oldest first; follow ``next_cursor`` until it is null."""
+    after = int(decode_cursor(cursor, EVENT_ID)) if cursor is not None else None
+    page = await in_session(settings, event_page, caller.id, check_id(order_id), limit, after)
+    if page is None:
         raise ApiError(404, f"order {order_id} not found")
-    return json_response({"items": items, "next_cursor": None})
+    return json_response(page)
