@@ -168,7 +168,7 @@ class Db:
                     self.caller_id,
                     items,
                     now=utcnow(),
-                    enqueue_grace_s=3600,
+                    due_in_s=3600,
                     batch_id=batch_id,
                 )
             ids.extend(o.id for o in orders)

@@ -32,5 +32,5 @@ def add_orders(
     """Store payloads as received orders (due for the sweeper after ``grace_s``)."""
     items = [new_order(p) for p in payloads]
     with transaction(db_url) as session:
-        orders = create_orders(session, caller_id, items, now=utcnow(), enqueue_grace_s=grace_s)
+        orders = create_orders(session, caller_id, items, now=utcnow(), due_in_s=grace_s)
     return [o.id for o in orders]

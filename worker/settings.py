@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     reconcile_max_pages: int = Field(50, ge=0)
 
     chunk_size: int = Field(50, ge=1, le=1000)
+    # The broker carries at most this many chunks per live worker process; the rest of the
+    # backlog waits in the database (so the dispatcher can share it fairly between callers).
+    dispatch_chunks_per_process: int = Field(2, ge=1, le=100)
     http_concurrency: int = Field(64, ge=1, le=512)
 
     webhook_allow_private: bool = False

@@ -9,8 +9,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.api.conftest import CallerKey, order, queued, queued_ids, row_counts
+from tests.conftest import settings_from
 from worker.db import transaction
 from worker.models import Order
+from worker.queue.dispatcher import Dispatcher
 
 
 def test_mixed_batch_accepts_valid_items_and_reports_the_others(
@@ -100,18 +102,27 @@ def test_duplicates_of_existing_orders_are_per_item_results(
     assert row_counts(clean_db)["orders"] == 2
 
 
-def test_batch_is_enqueued_in_chunks_after_commit(
-    api: Callable[..., TestClient], alpha: CallerKey, redis_client: redis.Redis
+def test_batch_is_dispatched_up_to_the_queue_target_and_the_rest_waits(
+    api: Callable[..., TestClient], alpha: CallerKey, redis_client: redis.Redis, env: dict[str, str]
 ) -> None:
-    """A batch of 120 with chunk size 50 publishes 3 messages by task name holding every id."""
-    client = api(chunk_size=50)
+    """A batch of 120 (chunks of 50, 2 chunks per worker process) puts its 100 oldest orders
+    on the broker; the other 20 wait in the database until a pass finds room."""
+    client = api(chunk_size=50, dispatch_chunks_per_process=2)
     body = {"orders": [order(f"e{i}") for i in range(120)]}
     answer = client.post("/v1/orders/batch", json=body, headers=alpha.headers).json()
     ids = [r["order"]["id"] for r in answer["results"]]
     messages = queued(redis_client)
-    assert [m["task"] for m in messages] == ["orders.process"] * 3
-    assert [len(m["args"][0]) for m in messages] == [50, 50, 20]
-    assert sorted(queued_ids(redis_client)) == sorted(ids)
+    assert [m["task"] for m in messages] == ["orders.process"] * 2
+    assert [len(m["args"][0]) for m in messages] == [50, 50]
+    first = set(queued_ids(redis_client))
+    assert len(first) == 100 and first < set(ids)
+    redis_client.delete("orders")  # as workers take the messages
+    dispatcher = Dispatcher(
+        settings_from(env, chunk_size=50), redis_client, client.app.state.broker.producer()
+    )
+    assert dispatcher.run().sent == 20
+    assert set(queued_ids(redis_client)) == set(ids) - first
+    assert dispatcher.run().sent == 0
 
 
 def test_batch_results_are_in_request_order_for_a_large_batch(

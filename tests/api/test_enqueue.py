@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from fastapi.testclient import TestClient
@@ -37,10 +38,12 @@ class CommitCheckingBroker(Broker):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.visible: list[bool] = []
 
-    def dispatch(self, order_ids: Sequence[str], delivery_ids: Sequence[str]) -> bool:
+    def dispatch(
+        self, order_ids: Sequence[str], delivery_ids: Sequence[str], **kwargs: Any
+    ) -> bool:
         with transaction(self.settings.database_url) as session:
             self.visible.extend(session.get(Order, i) is not None for i in order_ids)
-        return super().dispatch(order_ids, delivery_ids)
+        return super().dispatch(order_ids, delivery_ids, **kwargs)
 
 
 def test_orders_are_committed_before_they_are_enqueued(

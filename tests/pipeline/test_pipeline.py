@@ -84,7 +84,7 @@ def test_persistent_502_fails_with_reason_then_operator_retry_completes(
     [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
     order = drive(rt, [oid])[oid]
     assert (order.status, order.reason, order.failures) == ("failed", "upstream_502", 3)
-    assert retry_order(clean_db, caller_id, oid, at=None, grace_s=30, actor="operator") == 1
+    assert retry_order(clean_db, caller_id, oid, at=None, actor="operator") == 1
     order = drive(rt, [oid])[oid]
     assert order.status == "complete"
     assert ("failed", "received") in _path(clean_db, oid)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -57,33 +56,3 @@ def test_live_lease_is_left_alone(clean_db, caller_id):
     _force(clean_db, [oid], status="submitting", lease_owner="lease_live", due_at=future)
     with transaction(clean_db) as session:
         assert sweeper.recover_expired_leases(session, utcnow(), 100) == 0
-
-
-def test_due_orders_taken_once_by_concurrent_sweeps(clean_db, caller_id):
-    """Two sweeps at once split the due orders between them; none is taken twice."""
-    ids = add_orders(clean_db, caller_id, [new_payload(i) for i in range(200)], grace_s=0)
-    results: list[list[str]] = []
-
-    def sweep_once() -> None:
-        with transaction(clean_db) as session:
-            results.append(sweeper.take_due_orders(session, utcnow(), 30, 1000))
-
-    threads = [threading.Thread(target=sweep_once) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    taken = results[0] + results[1]
-    assert sorted(taken) == sorted(ids)
-    with transaction(clean_db) as session:
-        assert sweeper.take_due_orders(session, utcnow(), 30, 1000) == []
-
-
-def test_not_yet_due_and_terminal_orders_are_not_taken(clean_db, caller_id):
-    """Orders within their grace period, held or terminal are not enqueued."""
-    fresh = add_orders(clean_db, caller_id, [new_payload(1)], grace_s=60)
-    done = add_orders(clean_db, caller_id, [new_payload(2)], grace_s=0)
-    _force(clean_db, done, status="complete", due_at=None)
-    with transaction(clean_db) as session:
-        assert sweeper.take_due_orders(session, utcnow(), 30, 100) == []
-    assert fresh

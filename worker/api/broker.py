@@ -1,9 +1,10 @@
-"""The intake's link to the broker: configured lazily, enqueues by task name, never raises.
+"""The intake's link to the broker: configured lazily, dispatches after commit, never raises.
 
-Intake commits first and enqueues after; when Redis is unreachable the orders stay committed
-with a ``due_at`` a grace period ahead and the sweeper enqueues them then. After a failure,
-enqueueing is skipped for ``PAUSE_S`` so that a Redis outage does not add a connection
-timeout to every request.
+Intake commits first, then runs a dispatch pass (:mod:`worker.queue.dispatcher`): the new
+orders go to the broker at once when it has room, else they wait in the database for their
+fair share. When Redis is unreachable the orders stay committed and the sweep dispatches
+them later. After a failure, dispatching is skipped for ``PAUSE_S`` so that a Redis outage
+does not add a connection timeout to every request.
 
 Each :class:`Broker` publishes through its own Celery producer app (same settings as
 ``worker.queue.app``): Celery caches its connection pool per app, so two intake apps with
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 import structlog
@@ -22,7 +23,8 @@ from celery import Celery
 
 from worker.embedded_redis import resolve_redis_url
 from worker.queue import app as celery_app
-from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
+from worker.queue.dispatcher import Dispatcher
+from worker.queue.enqueue import enqueue_deliveries
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -49,6 +51,7 @@ class Broker:
         self._lock = threading.Lock()
         self._url: str | None = None
         self._producer: Celery | None = None
+        self._dispatcher: Dispatcher | None = None
         self._paused_until = 0.0
         self.failures = 0
 
@@ -70,8 +73,15 @@ class Broker:
                 self._producer = producer
             return self._producer
 
-    def dispatch(self, order_ids: Sequence[str], delivery_ids: Sequence[str]) -> bool:
-        """Enqueue ``order_ids`` in chunks and ``delivery_ids``; False (logged) on failure."""
+    def dispatch(
+        self,
+        order_ids: Sequence[str],
+        delivery_ids: Sequence[str],
+        *,
+        callers: Iterable[str] = (),
+    ) -> bool:
+        """Dispatch after ``order_ids`` of ``callers`` became due, and enqueue
+        ``delivery_ids``; False (logged) on failure."""
         if not order_ids and not delivery_ids:
             return True
         if time.monotonic() < self._paused_until:
@@ -81,7 +91,7 @@ class Broker:
         try:
             app = self.producer()
             if order_ids:
-                enqueue_orders(app, order_ids, self.settings.chunk_size)
+                self.dispatcher().run(callers=callers)
             if delivery_ids:
                 enqueue_deliveries(app, delivery_ids)
         except Exception as exc:  # any broker error: the sweeper will enqueue them when due
@@ -90,6 +100,18 @@ class Broker:
             log.warning("enqueue_failed", orders=len(order_ids), error=repr(exc))
             return False
         return True
+
+    def dispatcher(self) -> Dispatcher:
+        """The dispatcher, publishing through the producer app, built on first use."""
+        app = self.producer()
+        url = self.url()
+        with self._lock:
+            if self._dispatcher is None:
+                client = redis.Redis.from_url(
+                    url, socket_timeout=PING_TIMEOUT_S * 5, socket_connect_timeout=1
+                )
+                self._dispatcher = Dispatcher(self.settings, client, app)
+            return self._dispatcher
 
     def _failed(self) -> None:
         self.failures += 1
@@ -112,3 +134,6 @@ class Broker:
             if self._producer is not None:
                 self._producer.close()
                 self._producer = None
+            if self._dispatcher is not None:
+                self._dispatcher.redis.close()
+                self._dispatcher = None

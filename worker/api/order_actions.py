@@ -61,7 +61,6 @@ async def retry_one(
             caller.id,
             check_id(order_id),
             at=at,
-            grace_s=settings.enqueue_grace_s,
             actor=_actor(caller.id),
             dispatch=broker.dispatch,
         )
@@ -88,7 +87,6 @@ async def retry_matching(
             caller.id,
             flt,
             at=at,
-            grace_s=settings.enqueue_grace_s,
             actor=_actor(caller.id),
             dispatch=broker.dispatch,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import orjson
@@ -37,13 +37,19 @@ class AfterResponse:
     def __init__(self, broker: Broker, deferred: bool) -> None:
         self.broker = broker
         self.deferred = deferred
-        self.pending: list[tuple[list[str], list[str]]] = []
+        self.pending: list[tuple[list[str], list[str], list[str]]] = []
 
-    def __call__(self, order_ids: Sequence[str], delivery_ids: Sequence[str]) -> None:
+    def __call__(
+        self,
+        order_ids: Sequence[str],
+        delivery_ids: Sequence[str],
+        *,
+        callers: Iterable[str] = (),
+    ) -> None:
         if self.deferred:
-            self.pending.append((list(order_ids), list(delivery_ids)))
+            self.pending.append((list(order_ids), list(delivery_ids), list(callers)))
         else:
-            self.broker.dispatch(order_ids, delivery_ids)
+            self.broker.dispatch(order_ids, delivery_ids, callers=callers)
 
     def task(self) -> BackgroundTask | None:
         if not self.pending:
@@ -51,8 +57,8 @@ class AfterResponse:
         return BackgroundTask(self._send)
 
     def _send(self) -> None:
-        for order_ids, delivery_ids in self.pending:
-            self.broker.dispatch(order_ids, delivery_ids)
+        for order_ids, delivery_ids, callers in self.pending:
+            self.broker.dispatch(order_ids, delivery_ids, callers=callers)
 
 
 _gc_lock = threading.Lock()

@@ -1,8 +1,19 @@
 """Taking orders in: checks (pure), the batch plan (pure), storage, idempotency, the service
 that ties them together, and the actions callers and operators take on existing orders."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-Dispatch = Callable[[Sequence[str], Sequence[str]], object]
-"""Called after commit with (order ids to enqueue now, webhook delivery ids); must not raise:
-orders committed but not enqueued are picked up by the sweeper once their ``due_at`` passes."""
+
+class Dispatch(Protocol):
+    """Called after commit with the order ids due now, the webhook delivery ids, and the
+    callers those orders belong to (whose backlog the dispatcher should look at); must not
+    raise: orders committed but not dispatched are picked up by the sweep."""
+
+    def __call__(
+        self,
+        order_ids: Sequence[str],
+        delivery_ids: Sequence[str],
+        *,
+        callers: Iterable[str] = (),
+    ) -> object: ...

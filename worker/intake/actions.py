@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import repository as repo
@@ -128,7 +128,6 @@ def retry_order(
     order_id: str,
     *,
     at: datetime | None,
-    grace_s: float,
     actor: str,
     dispatch: Dispatch | None = None,
 ) -> int:
@@ -143,14 +142,12 @@ def retry_order(
     at = max(at or now, now)
     with transaction(db_url) as session:
         order = _load(session, caller_id, order_id)
-        scheduled, events = _schedule(
-            session, [order], at=at, now=now, grace_s=grace_s, actor=actor
-        )
+        scheduled, events = _schedule(session, [order], at=at, now=now, actor=actor)
         if not scheduled:
             raise WrongState(_not_retryable(order))
         deliveries = record_deliveries(session, events)
     if dispatch is not None:
-        dispatch(scheduled if at <= now else [], deliveries)
+        dispatch(scheduled if at <= now else [], deliveries, callers=[caller_id])
     return len(scheduled)
 
 
@@ -160,7 +157,6 @@ def retry_matching(
     flt: RetryFilter,
     *,
     at: datetime | None,
-    grace_s: float,
     actor: str,
     dispatch: Dispatch | None = None,
 ) -> int:
@@ -191,13 +187,12 @@ def retry_matching(
             if not targets:
                 break
             last_id = targets[-1].id
-            scheduled, events = _schedule(
-                session, targets, at=at, now=now, grace_s=grace_s, actor=actor
-            )
+            scheduled, events = _schedule(session, targets, at=at, now=now, actor=actor)
             deliveries = record_deliveries(session, events)
         total += len(scheduled)
         if dispatch is not None:
-            dispatch(scheduled if at <= now else [], deliveries)
+            callers = {o.caller_id for o in targets}
+            dispatch(scheduled if at <= now else [], deliveries, callers=callers)
     return total
 
 
@@ -226,18 +221,9 @@ def _schedule(
     *,
     at: datetime,
     now: datetime,
-    grace_s: float,
     actor: str,
 ) -> tuple[list[str], list[Event]]:
     moves = [m for o in targets if (m := retry_move(o, at=at, now=now)) is not None]
     events = repo.apply_moves(session, moves, now=now, owner=None, actor=actor)
     scheduled = sorted({e["order_id"] for e in events})
-    if scheduled and at <= now:
-        # Enqueued right after commit; the sweeper only steps in if that enqueue is lost.
-        session.execute(
-            update(Order)
-            .where(Order.id.in_(scheduled), Order.due_at == at)
-            .values(due_at=now + timedelta(seconds=grace_s))
-            .execution_options(synchronize_session=False)
-        )
     return scheduled, events

@@ -93,7 +93,7 @@ def accept_order(
     if isinstance(order, ItemError):
         raise InvalidInput(order.message, order.fields)
     if stored.new_ids and dispatch is not None:
-        dispatch(stored.new_ids, stored.deliveries)
+        dispatch(stored.new_ids, stored.deliveries, callers=[caller_id])
     created = bool(stored.new_ids)
     return Outcome(
         order_view(order), replayed=not created, accepted=int(created), order_ids=[order.id]
@@ -131,7 +131,7 @@ def accept_batch(
     if stored.refused():
         raise _no_valid_order(stored.placed)
     if dispatch is not None and (stored.new_ids or stored.deliveries):
-        dispatch(stored.new_ids, stored.deliveries)
+        dispatch(stored.new_ids, stored.deliveries, callers=[caller_id])
     return Outcome(
         _batch_body(batch_id, stored.placed),
         accepted=len(stored.new_ids),
@@ -217,7 +217,6 @@ def _store_once(
         caller_id,
         new_items,  # type: ignore[arg-type]
         now=now,
-        enqueue_grace_s=settings.enqueue_grace_s,
         batch_id=batch_id,
     )
     placed = fill(plan, results, created)

@@ -40,12 +40,14 @@ class Decision:
 
 
 def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, Any], float | None]:
-    """Columns for "try again in ``delay_s``" and the countdown to enqueue with, if short."""
+    """Columns for "try again in ``delay_s``", and the countdown of a dispatch tick if short.
+
+    The order is due for the dispatcher at ``at`` either way; a short wait also gets a tick
+    then (a broker countdown), a long one waits for the sweep (invariant 4).
+    """
     at = now + timedelta(seconds=delay_s)
-    if delay_s <= timing.countdown_max_s:
-        due = at + timedelta(seconds=timing.enqueue_grace_s)
-        return {"next_attempt_at": at, "due_at": due, "lease_owner": None}, delay_s
-    return {"next_attempt_at": at, "due_at": at, "lease_owner": None}, None
+    countdown = delay_s if delay_s <= timing.countdown_max_s else None
+    return {"next_attempt_at": at, "due_at": at, "lease_owner": None}, countdown
 
 
 _DONE: dict[str, Any] = {"next_attempt_at": None, "due_at": None, "lease_owner": None}

@@ -1,8 +1,9 @@
 """The sweeper: the database is the source of truth, the broker only a transport.
 
-Run every few seconds by Celery beat. It recovers orders whose worker died (lease expired),
-enqueues orders whose time has come (retries, follow-ups, orders committed but never enqueued,
-messages lost with a Redis restart) and due webhook deliveries. Safe to run twice at once:
+Run every few seconds by Celery beat. It recovers orders whose worker died (lease expired)
+and enqueues due webhook deliveries; orders whose time has come (retries, follow-ups, orders
+never enqueued, messages lost with a Redis restart) go out through the dispatcher
+(:mod:`worker.queue.dispatcher`), which the sweep task runs too. Safe to run twice at once:
 each pick-up is a compare-and-set on ``due_at``.
 """
 
@@ -64,29 +65,6 @@ def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
         .execution_options(synchronize_session=False)
     )
     return recovered
-
-
-def take_due_orders(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
-    """Claim due, unleased resting orders for enqueueing: push their ``due_at`` by the grace."""
-    due = (
-        select(Order.id)
-        .where(
-            Order.status.in_([str(s) for s in RESTING]),
-            Order.lease_owner.is_(None),
-            Order.due_at <= now,
-        )
-        .order_by(Order.due_at)
-        .limit(limit)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(Order)
-        .where(Order.id.in_(due), Order.due_at <= now, Order.lease_owner.is_(None))
-        .values(due_at=now + timedelta(seconds=grace_s))
-        .returning(Order.id)
-        .execution_options(synchronize_session=False)
-    )
-    return list(session.execute(stmt).scalars())
 
 
 def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:

@@ -11,6 +11,7 @@ from worker.settings import Settings, get_settings
 
 TASK_PROCESS = "orders.process"
 TASK_SWEEP = "orders.sweep"
+TASK_DISPATCH = "orders.dispatch"
 TASK_DELIVER = "webhooks.deliver"
 QUEUE_ORDERS = "orders"
 QUEUE_WEBHOOKS = "webhooks"
@@ -50,6 +51,7 @@ def configure(broker_url: str, settings: Settings | None = None) -> Celery:
         task_routes={
             TASK_PROCESS: {"queue": QUEUE_ORDERS},
             TASK_SWEEP: {"queue": QUEUE_ORDERS},
+            TASK_DISPATCH: {"queue": QUEUE_ORDERS},
             TASK_DELIVER: {"queue": QUEUE_WEBHOOKS},
         },
         broker_transport_options={

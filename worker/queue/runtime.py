@@ -6,6 +6,7 @@ Built lazily on first use and rebuilt after a fork (connections must not cross p
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from worker.embedded_redis import resolve_redis_url
 from worker.ids import sha256_hex
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
+from worker.queue.dispatcher import Dispatcher
 from worker.settings import Settings, get_settings
 from worker.upstream.client import UpstreamClient, fetch_token
 from worker.upstream.token import TokenCache
@@ -32,6 +34,9 @@ class Runtime:
     upstream: UpstreamClient
     executor: ThreadPoolExecutor
     pipeline: Pipeline
+    dispatcher: Dispatcher
+    name: str = ""
+    """This process, as the dispatcher counts live worker processes."""
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -65,9 +70,10 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     upstream = UpstreamClient(settings, tokens, ssl_context)
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
-    return Runtime(
-        settings, client, configure(redis_url, settings), tokens, upstream, executor, pipeline
-    )
+    celery = configure(redis_url, settings)
+    dispatcher = Dispatcher(settings, client, celery)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    return Runtime(settings, client, celery, tokens, upstream, executor, pipeline, dispatcher, name)
 
 
 def get_runtime() -> Runtime:

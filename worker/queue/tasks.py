@@ -19,8 +19,18 @@ from sqlalchemy.exc import OperationalError
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
 from worker.pipeline import retention, sweeper
-from worker.queue.app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
-from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
+from worker.queue import backlog
+from worker.queue.app import (
+    LAST_SWEEP_KEY,
+    QUEUE_ORDERS,
+    TASK_DELIVER,
+    TASK_DISPATCH,
+    TASK_PROCESS,
+    TASK_SWEEP,
+    app,
+)
+from worker.queue.dispatcher import note_worker_process
+from worker.queue.enqueue import enqueue_deliveries
 from worker.queue.runtime import get_runtime, reset_runtime
 from worker.webhooks.delivery import deliver as deliver_webhooks
 
@@ -37,30 +47,44 @@ def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
 
 @app.task(name=TASK_PROCESS, bind=True, max_retries=5)
 def process_orders(self: Task, order_ids: list[str]) -> int:
-    """Take the given orders as far as they can go; re-enqueue short waits with a countdown."""
+    """Take the given orders as far as they can go; short waits come back with a countdown."""
     rt = get_runtime()
+    note_worker_process(rt.redis, rt.name)
     try:
         result = rt.pipeline.run(order_ids)
     except OperationalError as exc:
         # The database is unreachable: nothing moved; try the message again shortly.
         raise self.retry(exc=exc, countdown=5) from exc
     for delay, ids in _requeue(result.requeue).items():
-        enqueue_orders(rt.celery, ids, rt.settings.chunk_size, countdown_s=delay or None)
+        # A short wait is a countdown tick that dispatches whatever is due then: retries and
+        # follow-ups go out through the same fair share as new orders.
+        app.send_task(TASK_DISPATCH, args=[ids], queue=QUEUE_ORDERS, countdown=delay or None)
     if result.deliveries:
         enqueue_deliveries(rt.celery, result.deliveries)
+    # This process has room again: refill the queue from the backlog.
+    rt.dispatcher.run()
     return result.moved
+
+
+@app.task(name=TASK_DISPATCH)
+def dispatch(order_ids: list[str]) -> int:
+    """Dispatch what is due now; ``order_ids`` (waits that ended) name callers with work."""
+    rt = get_runtime()
+    with transaction(rt.settings.database_url) as session:
+        callers = backlog.callers_of(session, order_ids)
+    return rt.dispatcher.run(callers=callers).sent
 
 
 @app.task(name=TASK_SWEEP)
 def sweep() -> dict[str, int]:
-    """Recover expired leases and enqueue whatever is due (orders and deliveries)."""
+    """Recover expired leases, dispatch whatever is due (rebuilding the list of callers with
+    work from the database), enqueue due deliveries, apply retention."""
     rt = get_runtime()
     now = utcnow()
     grace = rt.settings.enqueue_grace_s
     with transaction(rt.settings.database_url) as session:
         recovered = sweeper.recover_expired_leases(session, now, SWEEP_LIMIT)
     with transaction(rt.settings.database_url) as session:
-        orders = sweeper.take_due_orders(session, now, grace, SWEEP_LIMIT)
         deliveries = sweeper.take_due_deliveries(session, now, grace, SWEEP_LIMIT)
         purged = sweeper.purge_idempotency_keys(session, now)
     with transaction(rt.settings.database_url) as session:
@@ -72,19 +96,18 @@ def sweep() -> dict[str, int]:
             batch=rt.settings.retention_batch,
         )
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
-    if orders:
-        enqueue_orders(rt.celery, orders, rt.settings.chunk_size)
+    orders = rt.dispatcher.run(rebuild=True).sent
     if deliveries:
         enqueue_deliveries(rt.celery, deliveries)
     if recovered or orders or deliveries:
         log.info(
             "swept",
             recovered=recovered,
-            orders=len(orders),
+            orders=orders,
             deliveries=len(deliveries),
             purged_keys=purged,
         )
-    return {"recovered": recovered, "orders": len(orders), "deliveries": len(deliveries)}
+    return {"recovered": recovered, "orders": orders, "deliveries": len(deliveries)}
 
 
 _webhook_client: httpx.Client | None = None
@@ -117,3 +140,5 @@ def _after_fork(**_: object) -> None:
     # Pooled connections and threads must not cross a fork.
     dispose_all()
     reset_runtime()
+    rt = get_runtime()
+    note_worker_process(rt.redis, rt.name)
