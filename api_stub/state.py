@@ -17,6 +17,7 @@ from typing import Any, Final
 from api_stub.config import StubConfig
 from api_stub.faults import FaultScript
 from api_stub.records import STATE_COMPLETE, STATE_FAILED, StoredOrder
+from api_stub.tokens import TokenStore
 from schemas.upstream import OrderPayload
 
 __all__ = ["StubState", "Subscription"]
@@ -46,6 +47,7 @@ class StubState:
 
     def __init__(self, config: StubConfig) -> None:
         self.config = config
+        self.tokens = TokenStore()
         self.reset()
 
     def reset(self, config: StubConfig | None = None) -> None:
@@ -53,7 +55,7 @@ class StubState:
         if config is not None:
             self.config = config
         self.rng = random.Random(self.config.seed)
-        self.tokens: dict[str, float] = {}
+        self.tokens.forget()
         self.orders: dict[str, StoredOrder] = {}
         self.order_list: list[StoredOrder] = []
         self.subscriptions: dict[str, Subscription] = {}
@@ -88,27 +90,20 @@ class StubState:
 
     def issue_token(self) -> str:
         """Mint a bearer token that stops working ``token_ttl_s`` from now."""
-        token = f"stub.{self._hex32()}{self._hex32()}"
-        self.tokens[token] = time.monotonic() + self.config.token_ttl_s
+        config = self.config
+        token = self.tokens.issue(
+            client_id=config.client_id, ttl_s=config.token_ttl_s, jti=self._hex32()
+        )
         self.counters["tokens_issued"] += 1
         return token
 
     def token_valid(self, token: str) -> bool:
         """Whether ``token`` was issued here and has not expired."""
-        expires_at = self.tokens.get(token)
-        return expires_at is not None and time.monotonic() < expires_at
-
-    def active_tokens(self) -> int:
-        """How many issued tokens still work."""
-        now = time.monotonic()
-        return sum(1 for expires_at in self.tokens.values() if now < expires_at)
+        return self.tokens.valid(token)
 
     def expire_tokens(self) -> int:
         """Make every issued token expire now; return how many were still valid."""
-        active = self.active_tokens()
-        now = time.monotonic()
-        self.tokens = dict.fromkeys(self.tokens, now)
-        return active
+        return self.tokens.expire_all()
 
     def find_subscription(self, ref: str) -> Subscription | None:
         """The subscription whose id or 12-character reference is ``ref``."""
@@ -163,7 +158,7 @@ class StubState:
         """Counters for the control API."""
         return {
             "tokens_issued": self.counters["tokens_issued"],
-            "tokens_active": self.active_tokens(),
+            "tokens_active": self.tokens.active(),
             "token_denied": self.counters["token_denied"],
             "unauthorized": self.counters["unauthorized"],
             "orders_created": self.counters["orders_created"],

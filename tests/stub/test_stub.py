@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from api_stub.testing import StubControl
+from api_stub.tokens import decode_claims
 from schemas.upstream import LimioOrderObject, PreviewResponse, SubmitResponse, TokenResponse
 from tests.stub.conftest import DEMO_SUB, PREVIEW_PATHS, SUBMIT_PATHS, new_payload
 
@@ -44,6 +45,36 @@ def test_token_with_basic_credentials(client: httpx.Client) -> None:
     )
     assert response.status_code == 200
     assert response.json()["access_token"]
+
+
+def test_token_is_a_signed_jwt_with_iat_and_exp(client: httpx.Client) -> None:
+    """The access token is header.claims.signature in base64url, with ``iat``/``exp`` claims."""
+    before = int(time.time())
+    token = client.post("/oauth2/token", data=FORM).json()["access_token"]
+    header_part, _, signature = token.split(".")
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in token.split("."))
+    header = base64.urlsafe_b64decode(header_part + "=" * (-len(header_part) % 4))
+    assert header == b'{"alg":"HS256","typ":"JWT"}'
+    claims = decode_claims(token)
+    assert before <= claims["iat"] <= time.time()
+    assert claims["exp"] - claims["iat"] in (3599, 3600)
+    assert claims["sub"] == "demo-client"
+    assert len(signature) == 43  # an HMAC-SHA256, unpadded
+
+
+def test_tampered_jwt_is_refused(client: httpx.Client) -> None:
+    """A token whose claims were edited (a later ``exp``) no longer matches its signature."""
+    token = client.post("/oauth2/token", data=FORM).json()["access_token"]
+    header, claims, signature = token.split(".")
+    forged_claims = base64.urlsafe_b64encode(
+        base64.urlsafe_b64decode(claims + "==").replace(b'"exp":', b'"exp":9')
+    )
+    forged = ".".join([header, forged_claims.decode().rstrip("="), signature])
+    for candidate, status in ((token, 200), (forged, 401), (f"{token}x", 401)):
+        response = client.get(
+            "/api/objects/limio/orders", headers={"Authorization": f"Bearer {candidate}"}
+        )
+        assert response.status_code == status
 
 
 @pytest.mark.parametrize(
