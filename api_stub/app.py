@@ -25,7 +25,7 @@ from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
 from api_stub.pricing import build_preview
-from api_stub.responses import json_response
+from api_stub.responses import error_response, json_response
 from api_stub.state import StubState, Subscription
 from schemas.upstream import (
     ROOT_FIELD,
@@ -39,27 +39,17 @@ __all__ = ["UpstreamApi", "create_app"]
 
 Handler = Callable[[Request, bool], Awaitable[Response]]
 
-_NOT_FOUND: Final = {"message": "Not found."}
-_UNAUTHORIZED: Final = {"message": "Unauthorized"}
-_HELD_ANSWER: Final = {"message": "Gateway Timeout"}
-_FAULT_MESSAGES: Final = {
-    429: "Too Many Requests",
-    502: "Bad Gateway: the upstream returned an unexpected response",
-    503: "Service Unavailable",
-}
 _MAX_PAGE: Final = 1000
 
 
 def _fault_response(fault: Fault) -> Response:
     status = fault.status or 502
     headers = None if fault.retry_after_s is None else {"Retry-After": str(fault.retry_after_s)}
-    message = _FAULT_MESSAGES.get(status, f"Stub fault {status}")
-    return json_response(status, {"message": message}, headers)
+    return error_response(status, headers=headers)
 
 
 def _bad_request(errors: list[dict[str, str]]) -> Response:
-    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return json_response(400, {"message": message, "errors": errors})
+    return error_response(400, "; ".join(f"{e['field']}: {e['message']}" for e in errors))
 
 
 def _encode_cursor(seq: int) -> str:
@@ -95,14 +85,14 @@ class UpstreamApi:
         if fault.kind == "ambiguous":
             await handler(request, True)
         await asyncio.sleep(config.ambiguous_hold_s if fault.hold_s is None else fault.hold_s)
-        return json_response(504, _HELD_ANSWER)
+        return error_response(504)
 
     def _unauthorized(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.state.token_valid(token.strip()):
             return None
         self.state.counters["unauthorized"] += 1
-        return json_response(401, _UNAUTHORIZED)
+        return error_response(401)
 
     async def _read_order(
         self, request: Request
@@ -122,7 +112,7 @@ class UpstreamApi:
             subscription = self.state.find_subscription(reference)
             if subscription is None:
                 self.state.counters["rejected_404"] += 1
-                return json_response(404, _NOT_FOUND)
+                return error_response(404)
         return order, payload, subscription
 
     async def token(self, request: Request) -> Response:
@@ -200,7 +190,7 @@ class UpstreamApi:
             return denied
         stored = self.state.orders.get(request.path_params["order_id"])
         if stored is None:
-            return json_response(404, _NOT_FOUND)
+            return error_response(404)
         return json_response(200, stored.object_view(time.time()))
 
     async def list_orders(self, request: Request) -> Response:
