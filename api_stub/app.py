@@ -12,10 +12,9 @@ import binascii
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs, unquote_plus
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,16 +23,10 @@ from starlette.routing import Route
 from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
+from api_stub.order_input import Problem, read_order
 from api_stub.pricing import build_preview
 from api_stub.responses import error_response, json_response
-from api_stub.state import StubState, Subscription
-from schemas.upstream import (
-    ROOT_FIELD,
-    OrderPayload,
-    OrderValidationError,
-    parse_order,
-    validation_errors,
-)
+from api_stub.state import StubState
 
 __all__ = ["UpstreamApi", "create_app"]
 
@@ -94,26 +87,9 @@ class UpstreamApi:
         self.state.counters["unauthorized"] += 1
         return error_response(401)
 
-    async def _read_order(
-        self, request: Request
-    ) -> tuple[OrderPayload, dict[str, Any], Subscription | None] | Response:
-        try:
-            payload = orjson.loads(await request.body())
-            order = parse_order(payload)
-        except orjson.JSONDecodeError:
-            self.state.counters["rejected_400"] += 1
-            return _bad_request([{"field": ROOT_FIELD, "message": "Malformed JSON body"}])
-        except OrderValidationError as exc:
-            self.state.counters["rejected_400"] += 1
-            return _bad_request(validation_errors(exc))
-        subscription = None
-        reference = order.subscription_reference()
-        if reference is not None:
-            subscription = self.state.find_subscription(reference)
-            if subscription is None:
-                self.state.counters["rejected_404"] += 1
-                return error_response(404)
-        return order, payload, subscription
+    def _problem_response(self, problem: Problem, *, status: int) -> Response:
+        self.state.counters[f"rejected_{status}"] += 1
+        return error_response(status, problem.detail if status != 404 else None)
 
     async def token(self, request: Request) -> Response:
         """``POST /oauth2/token``: client credentials in the form body or HTTP Basic."""
@@ -158,10 +134,11 @@ class UpstreamApi:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        parsed = await self._read_order(request)
-        if isinstance(parsed, Response):
-            return parsed
-        return json_response(200, build_preview(parsed[1]))
+        read = read_order(await request.body(), self.state)
+        if isinstance(read, Problem):
+            # Preview documents 200/401/502 only; its 502 text covers invalid field values.
+            return self._problem_response(read, status=502)
+        return json_response(200, build_preview(read.payload))
 
     async def submit(self, request: Request) -> Response:
         """``POST /api/order``, ``/api/partner/order`` and ``/api/admin/order``."""
@@ -171,12 +148,15 @@ class UpstreamApi:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        parsed = await self._read_order(request)
-        if isinstance(parsed, Response):
-            return parsed
-        order, payload, subscription = parsed
+        read = read_order(await request.body(), self.state)
+        if isinstance(read, Problem):
+            return self._problem_response(read, status=400 if read.kind == "payload" else 404)
         stored = self.state.create_order(
-            order, payload, endpoint=request.url.path, subscription=subscription, ambiguous=held
+            read.order,
+            read.payload,
+            endpoint=request.url.path,
+            subscription=read.subscription,
+            ambiguous=held,
         )
         return json_response(200, stored.submit_response(time.time()))
 

@@ -163,8 +163,7 @@ class StubState:
             "unauthorized": self.counters["unauthorized"],
             "orders_created": self.counters["orders_created"],
             "rejected": {
-                "400": self.counters["rejected_400"],
-                "404": self.counters["rejected_404"],
+                status: self.counters[f"rejected_{status}"] for status in ("400", "404", "502")
             },
             "requests": dict(self.requests),
             "faults": dict(self.faults),

@@ -193,15 +193,41 @@ def test_malformed_bodies_get_400(client: httpx.Client, auth: dict[str, str], bo
     assert response.status_code == 400 and response.json()["message"]
 
 
-@pytest.mark.parametrize("path", (SUBMIT_PATHS[0], PREVIEW_PATHS[0]))
-def test_unknown_subscription_gets_404(
-    control: StubControl, client: httpx.Client, auth: dict[str, str], path: str
+def test_unknown_subscription_gets_404_on_submit(
+    control: StubControl, client: httpx.Client, auth: dict[str, str]
 ) -> None:
-    """A change order naming a subscription the stub does not know is a 404."""
+    """A change order naming a subscription the stub does not know is a submit 404."""
     payload = {"order_type": "cancel_subscription", "subscriptionId": "sub-unknown"}
-    response = client.post(path, json=payload, headers=auth)
+    response = client.post(SUBMIT_PATHS[0], json=payload, headers=auth)
     assert (response.status_code, response.json()) == (404, {"message": "Not found."})
     assert control.orders()["count"] == 0
+
+
+@pytest.mark.parametrize("path", PREVIEW_PATHS)
+def test_preview_of_unknown_subscription_is_a_502(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], path: str
+) -> None:
+    """Preview documents only 200/401/502: an unknown subscription is a 502, never a 404."""
+    payload = {"order_type": "change_offer", "forSubscription": {"id": "sub-unknown"}}
+    response = client.post(path, json=payload, headers=auth)
+    assert response.status_code == 502
+    assert list(response.json()) == ["message"]
+    assert response.json()["message"].startswith("Bad Gateway")
+    assert "sub-unknown" in response.json()["message"]
+    assert control.stats()["rejected"]["502"] == 1
+
+
+@pytest.mark.parametrize("path", PREVIEW_PATHS)
+@pytest.mark.parametrize("body", [b"{not json", b'{"order_type": "new", "country": "GB"}'])
+def test_preview_of_a_bad_payload_is_a_502_naming_the_field(
+    client: httpx.Client, auth: dict[str, str], path: str, body: bytes
+) -> None:
+    """Preview has no documented 400: payload problems answer 502 with the documented body."""
+    response = client.post(path, content=body, headers=auth)
+    assert response.status_code == 502
+    message = response.json()["message"]
+    assert message.startswith("Bad Gateway: an upstream service returned an unexpected response")
+    assert ("checkoutId: Field required" in message) or ("Malformed JSON" in message)
 
 
 def test_change_orders_reach_demo_and_created_subscriptions(submit: Submit) -> None:

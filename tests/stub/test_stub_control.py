@@ -37,7 +37,7 @@ def test_stats_count_requests_tokens_and_rejections(
     assert stats["tokens_issued"] == 1 and stats["tokens_active"] == 1
     assert stats["requests"] == {"token": 1, "submit": 3, "object": 1}
     assert (stats["unauthorized"], stats["orders_created"]) == (1, 1)
-    assert stats["rejected"] == {"400": 1, "404": 1}
+    assert stats["rejected"] == {"400": 1, "404": 1, "502": 0}
 
 
 def test_expire_tokens_makes_every_token_fail(
