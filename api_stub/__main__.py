@@ -1,6 +1,8 @@
 """``python -m api_stub --port 8080 [--latency-ms 20 --fail-rate-502 0.1 ...]``.
 
-Options not given on the command line come from ``STUB_*`` environment variables.
+Each option sets the :class:`~api_stub.config.StubConfig` field of the same name
+(``--fail-rate-S`` sets ``fail_rates[S]``); options not given on the command line come from
+``STUB_*`` environment variables.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ _OPTIONS: dict[str, type] = {
     "seed": int,
     "client_id": str,
     "client_secret": str,
+    "payload_errors": str,
 }
+_CHOICES: dict[str, tuple[str, ...]] = {"payload_errors": ("400", "502")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     for name, kind in _OPTIONS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, dest=name, type=kind, choices=_CHOICES.get(name))
     for status in _FAULT_STATUSES:
         parser.add_argument(f"--fail-rate-{status}", dest=f"fail_rate_{status}", type=float)
     parser.add_argument("--subscriptions", help="comma-separated subscription ids")
+
     parser.add_argument("--config-json", help="a JSON object of StubConfig fields")
     return parser
 

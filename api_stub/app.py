@@ -150,7 +150,9 @@ class UpstreamApi:
             return denied
         read = read_order(await request.body(), self.state)
         if isinstance(read, Problem):
-            return self._problem_response(read, status=400 if read.kind == "payload" else 404)
+            payload_status = int(self.state.config.payload_errors)
+            status = payload_status if read.kind == "payload" else 404
+            return self._problem_response(read, status=status)
         stored = self.state.create_order(
             read.order,
             read.payload,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +38,9 @@ class StubConfig(BaseModel):
         ambiguous_hold_s: How long an ambiguous or timed-out request is held before a 504.
         subscriptions: Subscription ids that exist from the start.
         seed: Seed of the random generator (faults and ids); ``None`` for a random one.
+        payload_errors: Status of a submit whose payload is malformed or invalid: ``"400"``
+            (documented "Invalid order payload.") or ``"502"`` (the documented 502 "typically
+            indicates an issue with the request payload"). Preview always answers 502.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +57,12 @@ class StubConfig(BaseModel):
     ambiguous_hold_s: float = Field(default=30.0, ge=0)
     subscriptions: list[str] = Field(default_factory=lambda: list(DEMO_SUBSCRIPTIONS))
     seed: int | None = None
+    payload_errors: Literal["400", "502"] = "400"
+
+    @field_validator("payload_errors", mode="before")
+    @classmethod
+    def _status_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("fail_rates")
     @classmethod

@@ -186,6 +186,22 @@ def test_invalid_payload_gets_400_naming_the_field(
     assert "orderItems.0.offer.id: Field required" in body["message"]
 
 
+@pytest.mark.parametrize("body", [b"{not json", b'{"order_type": "new", "country": "GB"}'])
+def test_payload_errors_502_mode_answers_submit_problems_with_502(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], body: bytes
+) -> None:
+    """With ``payload_errors="502"`` a bad submit payload gets the documented 502 body."""
+    control.configure(payload_errors="502")
+    response = client.post(SUBMIT_PATHS[0], content=body, headers=auth)
+    assert response.status_code == 502
+    assert list(response.json()) == ["message"]
+    assert response.json()["message"].startswith("Bad Gateway")
+    unknown = {"order_type": "cancel_subscription", "subscriptionId": "sub-unknown"}
+    assert client.post(SUBMIT_PATHS[0], json=unknown, headers=auth).status_code == 404
+    assert control.stats()["rejected"] == {"400": 0, "404": 1, "502": 1}
+    assert control.orders()["count"] == 0
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"order_type": "teleport"}'])
 def test_malformed_bodies_get_400(client: httpx.Client, auth: dict[str, str], body: bytes) -> None:
     """Malformed JSON, non-objects and unknown order types are 400s."""

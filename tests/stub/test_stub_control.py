@@ -73,7 +73,8 @@ def test_reset_clears_state_but_keeps_config(
 
 def test_configure_is_partial_and_validated(control: StubControl) -> None:
     """PUT /_stub/config changes only the given fields and refuses invalid values."""
-    config = control.configure(fail_rates={502: 0.1}, retry_after_s=3)
+    assert control.configure(payload_errors=502)["payload_errors"] == "502"
+    config = control.configure(fail_rates={502: 0.1}, retry_after_s=3, payload_errors="400")
     assert (config["fail_rates"], config["retry_after_s"], config["token_ttl_s"]) == (
         {"502": 0.1},
         3,
@@ -84,6 +85,7 @@ def test_configure_is_partial_and_validated(control: StubControl) -> None:
         {"fail_rates": {200: 0.1}},
         {"latency_ms": -1},
         {"nope": 1},
+        {"payload_errors": "404"},
     ):
         with pytest.raises(httpx.HTTPStatusError) as info:
             control.configure(**bad)
@@ -113,12 +115,15 @@ def test_config_from_env() -> None:
             "STUB_FAIL_RATES": '{"502": 0.1, "429": 0.05}',
             "STUB_SUBSCRIPTIONS": "sub-a, sub-b",
             "STUB_RETRY_AFTER_S": "none",
+            "STUB_PAYLOAD_ERRORS": "502",
             "OTHER": "x",
         }
     )
     assert (config.latency_ms, config.token_ttl_s, config.retry_after_s) == (20.0, 1.5, None)
     assert (config.fail_rates, config.subscriptions) == ({502: 0.1, 429: 0.05}, ["sub-a", "sub-b"])
+    assert config.payload_errors == "502"
     assert StubConfig.from_env({}).subscriptions == list(DEMO_SUBSCRIPTIONS)
+    assert StubConfig.from_env({}).payload_errors == "400"
 
 
 def test_config_from_command_line() -> None:
@@ -129,6 +134,10 @@ def test_config_from_command_line() -> None:
     config = config_from_args(args, StubConfig(fail_rates={503: 0.1}, complete_after_s=1))
     assert (config.latency_ms, config.token_ttl_s, config.complete_after_s) == (5.0, 2.0, 1.0)
     assert config.fail_rates == {503: 0.1, 502: 0.2}
+    args = _parser().parse_args(["--payload-errors", "502"])
+    assert config_from_args(args, StubConfig()).payload_errors == "502"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--payload-errors", "404"])
 
 
 def test_stub_process_serves_and_stops() -> None:
