@@ -1,5 +1,8 @@
 """Read the body of a preview or submit: the payload, its model, the subscription it names.
 
+``forSubscription.id`` and ``subscriptionId`` name a subscription by its id (``sub-…``);
+``subscriptionRef`` by its 12-character reference (upstream-api.md §4.5).
+
 A problem is returned, not answered: the status it gets depends on the endpoint and on the
 config (see :mod:`api_stub.app`).
 """
@@ -56,9 +59,31 @@ def read_order(body: bytes, state: StubState) -> OrderInput | Problem:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
         return Problem("payload", detail)
     subscription = None
-    reference = order.subscription_reference()
-    if reference is not None:
-        subscription = state.find_subscription(reference)
+    named = _named_subscription(payload)
+    if named is not None:
+        field, value = named
+        if field == "subscriptionRef":
+            subscription = state.by_reference.get(value)
+        else:
+            subscription = state.subscriptions.get(value)
         if subscription is None:
-            return Problem("not_found", f"no subscription {reference}")
+            return Problem("not_found", f"{field}: no subscription {value!r}")
     return OrderInput(order, payload, subscription)
+
+
+def _named_subscription(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """``(field, value)`` of the first field naming a subscription, else ``None``.
+
+    The fields are tried in the order ``OrderBase.subscription_reference`` uses:
+    ``forSubscription.id``, ``subscriptionId``, ``subscriptionRef``.
+    """
+    holder = payload.get("forSubscription")
+    candidates = (
+        ("forSubscription.id", holder.get("id") if isinstance(holder, dict) else None),
+        ("subscriptionId", payload.get("subscriptionId")),
+        ("subscriptionRef", payload.get("subscriptionRef")),
+    )
+    for field, value in candidates:
+        if isinstance(value, str) and value:
+            return field, value
+    return None

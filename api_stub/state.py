@@ -105,10 +105,6 @@ class StubState:
         """Make every issued token expire now; return how many were still valid."""
         return self.tokens.expire_all()
 
-    def find_subscription(self, ref: str) -> Subscription | None:
-        """The subscription whose id or 12-character reference is ``ref``."""
-        return self.subscriptions.get(ref) or self.by_reference.get(ref)
-
     def create_order(
         self,
         order: OrderPayload,

@@ -261,6 +261,26 @@ def test_change_orders_reach_demo_and_created_subscriptions(submit: Submit) -> N
     assert record.json()["owner"] == created["owner"]
 
 
+@pytest.mark.parametrize("field", ["forSubscription", "subscriptionId"])
+def test_subscription_ids_are_not_references(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], submit: Submit, field: str
+) -> None:
+    """``forSubscription.id`` and ``subscriptionId`` take the ``sub-…`` id, not the reference."""
+
+    def naming(value: str) -> dict[str, object]:
+        if field == "forSubscription":
+            return {"order_type": "change_offer", "forSubscription": {"id": value}}
+        return {"order_type": "cancel_subscription", "subscriptionId": value}
+
+    created = submit(new_payload()).json()
+    by_reference = naming(created["subscriptionReference"])
+    assert submit(by_reference).status_code == 404
+    assert client.post(PREVIEW_PATHS[0], json=by_reference, headers=auth).status_code == 502
+    [record] = control.orders()["orders"]
+    assert record["subscriptionId"].startswith("sub-")
+    assert submit(naming(record["subscriptionId"])).status_code == 200
+
+
 def test_order_object_turns_complete_after_delay(
     control: StubControl, client: httpx.Client, submit: Submit
 ) -> None:
