@@ -24,6 +24,7 @@ from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
 from api_stub.order_input import Problem, read_order
+from api_stub.paging import decode_cursor, encode_cursor
 from api_stub.pricing import build_preview
 from api_stub.responses import error_response, json_response
 from api_stub.state import StubState
@@ -39,22 +40,6 @@ def _fault_response(fault: Fault) -> Response:
     status = fault.status or 502
     headers = None if fault.retry_after_s is None else {"Retry-After": str(fault.retry_after_s)}
     return error_response(status, headers=headers)
-
-
-def _bad_request(errors: list[dict[str, str]]) -> Response:
-    return error_response(400, "; ".join(f"{e['field']}: {e['message']}" for e in errors))
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> int:
-    text = base64.urlsafe_b64decode(cursor.encode()).decode()
-    prefix, _, seq = text.partition(":")
-    if prefix != "seq":
-        raise ValueError(cursor)
-    return int(seq)
 
 
 class UpstreamApi:
@@ -187,13 +172,14 @@ class UpstreamApi:
         try:
             limit = min(max(int(request.query_params.get("limit", "10")), 1), _MAX_PAGE)
             cursor = request.query_params.get("queryMore")
-            end = len(orders) if not cursor else min(_decode_cursor(cursor) - 1, len(orders))
-        except (ValueError, binascii.Error):
-            return _bad_request([{"field": "limit/queryMore", "message": "Invalid paging value"}])
+            end = len(orders) if not cursor else min(decode_cursor(cursor) - 1, len(orders))
+        except ValueError as exc:
+            # The objects API documents 200/401/502 only.
+            return error_response(502, f"limit/queryMore: invalid paging value ({exc})")
         start = max(end - limit, 0)
         now = time.time()
         items = [stored.summary(now) for stored in reversed(orders[start:end])]
-        next_cursor = _encode_cursor(orders[start].seq) if start > 0 else None
+        next_cursor = encode_cursor(orders[start].seq) if start > 0 else None
         return json_response(
             200, {"items": items, "totalSize": len(orders), "queryMore": next_cursor}
         )

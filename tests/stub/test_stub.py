@@ -339,4 +339,27 @@ def test_list_pages_newest_first(
         params = {"limit": 2, "queryMore": page["queryMore"]}
     assert seen == ids[::-1]
     bad = client.get("/api/objects/limio/orders", params={"queryMore": "%%%"}, headers=auth)
-    assert bad.status_code == 400
+    assert bad.status_code == 502 and list(bad.json()) == ["message"]
+
+
+def test_list_cursors_are_standard_base64_that_needs_url_encoding(
+    client: httpx.Client, auth: dict[str, str], submit: Submit
+) -> None:
+    """Cursors use ``+``, ``/`` and ``=``: sent URL-encoded they work, sent raw they fail."""
+    for n in range(12):
+        submit(new_payload(n))
+    cursors: list[str] = []
+    params: dict[str, str | int] = {"limit": 1}
+    while True:
+        page = client.get("/api/objects/limio/orders", params=params, headers=auth).json()
+        if page["queryMore"] is None:
+            break
+        cursors.append(page["queryMore"])
+        params = {"limit": 1, "queryMore": page["queryMore"]}
+    assert len(cursors) == 11
+    assert all(re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", cursor) for cursor in cursors)
+    assert all("+" in cursor and "/" in cursor for cursor in cursors)
+    assert any(cursor.endswith("=") for cursor in cursors)
+    assert base64.b64decode(cursors[0], validate=True)
+    raw = client.get(f"/api/objects/limio/orders?limit=1&queryMore={cursors[0]}", headers=auth)
+    assert raw.status_code == 502
