@@ -1,7 +1,8 @@
 """The fake upstream as a Starlette app: OAuth token, preview, submit, order objects.
 
-Every call goes through :meth:`UpstreamApi._serve`: count it, add the configured latency
-(``/api`` only), then serve a fault if :func:`choose_fault` picks one, else the endpoint.
+Every call goes through :meth:`UpstreamApi._serve`: count it; for ``/api`` only, answer 502
+during an outage, refuse it beyond the capacity, else hold a slot (:mod:`api_stub.load`) and
+add the latency; then serve a fault if :func:`choose_fault` picks one, else the endpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
+from api_stub.load import api_latency_s, retry_after_headers
 from api_stub.order_input import Problem, read_order
 from api_stub.paging import decode_cursor, encode_cursor
 from api_stub.pricing import build_preview
@@ -52,8 +54,25 @@ class UpstreamApi:
         state = self.state
         config = state.config
         state.requests[endpoint] += 1
-        if endpoint != "token" and config.latency_ms:
-            await asyncio.sleep(config.latency_ms / 1000)
+        if endpoint == "token":
+            return await self._answer(endpoint, request, handler)
+        if config.outage:
+            state.outage_requests[endpoint] += 1
+            return error_response(502)
+        with state.load.admit(config.capacity) as others_in_flight:
+            if others_in_flight is None:
+                status = config.over_capacity_status
+                state.refused[str(status)] += 1
+                headers = retry_after_headers(config.capacity_retry_after_s)
+                return error_response(status, headers=headers)
+            latency_s = api_latency_s(config, others_in_flight)
+            if latency_s:
+                await asyncio.sleep(latency_s)
+            return await self._answer(endpoint, request, handler)
+
+    async def _answer(self, endpoint: str, request: Request, handler: Handler) -> Response:
+        state = self.state
+        config = state.config
         fault = choose_fault(config, state.script, state.rng, endpoint)
         if fault is None:
             return await handler(request, False)

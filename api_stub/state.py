@@ -1,4 +1,4 @@
-"""In-memory state of the stub: tokens, subscriptions, orders, counters, fault script.
+"""In-memory state of the stub: tokens, subscriptions, orders, counters, load, fault script.
 
 Only the event loop of the serving process touches it, so it needs no locks.
 """
@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from api_stub.config import StubConfig
 from api_stub.faults import FaultScript
+from api_stub.load import LoadGauge
 from api_stub.records import STATE_COMPLETE, STATE_FAILED, StoredOrder
 from api_stub.tokens import TokenStore
 from schemas.upstream import OrderPayload
@@ -48,6 +49,8 @@ class StubState:
     def __init__(self, config: StubConfig) -> None:
         self.config = config
         self.tokens = TokenStore()
+        # Outlives resets: calls in flight during a reset still leave through it.
+        self.load = LoadGauge()
         self.reset()
 
     def reset(self, config: StubConfig | None = None) -> None:
@@ -61,10 +64,17 @@ class StubState:
         self.subscriptions: dict[str, Subscription] = {}
         self.by_reference: dict[str, Subscription] = {}
         self.script = FaultScript()
+        self.reset_stats()
+        self._add_demo_subscriptions()
+
+    def reset_stats(self) -> None:
+        """Zero every counter and restart the in-flight peak; orders, tokens and script stay."""
         self.requests: Counter[str] = Counter()
+        self.outage_requests: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
-        self._add_demo_subscriptions()
+        self.load.reset_peak()
 
     def configure(self, config: StubConfig) -> None:
         """Switch to ``config``, reseeding when the seed changed; state is kept."""
@@ -151,7 +161,7 @@ class StubState:
         return {external_id: count for external_id, count in seen.items() if count > 1}
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the control API."""
+        """Counters for the control API (see :mod:`api_stub.control`)."""
         return {
             "tokens_issued": self.counters["tokens_issued"],
             "tokens_active": self.tokens.active(),
@@ -162,6 +172,10 @@ class StubState:
                 status: self.counters[f"rejected_{status}"] for status in ("400", "404", "502")
             },
             "requests": dict(self.requests),
+            "outage_requests": dict(self.outage_requests),
+            "refused": dict(self.refused),
+            "in_flight": self.load.in_flight,
+            "peak_in_flight": self.load.peak,
             "faults": dict(self.faults),
             "process": {"pid": os.getpid(), "cpu_s": time.process_time()},
         }
