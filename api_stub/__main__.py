@@ -28,8 +28,16 @@ _OPTIONS: dict[str, type] = {
     "client_id": str,
     "client_secret": str,
     "payload_errors": str,
+    "capacity": int,
+    "over_capacity_status": int,
+    "capacity_retry_after_s": float,
+    "latency_per_in_flight_ms": float,
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"payload_errors": ("400", "502")}
+_CHOICES: dict[str, tuple[object, ...]] = {
+    "payload_errors": ("400", "502"),
+    "over_capacity_status": (429, 503),
+}
+_SWITCHES = ("outage",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, kind in _OPTIONS.items():
         flag = f"--{name.replace('_', '-')}"
         parser.add_argument(flag, dest=name, type=kind, choices=_CHOICES.get(name))
+    for name in _SWITCHES:
+        parser.add_argument(f"--{name}", dest=name, action="store_true", default=None)
     for status in _FAULT_STATUSES:
         parser.add_argument(f"--fail-rate-{status}", dest=f"fail_rate_{status}", type=float)
     parser.add_argument("--subscriptions", help="comma-separated subscription ids")
@@ -51,7 +61,11 @@ def config_from_args(args: argparse.Namespace, base: StubConfig) -> StubConfig:
     """Apply the options given on the command line over ``base``."""
     changes: dict[str, Any] = orjson.loads(args.config_json) if args.config_json else {}
     changes.update(
-        {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+        {
+            name: getattr(args, name)
+            for name in (*_OPTIONS, *_SWITCHES)
+            if getattr(args, name) is not None
+        }
     )
     rates = {s: getattr(args, f"fail_rate_{s}") for s in _FAULT_STATUSES}
     if any(rate is not None for rate in rates.values()):

@@ -140,10 +140,50 @@ def test_config_from_command_line() -> None:
         _parser().parse_args(["--payload-errors", "404"])
 
 
+def test_load_options_from_command_line_and_env() -> None:
+    """Capacity, refusal, outage and load-latency options reach the config from both sources."""
+    args = _parser().parse_args(
+        [
+            "--capacity",
+            "3",
+            "--over-capacity-status",
+            "503",
+            "--capacity-retry-after-s",
+            "0.5",
+            "--latency-per-in-flight-ms",
+            "5",
+            "--outage",
+        ]
+    )
+    config = config_from_args(args, StubConfig())
+    assert (config.capacity, config.over_capacity_status, config.capacity_retry_after_s) == (
+        3,
+        503,
+        0.5,
+    )
+    assert (config.latency_per_in_flight_ms, config.outage) == (5.0, True)
+    assert config_from_args(_parser().parse_args([]), StubConfig(outage=True)).outage is True
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--over-capacity-status", "500"])
+    env = StubConfig.from_env(
+        {"STUB_CAPACITY": "4", "STUB_OVER_CAPACITY_STATUS": "503", "STUB_OUTAGE": "true"}
+    )
+    assert (env.capacity, env.over_capacity_status, env.outage) == (4, 503, True)
+    default = StubConfig()
+    assert (default.capacity, default.over_capacity_status, default.outage) == (0, 429, False)
+    assert (default.capacity_retry_after_s, default.latency_per_in_flight_ms) == (1.0, 0.0)
+
+
 def test_stub_process_serves_and_stops() -> None:
     """``stub_process`` runs ``python -m api_stub`` with options and stops it at exit."""
-    with stub_process(["--token-ttl-s", "2"]) as base_url, StubControl(base_url) as control:
-        assert control.config()["token_ttl_s"] == 2.0
+    options = ["--token-ttl-s", "2", "--capacity", "5", "--payload-errors", "502"]
+    with stub_process(options) as base_url, StubControl(base_url) as control:
+        config = control.config()
+        assert (config["token_ttl_s"], config["capacity"], config["payload_errors"]) == (
+            2.0,
+            5,
+            "502",
+        )
         pid = control.stats()["process"]["pid"]
         assert control.token()
     with pytest.raises(httpx.TransportError):
