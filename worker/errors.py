@@ -6,7 +6,8 @@
     │   ├── PermanentError            never retry (400, 404, other 4xx)
     │   ├── AuthError                 credentials refused even with a fresh token
     │   └── AmbiguousError            the request may have been applied; do not resend blindly
-    └── TransitionConflict            the order moved on; another worker owns it
+    ├── TransitionConflict            the order moved on; another worker owns it
+    └── KeyAdminError                 an ``orders keys`` command cannot be done as asked
 
 Each carries data (``status_code``, ``retry_after_s``, ``reason``), never a message to parse.
 """
@@ -54,3 +55,15 @@ class AmbiguousError(UpstreamError):
 
 class TransitionConflict(OrderError):
     """A compare-and-set transition found the order in another state or lease."""
+
+
+class KeyAdminError(OrderError):
+    """A key administration request is refused (name taken, unknown or revoked name).
+
+    ``reason`` is ``name_taken``, ``unknown_name`` or ``revoked``; ``name`` the caller's name.
+    """
+
+    def __init__(self, reason: str, name: str) -> None:
+        super().__init__(f"{reason}: {name}")
+        self.reason = reason
+        self.name = name
