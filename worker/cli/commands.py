@@ -103,6 +103,11 @@ def worker(
             _settings().log_level,
         ]
     )
+    from worker.queue import watchdog
+
+    # Celery's worker_main drops the worker's exit code: a supervisor must see the stall.
+    if watchdog.stalled():
+        raise typer.Exit(watchdog.STALLED_EXIT_CODE)
 
 
 @app.command()

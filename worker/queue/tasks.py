@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
 from worker.pipeline import sweeper
+from worker.queue import watchdog  # noqa: F401  (arms the stall watchdog in each worker)
 from worker.queue.app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
 from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
 from worker.queue.runtime import get_runtime, reset_runtime
