@@ -86,21 +86,32 @@ def test_redis_restart_under_a_supervised_worker_finishes_the_batch(
             cluster.close()
 
 
-def test_a_worker_that_stops_consuming_exits_and_its_restart_finishes_the_batch(cluster, caller_id):
+def test_a_worker_that_stops_consuming_exits_and_its_restart_finishes_the_batch(
+    cluster_env, tmp_path, private_redis, caller_id
+):
     """The worker is told to stop consuming ``orders`` (Celery remote control: the same
     symptom as #8030, on demand). It exits with the stall code by itself; the supervisor's
     restart finishes the batch, each order submitted once."""
-    supervisor = Supervisor(cluster)
-    try:
-        cluster.beat()
-        first = cluster.submit(caller_id, [new_payload(i) for i in range(5)])
-        cluster.wait_settled(first, timeout_s=60)
-        cluster.celery.control.cancel_consumer("orders", reply=True, timeout=5)
-        ids = cluster.submit(caller_id, [new_payload(i) for i in range(5, 205)])
-        orders = cluster.wait_settled(ids, timeout_s=150)
-        assert {o.status for o in orders.values()} == {"complete"}
-        assert STALLED_EXIT_CODE in supervisor.exit_codes
-        record = cluster.stub.orders()
-        assert record["count"] == 205 and not record["duplicates"]
-    finally:
-        supervisor.stop()
+    port, _procs = private_redis
+    # A broker URL no earlier test used: kombu keeps closed pools of old URLs process-wide.
+    cluster_env["ORDERS_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    with stub_process(["--seed", "5", "--complete-after-s", "0.2"]) as stub_url:
+        cluster_env["ORDERS_UPSTREAM_URL"] = stub_url
+        cluster = Cluster(cluster_env, stub_url, tmp_path)
+        supervisor = None
+        try:
+            supervisor = Supervisor(cluster)
+            cluster.beat()
+            first = cluster.submit(caller_id, [new_payload(i) for i in range(5)])
+            cluster.wait_settled(first, timeout_s=60)
+            cluster.celery.control.cancel_consumer("orders", reply=True, timeout=5)
+            ids = cluster.submit(caller_id, [new_payload(i) for i in range(5, 205)])
+            orders = cluster.wait_settled(ids, timeout_s=150)
+            assert {o.status for o in orders.values()} == {"complete"}
+            assert STALLED_EXIT_CODE in supervisor.exit_codes
+            record = cluster.stub.orders()
+            assert record["count"] == 205 and not record["duplicates"]
+        finally:
+            if supervisor is not None:
+                supervisor.stop()
+            cluster.close()
