@@ -16,11 +16,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from schemas.upstream_parts import (
     Address,
     NonEmptyStr,
-    Number,
     OpenModel,
     OrderDiscount,
     OrderItem,
     Payment,
+    Quantity,
     SubscriptionRef,
 )
 
@@ -140,7 +140,7 @@ class AddOfferOrder(_ChangeOrder):
     offer: dict[str, Any] | None = None
     effectiveDate: str | None = None
     change_type: str | None = None
-    quantity: Number | None = None
+    quantity: Quantity | None = None
     payment: Payment | None = None
     data: dict[str, Any] | None = None
     missing_reference_field: ClassVar[str] = "subscriptionId"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "OrderDiscount",
     "OrderItem",
     "Payment",
+    "Quantity",
     "SubscriptionRef",
 ]
 
@@ -42,6 +43,21 @@ def _check_number(value: Any) -> int | float:
 
 Number = Annotated[int | float, PlainValidator(_check_number, json_schema_input_type=float)]
 """A JSON number, kept as given (int stays int), never parsed from a string."""
+
+
+def _check_quantity(value: Any) -> int | float:
+    number = _check_number(value)
+    if number < 0:
+        raise PydanticCustomError("quantity_negative", "Input should be greater than or equal to 0")
+    return number
+
+
+Quantity = Annotated[
+    int | float,
+    PlainValidator(_check_quantity, json_schema_input_type=float),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+"""A :data:`Number` that is not negative (how many of an item)."""
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -76,7 +92,7 @@ class OrderItem(OpenModel):
     """One line of an order; ``orderItemActionType`` is ``add``/``remove`` on updates."""
 
     offer: OfferPayload
-    quantity: Number | None = None
+    quantity: Quantity | None = None
     orderItemActionType: str | None = None
 
 

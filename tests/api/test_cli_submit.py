@@ -66,3 +66,16 @@ def test_csv_payload_column_and_bad_jsonl_line(tmp_path: Path):
     bad.write_text('{"order_type": "new"}\n{not json\n')
     with pytest.raises(ValueError, match=":2:"):
         read_orders(bad)
+
+
+def test_follow_says_when_nothing_moves(client, alpha, tmp_path, capsys):
+    """With no worker running, following a batch prints the no-progress hint once."""
+    from worker.cli.output import NO_PROGRESS_HINT, follow_batches
+
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(orjson.dumps(order("S-1")))
+    api = _client(client, alpha)
+    answer = api.submit_batch(read_orders(path), "stall-1")
+    counts = follow_batches(api, [answer["batch_id"]], 1, timeout_s=2.5, stall_hint_s=1.0)
+    assert counts == {"received": 1}
+    assert capsys.readouterr().err.count(NO_PROGRESS_HINT) == 1

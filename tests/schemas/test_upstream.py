@@ -151,6 +151,8 @@ def test_new_requires_its_fields(field: str) -> None:
         ({"orderItems": [{"offer": {"id": "i"}}]}, "orderItems.0.offer.version"),
         ({"orderItems": [{"offer": OFFER, "quantity": "2"}]}, "orderItems.0.quantity"),
         ({"orderItems": [{"offer": OFFER, "quantity": True}]}, "orderItems.0.quantity"),
+        ({"orderItems": [{"offer": OFFER, "quantity": -1}]}, "orderItems.0.quantity"),
+        ({"orderItems": [{"offer": OFFER, "quantity": -0.5}]}, "orderItems.0.quantity"),
         ({"payment": {"zuora": {}}}, "payment.type"),
         ({"billingDetails": "Ada"}, "billingDetails"),
         ({"billingDetails": {"email": 5}}, "billingDetails.email"),

@@ -70,24 +70,46 @@ def submit_file(
     return follow_batches(client, batch_ids, accepted, timeout_s)
 
 
+NO_PROGRESS_HINT = "no progress — is a worker running? see `orders health`"
+
+
 def follow_batches(
-    client: ApiClient, batch_ids: list[str], total: int, timeout_s: float
+    client: ApiClient,
+    batch_ids: list[str],
+    total: int,
+    timeout_s: float,
+    *,
+    stall_hint_s: float = 30.0,
 ) -> Counter[str]:
-    """Poll the batches until every order is settled (or the timeout); show progress."""
+    """Poll the batches until every order is settled (or the timeout); show progress.
+
+    When no order has changed status for ``stall_hint_s``, say so once per stall (a missing
+    worker or beat otherwise looks like a frozen bar).
+    """
     deadline = time.monotonic() + timeout_s
     counts: Counter[str] = Counter()
+    last_change_at = time.monotonic()
+    hinted = False
     with _progress() as progress:
         task = progress.add_task("settled", total=total)
         while True:
             views = [v for b in batch_ids for v in client.orders(batch_id=b)]
-            counts = Counter(v["status"] for v in views)
+            now = time.monotonic()
+            new_counts = Counter(v["status"] for v in views)
+            if new_counts != counts:
+                counts, last_change_at, hinted = new_counts, now, False
+            elif not hinted and now - last_change_at >= stall_hint_s:
+                progress.console.print(
+                    f"[yellow]{NO_PROGRESS_HINT}[/yellow] ({now - last_change_at:.0f} s unchanged)"
+                )
+                hinted = True
             done = sum(1 for v in views if settled(v))
             progress.update(
                 task,
                 completed=done,
                 description=" ".join(f"{k}:{n}" for k, n in sorted(counts.items())),
             )
-            if done >= total or time.monotonic() > deadline:
+            if done >= total or now > deadline:
                 return counts
             time.sleep(0.5)
 

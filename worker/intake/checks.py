@@ -20,6 +20,7 @@ import orjson
 from schemas.upstream import ROOT_FIELD, OrderValidationError, parse_order, validation_errors
 from worker.errors import FieldErrors, InvalidInput
 from worker.ids import sha256_hex
+from worker.intake.numbers import oversized_integer_path
 
 MAX_EXTERNAL_ID_CHARS = 200
 MAX_DEPTH = 254
@@ -86,13 +87,18 @@ def decode_json(body: bytes) -> Any:
             status_code=400,
         )
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(
             f"malformed JSON: {exc}",
             [{"field": ROOT_FIELD, "message": str(exc)}],
             status_code=400,
         ) from None
+    oversized = oversized_integer_path(body)
+    if oversized is not None:
+        message = "integer out of range (64-bit signed at most)"
+        raise InvalidInput(f"{oversized}: {message}", [{"field": oversized, "message": message}])
+    return value
 
 
 def _nul_paths(value: Any, path: str) -> list[str]:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
 from worker.pipeline import retention, sweeper
-from worker.queue import backlog
+from worker.queue import backlog, watchdog  # noqa: F401  (watchdog: arms the stall check)
 from worker.queue.app import (
     LAST_SWEEP_KEY,
     QUEUE_ORDERS,
