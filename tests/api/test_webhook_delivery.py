@@ -22,7 +22,7 @@ from worker.db import transaction
 from worker.ids import utcnow
 from worker.models import Order, WebhookDelivery
 from worker.webhooks.delivery import Deliverer
-from worker.webhooks.slots import EndpointSlots
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
 
 class Receiver:
@@ -100,6 +100,7 @@ def deliverer(clean_db: str, redis_client: redis.Redis) -> Iterator[Callable[...
         values: dict[str, Any] = {
             "db_url": clean_db,
             "slots": EndpointSlots(redis_client, cap=4, lease_s=30),
+            "claims": DeliveryClaims(redis_client, lease_s=30),
             "executor": executor,
             "allow_private": True,
             "max_attempts": 8,

@@ -31,7 +31,7 @@ from worker.db import transaction
 from worker.ids import utcnow
 from worker.models import WebhookAttempt
 from worker.webhooks.delivery import DEFER_S, Deliverer
-from worker.webhooks.slots import EndpointSlots
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 from worker.webhooks.targets import IPAddress
 
 Build = Callable[..., Deliverer]
@@ -226,27 +226,38 @@ def test_deliveries_in_flight_per_endpoint_are_capped_fleet_wide(
     deliverer: Build,
     redis_client: redis.Redis,
 ) -> None:
-    """With a cap of 2, a chunk of 5 sends 2 and defers 3 unattempted; slots held elsewhere
-    (another process) count too."""
+    """With a cap of 2, a chunk of 5 is sent 2 at a time; with both slots held elsewhere
+    (another process), nothing is attempted and the chunk is deferred; past the chunk's time
+    budget the rest is deferred too."""
     slow = Receiver(delay_s=0.3)
     try:
         endpoint = _subscribe(client, alpha, slow.url)
         for i in range(5):
             client.post("/v1/orders", json=order(f"e{i}"), headers=alpha.headers)
         slots = EndpointSlots(redis_client, cap=2, lease_s=30)
-        requeue = deliverer(slots=slots).run(pending_ids(clean_db))
-        assert slow.most == 2 and len(slow.requests) == 2
-        assert len(requeue) == 3 and {delay for _, delay in requeue} == {DEFER_S}
-        assert len(_attempts(clean_db)) == 2
+        assert deliverer(slots=slots).run(pending_ids(clean_db)) == []
+        assert slow.most == 2 and len(slow.requests) == 5
+        for i in range(5, 8):
+            client.post("/v1/orders", json=order(f"e{i}"), headers=alpha.headers)
         elsewhere = EndpointSlots(redis_client, cap=2, lease_s=30)
         held = [elsewhere.acquire(endpoint["id"]) for _ in range(2)]
         assert all(held)
         requeue = deliverer(slots=slots).run(pending_ids(clean_db))
-        assert len(requeue) == 3 and len(slow.requests) == 2
+        assert len(requeue) == 3 and {delay for _, delay in requeue} == {DEFER_S}
+        assert len(slow.requests) == 5 and len(_attempts(clean_db)) == 5
         for token in held:
             elsewhere.release(endpoint["id"], token or "")
-        deliverer(slots=slots).run(pending_ids(clean_db))
-        assert len(slow.requests) == 4
+        assert deliverer(slots=slots).run(pending_ids(clean_db)) == []
+        assert len(slow.requests) == 8
+        for i in range(8, 18):
+            client.post("/v1/orders", json=order(f"e{i}"), headers=alpha.headers)
+        one = EndpointSlots(redis_client, cap=1, lease_s=30)
+        slow.delay_s = 0.2
+        requeue = deliverer(slots=one, deadline_s=1.0).run(pending_ids(clean_db))
+        sent = len(slow.requests) - 8
+        assert 1 <= sent < 10
+        assert sorted(requeue) == sorted((i, DEFER_S) for i in pending_ids(clean_db))
+        assert len(requeue) == 10 - sent
     finally:
         slow.close()
 
@@ -300,3 +311,25 @@ def test_one_deliverys_odd_failure_does_not_stop_the_chunk(
     assert len(receiver.requests) == 1
     assert sorted(a.error or "ok" for a in _attempts(clean_db)) == ["internal_error", "ok"]
     assert sorted(d.status for d in _deliveries(clean_db)) == ["delivered", "pending"]
+
+
+def test_a_delivery_being_handled_elsewhere_is_not_sent_twice(
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    deliverer: Build,
+    receiver: Receiver,
+    redis_client: redis.Redis,
+) -> None:
+    """Two tasks holding the same delivery id (sweeper and retry, say) send it once."""
+    _subscribe(client, alpha, receiver.url)
+    client.post("/v1/orders", json=order(), headers=alpha.headers)
+    ids = pending_ids(clean_db)
+    other_task = DeliveryClaims(redis_client, lease_s=30)
+    assert other_task.claim(ids) == ids
+    deliverer().run(ids)
+    assert receiver.requests == [] and _attempts(clean_db) == []
+    other_task.release(ids)
+    deliverer().run(ids)
+    deliverer().run(ids)
+    assert len(receiver.requests) == 1

@@ -24,7 +24,7 @@ from worker.queue.app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SW
 from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
 from worker.queue.runtime import get_runtime, reset_runtime
 from worker.webhooks.delivery import Deliverer
-from worker.webhooks.slots import EndpointSlots
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
 log = structlog.get_logger(__name__)
 SWEEP_LIMIT = 5000
@@ -95,9 +95,10 @@ def _get_deliverer() -> Deliverer:
             slots=EndpointSlots(
                 rt.redis,
                 cap=s.webhook_max_in_flight_per_endpoint,
-                # A slot outlives its attempt only if the process died holding it.
-                lease_s=s.webhook_timeout_s + 30,
+                # A slot is held for up to two deadlines; longer only if its process died.
+                lease_s=2 * s.webhook_timeout_s + 30,
             ),
+            claims=DeliveryClaims(rt.redis, lease_s=2 * s.webhook_timeout_s + 30),
             executor=ThreadPoolExecutor(s.webhook_chunk_size, thread_name_prefix="webhook"),
             allow_private=s.webhook_allow_private,
             max_attempts=s.webhook_max_attempts,

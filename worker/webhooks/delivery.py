@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,13 +26,14 @@ from worker.ids import utcnow
 from worker.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from worker.retry_after import parse_retry_after
 from worker.webhooks.outcome import Decision, decide, error_class
-from worker.webhooks.slots import EndpointSlots
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 from worker.webhooks.targets import Resolver, redact_url, resolve_target, system_resolve
 from worker.webhooks.transport import post
 
 log = structlog.get_logger(__name__)
 COUNTDOWN_MAX_S = 30.0
-# A delivery over its endpoint's in-flight cap waits this long, unattempted, for a free slot.
+# A delivery over its endpoint's in-flight cap (or past the chunk's time budget) waits this
+# long, unattempted, for a free slot.
 DEFER_S = 1.0
 
 
@@ -55,6 +57,7 @@ class Deliverer:
 
     db_url: str
     slots: EndpointSlots
+    claims: DeliveryClaims
     executor: ThreadPoolExecutor
     allow_private: bool
     max_attempts: int
@@ -63,38 +66,79 @@ class Deliverer:
     ssl_context: ssl.SSLContext = field(default_factory=ssl.create_default_context)
 
     def run(self, delivery_ids: Sequence[str]) -> list[tuple[str, float]]:
-        """Attempt each pending delivery once; returns ``(id, countdown)`` for short waits."""
+        """Attempt each pending delivery at most once; returns ``(id, countdown)`` for short waits.
+
+        Each endpoint gets as many slots as it has deliveries, up to its cap; each slot
+        sends that endpoint's deliveries one after another.
+        """
+        claimed = self.claims.claim(list(dict.fromkeys(delivery_ids)))
+        try:
+            return self._run(claimed)
+        finally:
+            self.claims.release(claimed)
+
+    def _run(self, delivery_ids: list[str]) -> list[tuple[str, float]]:
+        # Loaded after the claim: a row seen pending here is not being sent by anyone else.
         with transaction(self.db_url) as session:
             rows = session.execute(
                 select(WebhookDelivery, WebhookEndpoint)
                 .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                .where(WebhookDelivery.id.in_(list(delivery_ids)))
+                .where(WebhookDelivery.id.in_(delivery_ids))
                 .where(WebhookDelivery.status == "pending")
                 .order_by(WebhookDelivery.id)
             ).all()
-        requeue: list[tuple[str, float]] = []
-        admitted: list[tuple[WebhookDelivery, WebhookEndpoint, str]] = []
-        full: set[str] = set()
+        queues: dict[str, deque[WebhookDelivery]] = {}
+        endpoints: dict[str, WebhookEndpoint] = {}
         for delivery, endpoint in rows:
             if not endpoint.enabled:
                 self._record(delivery, Decision("cancelled"), None, "endpoint_disabled", 0.0)
-            elif endpoint.id in full:
-                requeue.append((delivery.id, DEFER_S))
-            elif (token := self.slots.acquire(endpoint.id)) is None:
-                full.add(endpoint.id)
-                requeue.append((delivery.id, DEFER_S))
-            else:
-                admitted.append((delivery, endpoint, token))
-        futures = [self.executor.submit(self._attempt, *item) for item in admitted]
-        for (delivery, _, _), future in zip(admitted, futures, strict=True):
-            delay = future.result()
-            if delay is not None and delay <= COUNTDOWN_MAX_S:
-                requeue.append((delivery.id, delay))
+                continue
+            queues.setdefault(endpoint.id, deque()).append(delivery)
+            endpoints[endpoint.id] = endpoint
+        # New attempts start only within one deadline of the chunk's start, so a task lasts
+        # at most about two deadlines whatever the receivers do.
+        budget_at = time.monotonic() + self.deadline_s
+        futures = []
+        for endpoint_id, queue in queues.items():
+            for _ in range(len(queue)):
+                token = self.slots.acquire(endpoint_id)
+                if token is None:
+                    break
+                futures.append(
+                    self.executor.submit(
+                        self._drain, endpoints[endpoint_id], queue, token, budget_at=budget_at
+                    )
+                )
+        requeue = [item for future in futures for item in future.result()]
+        # Left over: over the endpoint's cap, or out of time; not attempted, so not counted.
+        requeue += [(d.id, DEFER_S) for queue in queues.values() for d in queue]
         return requeue
 
-    def _attempt(
-        self, delivery: WebhookDelivery, endpoint: WebhookEndpoint, token: str
-    ) -> float | None:
+    def _drain(
+        self,
+        endpoint: WebhookEndpoint,
+        queue: deque[WebhookDelivery],
+        token: str,
+        *,
+        budget_at: float,
+    ) -> list[tuple[str, float]]:
+        """Attempt ``endpoint``'s deliveries one after another on one slot, until none are
+        left or the budget is spent; returns the short retries."""
+        requeue: list[tuple[str, float]] = []
+        try:
+            while time.monotonic() < budget_at:
+                try:
+                    delivery = queue.popleft()
+                except IndexError:
+                    break
+                delay = self._attempt(delivery, endpoint)
+                if delay is not None and delay <= COUNTDOWN_MAX_S:
+                    requeue.append((delivery.id, delay))
+        finally:
+            self.slots.release(endpoint.id, token)
+        return requeue
+
+    def _attempt(self, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> float | None:
         """One attempt, recorded whatever happens; returns the delay before the next one."""
         status_code: int | None = None
         error: str | None = None
@@ -129,8 +173,6 @@ class Deliverer:
                 detail=f"{type(exc).__name__}: {exc}",
                 exc_info=error == "internal_error",
             )
-        finally:
-            self.slots.release(endpoint.id, token)
         latency_ms = (time.perf_counter() - started) * 1000
         decision = decide(
             status_code,

@@ -1,4 +1,5 @@
-"""A fleet-wide cap on webhook deliveries in flight per endpoint, held in Redis.
+"""Webhook coordination in Redis: a fleet-wide cap on deliveries in flight per endpoint, and
+a claim so that one delivery is handled by one task at a time.
 
 Each slot is a member of a sorted set scored by when it lapses, so a process that dies
 holding one frees it after ``lease_s``; the check and the take are one Lua script.
@@ -48,3 +49,31 @@ class EndpointSlots:
     def release(self, endpoint_id: str, token: str) -> None:
         """Give the slot back (idempotent)."""
         self._redis.zrem(self.key(endpoint_id), token)
+
+
+class DeliveryClaims:
+    """Which task is handling a delivery: one at a time, whoever enqueued it (the process
+    task, a countdown retry, the sweeper). A claim lapses after ``lease_s`` if its holder died.
+    """
+
+    def __init__(self, client: redis.Redis, *, lease_s: float) -> None:
+        self._redis = client
+        self._lease_ms = int(lease_s * 1000)
+
+    @staticmethod
+    def key(delivery_id: str) -> str:
+        return f"orders:webhook-claim:{delivery_id}"
+
+    def claim(self, delivery_ids: list[str]) -> list[str]:
+        """The ids now claimed by us (the others are being handled elsewhere)."""
+        token = uuid.uuid4().hex
+        with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.set(self.key(delivery_id), token, nx=True, px=self._lease_ms)
+            taken = pipe.execute()
+        return [d for d, ok in zip(delivery_ids, taken, strict=True) if ok]
+
+    def release(self, delivery_ids: list[str]) -> None:
+        """Let other tasks handle these deliveries again."""
+        if delivery_ids:
+            self._redis.delete(*(self.key(d) for d in delivery_ids))
