@@ -41,7 +41,7 @@ def enqueue_deliveries(
     app: Celery, delivery_ids: Sequence[str], chunk_size: int, countdown_s: float | None = None
 ) -> int:
     """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks (``ORDERS_WEBHOOK_CHUNK_SIZE``:
-    a chunk's deliveries are attempted at once, so a task lasts about one attempt's deadline)."""
+    a chunk's deliveries are attempted at once, so a task lasts at most about two deadlines)."""
     sent = 0
     with app.producer_or_acquire() as producer:
         for chunk in chunks(delivery_ids, chunk_size):
