@@ -1,4 +1,9 @@
-"""Structured logs (structlog): key-value events, JSON when ``ORDERS_LOG_JSON=true``."""
+"""Structured logs (structlog): key-value events, JSON when ``ORDERS_LOG_JSON=true``.
+
+URLs we call may carry credentials (a webhook's ``https://user:pass@host/h?token=...``):
+httpx and httpcore log every request URL at INFO and more at DEBUG, so they are held at
+WARNING whatever ``level`` is; we log webhook URLs only through ``redact_url``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import logging
 import sys
 
 import structlog
+
+QUIET_LOGGERS = ("httpx", "httpcore")
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
@@ -30,3 +37,5 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

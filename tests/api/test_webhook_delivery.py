@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
@@ -19,22 +21,36 @@ from tests.api.conftest import CallerKey, order
 from worker.db import transaction
 from worker.ids import utcnow
 from worker.models import Order, WebhookDelivery
-from worker.webhooks.delivery import deliver
+from worker.webhooks.delivery import Deliverer
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
 
 class Receiver:
-    """A tiny HTTP server on 127.0.0.1 answering ``status``; it records every request."""
+    """A tiny HTTP server answering ``status`` (after ``delay_s``, with ``headers``); it records
+    every request and the most it held at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0) -> None:
         self.status = 200
+        self.delay_s = delay_s
+        self.headers: dict[str, str] = {}
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.active = self.most = 0
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                with receiver.lock:
+                    receiver.active += 1
+                    receiver.most = max(receiver.most, receiver.active)
+                time.sleep(receiver.delay_s)
+                with receiver.lock:
+                    receiver.active -= 1
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(receiver.status)
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -42,8 +58,9 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -74,19 +91,49 @@ def _deliveries(db_url: str) -> list[WebhookDelivery]:
         return list(session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)))
 
 
-def _deliver(db_url: str, allow_private: bool = True) -> list[tuple[str, float]]:
-    ids = [d.id for d in _deliveries(db_url)]
-    with httpx.Client(timeout=5, follow_redirects=False) as http:
-        return deliver(ids, db_url, http, allow_private=allow_private, max_attempts=8)
+@pytest.fixture
+def deliverer(clean_db: str, redis_client: redis.Redis) -> Iterator[Callable[..., Deliverer]]:
+    """A factory of deliverers on the test database and Redis (overrides by field name)."""
+    executor = ThreadPoolExecutor(8)
+
+    def build(**overrides: Any) -> Deliverer:
+        values: dict[str, Any] = {
+            "db_url": clean_db,
+            "slots": EndpointSlots(redis_client, cap=4, lease_s=30),
+            "claims": DeliveryClaims(redis_client, lease_s=30),
+            "executor": executor,
+            "allow_private": True,
+            "max_attempts": 8,
+            "deadline_s": 5.0,
+        }
+        values.update(overrides)
+        return Deliverer(**values)
+
+    yield build
+    executor.shutdown()
+
+
+def pending_ids(db_url: str) -> list[str]:
+    return [d.id for d in _deliveries(db_url) if d.status == "pending"]
+
+
+def _deliver(
+    build: Callable[..., Deliverer], db_url: str, allow_private: bool = True
+) -> list[tuple[str, float]]:
+    return build(allow_private=allow_private).run(pending_ids(db_url))
 
 
 def test_delivery_is_signed_per_standard_webhooks(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """The receiver gets the order event and can verify its signature with the secret."""
     endpoint = _subscribe(client, alpha, receiver.url)
     view = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
-    assert _deliver(clean_db) == []
+    assert _deliver(deliverer, clean_db) == []
     [(headers, body)] = receiver.requests
     event = Webhook(endpoint["secret"]).verify(body, headers)
     assert event["type"] == "order.received"
@@ -105,14 +152,18 @@ def test_delivery_is_signed_per_standard_webhooks(
 
 
 def test_failing_receiver_gets_a_retry_scheduled(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """A 500 from the receiver leaves the delivery pending with a retry; the order is untouched."""
     endpoint = _subscribe(client, alpha, receiver.url)
     view = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
     receiver.status = 500
     before = utcnow()
-    requeue = _deliver(clean_db)
+    requeue = _deliver(deliverer, clean_db)
     [delivery] = _deliveries(clean_db)
     assert delivery.status == "pending" and delivery.attempts == 1
     assert delivery.last_status_code == 500
@@ -126,20 +177,24 @@ def test_failing_receiver_gets_a_retry_scheduled(
     ).json()["items"][0]["attempts"]
     assert [a["status_code"] for a in attempts] == [500]
     receiver.status = 200
-    _deliver(clean_db)
+    _deliver(deliverer, clean_db)
     assert _deliveries(clean_db)[0].status == "delivered"
     assert len(receiver.requests) == 2
     assert receiver.requests[0][0]["webhook-id"] == receiver.requests[1][0]["webhook-id"]
 
 
 def test_gone_receiver_disables_the_endpoint(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """A 410 Gone fails the delivery and disables the endpoint; no new deliveries follow."""
     endpoint = _subscribe(client, alpha, receiver.url)
     client.post("/v1/orders", json=order("a"), headers=alpha.headers)
     receiver.status = 410
-    assert _deliver(clean_db) == []
+    assert _deliver(deliverer, clean_db) == []
     assert _deliveries(clean_db)[0].status == "failed"
     [listed] = client.get("/v1/webhook-endpoints", headers=alpha.headers).json()["items"]
     assert listed["id"] == endpoint["id"] and listed["enabled"] is False
@@ -149,19 +204,27 @@ def test_gone_receiver_disables_the_endpoint(
 
 
 def test_private_receiver_refused_at_delivery_time(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """With private targets disallowed, a delivery to 127.0.0.1 fails without being sent."""
     _subscribe(client, alpha, receiver.url)
     client.post("/v1/orders", json=order(), headers=alpha.headers)
-    assert _deliver(clean_db, allow_private=False) == []
+    assert _deliver(deliverer, clean_db, allow_private=False) == []
     [delivery] = _deliveries(clean_db)
-    assert delivery.status == "failed" and "refused" in (delivery.last_error or "")
+    assert delivery.status == "failed" and delivery.last_error == "refused_target"
     assert receiver.requests == []
 
 
 def test_only_subscribed_event_types_are_recorded(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """An endpoint filtered on order.complete gets nothing for a received order."""
     client.post(
@@ -174,7 +237,11 @@ def test_only_subscribed_event_types_are_recorded(
 
 
 def test_cancel_records_a_delivery(
-    client: TestClient, alpha: CallerKey, clean_db: str, receiver: Receiver
+    client: TestClient,
+    alpha: CallerKey,
+    clean_db: str,
+    receiver: Receiver,
+    deliverer: Callable[..., Deliverer],
 ) -> None:
     """Cancelling through the API writes an order.cancelled delivery for subscribers."""
     client.post(

@@ -103,3 +103,24 @@ def test_invalid_endpoint_bodies_are_422(
     assert response.status_code == 422, response.text
     assert field in [f["field"] for f in response.json()["fields"]]
     assert row_counts(clean_db)["webhook_endpoints"] == 0
+
+
+def test_endpoints_per_caller_are_capped(
+    api: Callable[..., TestClient], alpha: CallerKey, beta: CallerKey
+) -> None:
+    """Beyond ORDERS_WEBHOOK_MAX_ENDPOINTS_PER_CALLER a registration is 409 with the limit;
+    a deleted endpoint frees its place; another caller has its own allowance."""
+    client = api(webhook_max_endpoints_per_caller=2)
+
+    def register(caller: CallerKey, n: int) -> object:
+        url = f"http://127.0.0.1:9/{n}"
+        return client.post("/v1/webhook-endpoints", headers=caller.headers, json={"url": url})
+
+    first, _ = register(alpha, 1), register(alpha, 2)
+    refused = register(alpha, 3)
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    assert "at most 2" in refused.json()["message"]  # type: ignore[attr-defined]
+    assert register(beta, 1).status_code == 201  # type: ignore[attr-defined]
+    endpoint_id = first.json()["id"]  # type: ignore[attr-defined]
+    client.delete(f"/v1/webhook-endpoints/{endpoint_id}", headers=alpha.headers)
+    assert register(alpha, 4).status_code == 201  # type: ignore[attr-defined]

@@ -2,7 +2,9 @@
 
 The signing secret (``whsec_`` + base64 of 24 random bytes, Standard Webhooks) is shown once,
 in the answer to the POST. A URL that resolves to a private, loopback or link-local address
-is refused (422 naming ``url``) unless ``ORDERS_WEBHOOK_ALLOW_PRIVATE`` is set. DELETE
+is refused (422 naming ``url``, without the address) unless ``ORDERS_WEBHOOK_ALLOW_PRIVATE``
+is set. A caller has at most ``ORDERS_WEBHOOK_MAX_ENDPOINTS_PER_CALLER`` endpoints (409 beyond:
+each status change of its orders writes one delivery per endpoint). DELETE
 disables the endpoint for good (its delivery log is kept, pending deliveries are cancelled);
 it then no longer appears in the list.
 """
@@ -15,7 +17,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from schemas.webhooks import (
@@ -30,6 +32,7 @@ from worker.api.listing import decode_cursor, encode_cursor
 from worker.api.openapi import errors
 from worker.db import transaction
 from worker.ids import new_id, utcnow
+from worker.models import Caller as CallerRow
 from worker.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from worker.views import iso
 from worker.webhooks.targets import TargetRefused, check_target
@@ -64,7 +67,24 @@ def _own(session: Session, caller_id: str, endpoint_id: str) -> WebhookEndpoint:
     return endpoint
 
 
-@router.post("", status_code=201, response_model=WebhookEndpointCreated, responses=errors(401, 422))
+def _registered(session: Session, caller_id: str) -> int:
+    """How many endpoints the caller has (deleted ones excepted), its row locked meanwhile."""
+    # The lock serialises two registrations of one caller, so both cannot pass the cap.
+    session.execute(select(CallerRow.id).where(CallerRow.id == caller_id).with_for_update())
+    count = session.scalar(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(
+            WebhookEndpoint.caller_id == caller_id,
+            WebhookEndpoint.disabled_reason.is_distinct_from(DELETED),
+        )
+    )
+    return int(count or 0)
+
+
+@router.post(
+    "", status_code=201, response_model=WebhookEndpointCreated, responses=errors(401, 409, 422)
+)
 def create_endpoint(body: WebhookEndpointCreate, caller: Caller, settings: SettingsDep) -> Response:
     """Register a URL for the caller's order events; the answer holds the signing secret."""
     try:
@@ -83,7 +103,13 @@ def create_endpoint(body: WebhookEndpointCreate, caller: Caller, settings: Setti
         disabled_reason=None,
         created_at=utcnow(),
     )
+    cap = settings.webhook_max_endpoints_per_caller
     with transaction(settings.database_url) as session:
+        if _registered(session, caller.id) >= cap:
+            raise ApiError(
+                409,
+                f"too many webhook endpoints: at most {cap} per caller; delete one first",
+            )
         session.add(endpoint)
     return json_response(
         {**endpoint_view(endpoint), "secret": endpoint.secret},

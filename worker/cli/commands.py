@@ -64,10 +64,20 @@ def migrate() -> None:
 @app.command()
 def worker(
     concurrency: int = typer.Option(
-        4, help="Worker processes (prefork; two per core measured best) or threads."
+        4, help="Order processes (prefork; two per core measured best) or threads."
     ),
     pool: Pool = typer.Option(Pool.prefork, help="Celery pool (gevent/eventlet not supported)."),
-    queues: str = typer.Option("orders,webhooks", help="Queues to consume."),
+    queues: str = typer.Option(
+        "orders,webhooks",
+        help="Queues to consume. Both (the default): two pools of processes, one per queue, "
+        "started and supervised here; one of them: just that pool (to run webhooks apart).",
+    ),
+    webhook_concurrency: int = typer.Option(
+        2,
+        min=1,
+        help="Webhook processes when both queues are consumed (each sends a chunk "
+        "of ORDERS_WEBHOOK_CHUNK_SIZE deliveries at once).",
+    ),
     nice: int = typer.Option(
         0,
         min=0,
@@ -76,7 +86,20 @@ def worker(
         "intake API keeps answering fast while the pipeline runs flat out.",
     ),
 ) -> None:
-    """Run a Celery worker: preview, submit, follow orders; deliver webhooks."""
+    """Run the workers: preview, submit, follow orders; deliver webhooks in their own pool."""
+    names = {q.strip() for q in queues.split(",") if q.strip()}
+    if names == {"orders", "webhooks"}:
+        from worker.cli.pools import pool_commands, supervise
+
+        # Resolve (maybe start) the bundled Redis once, so both pools share it.
+        _export_redis_url()
+        commands = pool_commands(
+            concurrency=concurrency,
+            webhook_concurrency=webhook_concurrency,
+            pool=pool.value,
+            nice=nice,
+        )
+        raise typer.Exit(supervise(commands))
     if nice:
         os.nice(nice)
     _logging()
@@ -94,7 +117,7 @@ def worker(
             "-c",
             str(concurrency),
             "-Q",
-            queues,
+            ",".join(sorted(names)),
             "-n",
             f"orders-{os.getpid()}@{socket.gethostname()}",
             "--without-gossip",

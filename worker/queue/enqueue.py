@@ -37,10 +37,20 @@ def enqueue_orders(
     return sent
 
 
-def enqueue_deliveries(app: Celery, delivery_ids: Sequence[str], chunk_size: int = 50) -> int:
-    """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks."""
+def enqueue_deliveries(
+    app: Celery, delivery_ids: Sequence[str], chunk_size: int, countdown_s: float | None = None
+) -> int:
+    """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks (``ORDERS_WEBHOOK_CHUNK_SIZE``:
+    a chunk's deliveries are attempted at once, so a task lasts at most about two deadlines)."""
     sent = 0
-    for chunk in chunks(delivery_ids, chunk_size):
-        app.send_task(TASK_DELIVER, args=[chunk], queue=QUEUE_WEBHOOKS)
-        sent += 1
+    with app.producer_or_acquire() as producer:
+        for chunk in chunks(delivery_ids, chunk_size):
+            app.send_task(
+                TASK_DELIVER,
+                args=[chunk],
+                queue=QUEUE_WEBHOOKS,
+                countdown=countdown_s,
+                producer=producer,
+            )
+            sent += 1
     return sent

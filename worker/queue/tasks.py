@@ -6,11 +6,12 @@ when the order has moved on. Retrying happens here and in the sweeper, nowhere e
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import structlog
 from celery import Task
 from celery.signals import worker_process_init
@@ -32,7 +33,8 @@ from worker.queue.app import (
 from worker.queue.dispatcher import note_worker_process
 from worker.queue.enqueue import enqueue_deliveries
 from worker.queue.runtime import get_runtime, reset_runtime
-from worker.webhooks.delivery import deliver as deliver_webhooks
+from worker.webhooks.delivery import Deliverer
+from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
 log = structlog.get_logger(__name__)
 SWEEP_LIMIT = 5000
@@ -60,7 +62,7 @@ def process_orders(self: Task, order_ids: list[str]) -> int:
         # follow-ups go out through the same fair share as new orders.
         app.send_task(TASK_DISPATCH, args=[ids], queue=QUEUE_ORDERS, countdown=delay or None)
     if result.deliveries:
-        enqueue_deliveries(rt.celery, result.deliveries)
+        enqueue_deliveries(rt.celery, result.deliveries, rt.settings.webhook_chunk_size)
     # This process has room again: refill the queue from the backlog.
     rt.dispatcher.run()
     return result.moved
@@ -98,7 +100,7 @@ def sweep() -> dict[str, int]:
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     orders = rt.dispatcher.run(rebuild=True).sent
     if deliveries:
-        enqueue_deliveries(rt.celery, deliveries)
+        enqueue_deliveries(rt.celery, deliveries, rt.settings.webhook_chunk_size)
     if recovered or orders or deliveries:
         log.info(
             "swept",
@@ -110,28 +112,40 @@ def sweep() -> dict[str, int]:
     return {"recovered": recovered, "orders": orders, "deliveries": len(deliveries)}
 
 
-_webhook_client: httpx.Client | None = None
+_deliverer: tuple[int, Deliverer] | None = None
+
+
+def _get_deliverer() -> Deliverer:
+    """This process's deliverer: a thread per delivery of a chunk, so a chunk runs at once."""
+    global _deliverer
+    if _deliverer is None or _deliverer[0] != os.getpid():
+        rt = get_runtime()
+        s = rt.settings
+        deliverer = Deliverer(
+            db_url=s.database_url,
+            slots=EndpointSlots(
+                rt.redis,
+                cap=s.webhook_max_in_flight_per_endpoint,
+                # A slot is held for up to two deadlines; longer only if its process died.
+                lease_s=2 * s.webhook_timeout_s + 30,
+            ),
+            claims=DeliveryClaims(rt.redis, lease_s=2 * s.webhook_timeout_s + 30),
+            executor=ThreadPoolExecutor(s.webhook_chunk_size, thread_name_prefix="webhook"),
+            allow_private=s.webhook_allow_private,
+            max_attempts=s.webhook_max_attempts,
+            deadline_s=s.webhook_timeout_s,
+        )
+        _deliverer = (os.getpid(), deliverer)
+    return _deliverer[1]
 
 
 @app.task(name=TASK_DELIVER)
 def deliver(delivery_ids: list[str]) -> int:
     """Attempt each webhook delivery once; short retries come back with a countdown."""
-    global _webhook_client
     rt = get_runtime()
-    if _webhook_client is None:
-        _webhook_client = httpx.Client(
-            timeout=rt.settings.webhook_timeout_s, follow_redirects=False
-        )
-    requeue = deliver_webhooks(
-        delivery_ids,
-        rt.settings.database_url,
-        _webhook_client,
-        rt.settings.webhook_allow_private,
-        rt.settings.webhook_max_attempts,
-    )
+    requeue = _get_deliverer().run(delivery_ids)
     for delay, ids in _requeue(requeue).items():
-        for chunk_start in range(0, len(ids), 50):
-            app.send_task(TASK_DELIVER, args=[ids[chunk_start : chunk_start + 50]], countdown=delay)
+        enqueue_deliveries(rt.celery, ids, rt.settings.webhook_chunk_size, countdown_s=delay)
     return len(delivery_ids)
 
 
@@ -140,5 +154,3 @@ def _after_fork(**_: object) -> None:
     # Pooled connections and threads must not cross a fork.
     dispose_all()
     reset_runtime()
-    rt = get_runtime()
-    note_worker_process(rt.redis, rt.name)

@@ -1,7 +1,8 @@
 """The webhook outbox: delivery rows written in the same transaction as the transitions.
 
 A transition that commits has its deliveries committed with it; a crash cannot lose one.
-Only callers with an enabled endpoint pay anything beyond one small query.
+Only the endpoints of the orders' own callers are loaded: an order whose caller has no
+enabled endpoint costs one small query.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
     order_ids = {e["order_id"] for e in events}
     endpoints = session.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.caller_id, WebhookEndpoint.event_types).where(
-            WebhookEndpoint.enabled.is_(True)
+            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.caller_id.in_(
+                select(Order.caller_id).where(Order.id.in_(order_ids)).distinct()
+            ),
         )
     ).all()
     if not endpoints:
