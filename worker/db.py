@@ -19,6 +19,11 @@ _JSON: dict[str, Any] = {
     "json_deserializer": orjson.loads,
 }
 _factories: dict[str, sessionmaker[Session]] = {}
+_read_factories: dict[str, sessionmaker[Session]] = {}
+
+
+READ_ONLY_OPTION = "orders_read_only"
+"""Execution option marking connections that only read (see :func:`read_session`)."""
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
@@ -26,6 +31,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
 
     ``BEGIN IMMEDIATE`` takes the write lock up front: a deferred transaction that reads and then
     writes fails at once with "database is locked" when another process wrote in between.
+    Connections marked read-only (:func:`read_session`) begin deferred instead: in WAL mode a
+    reader then never waits for a writer, nor a writer for it.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -46,7 +53,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(
@@ -75,6 +83,25 @@ def session_factory(url: str) -> sessionmaker[Session]:
     return factory
 
 
+def read_session(url: str) -> Session:
+    """A session that only reads; the caller closes it (``with read_session(url) as s:``).
+
+    SQLite: a deferred ``BEGIN`` (no write lock: a write in progress never blocks it).
+    PostgreSQL: autocommit (no BEGIN/ROLLBACK round trips around a single SELECT). Writing
+    through it is a bug: on SQLite the upgrade to a write lock may fail at once.
+    """
+    factory = _read_factories.get(url)
+    if factory is None:
+        engine = get_engine(url)
+        options: dict[str, Any] = {READ_ONLY_OPTION: True}
+        if engine.dialect.name == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"
+        factory = _read_factories[url] = sessionmaker(
+            engine.execution_options(**options), expire_on_commit=False
+        )
+    return factory()
+
+
 @contextmanager
 def transaction(url: str) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any exception."""
@@ -88,3 +115,4 @@ def dispose_all() -> None:
         engine.dispose()
     _engines.clear()
     _factories.clear()
+    _read_factories.clear()

@@ -11,7 +11,8 @@
     │   ├── KeyInFlight               the first request with the key is still running (409)
     │   └── KeyReused                 the key was used with a different request (422)
     ├── OrderNotFound                 no such order for this caller (404)
-    └── WrongState                    the order's state does not allow the action (409)
+    ├── WrongState                    the order's state does not allow the action (409)
+    └── KeyAdminError                 an ``orders keys`` command cannot be done as asked
 
 Each carries data (``status_code``, ``retry_after_s``, ``reason``, ``fields``), never a
 message to parse. The HTTP API maps them to answers in ``worker.api.errors``.
@@ -96,3 +97,15 @@ class OrderNotFound(OrderError):
 
 class WrongState(OrderError):
     """The order is not in a state that allows the action (409)."""
+
+
+class KeyAdminError(OrderError):
+    """A key administration request is refused (name taken, unknown or revoked name).
+
+    ``reason`` is ``name_taken``, ``unknown_name`` or ``revoked``; ``name`` the caller's name.
+    """
+
+    def __init__(self, reason: str, name: str) -> None:
+        super().__init__(f"{reason}: {name}")
+        self.reason = reason
+        self.name = name

@@ -61,6 +61,10 @@ class Caller(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     key_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # "caller" (the /v1 API) or "operator" (console, /metrics): never both.
+    role: Mapped[str] = mapped_column(String(16), default="caller", server_default="caller")
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Order(Base):

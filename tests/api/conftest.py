@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from tests.conftest import settings_from
 from worker.api import create_app
 from worker.db import transaction
-from worker.intake.callers import create_caller
+from worker.intake.callers import Role, create_caller
 from worker.models import Base
 
 NEW_ORDER: dict[str, Any] = {
@@ -56,10 +56,10 @@ class CallerKey:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def make_caller(db_url: str, name: str) -> CallerKey:
-    """A new caller named ``name``, with its key."""
+def make_caller(db_url: str, name: str, role: Role = "caller") -> CallerKey:
+    """A new caller (or operator) named ``name``, with its key."""
     with transaction(db_url) as session:
-        caller, key = create_caller(session, name)
+        caller, key = create_caller(session, name, role=role)
     return CallerKey(caller.id, key)
 
 

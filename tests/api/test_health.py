@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import CallerKey, order
+from tests.api.conftest import CallerKey, make_caller, order
+from worker import embedded_redis
+from worker.api.health import REDIS_CLIENT_NAME
 
 
 def _closed_port() -> int:
@@ -48,13 +51,14 @@ def test_readyz_is_503_without_database(api: Callable[..., TestClient]) -> None:
     assert response.json()["checks"]["redis"] == "ok"
 
 
-def test_metrics(client: TestClient, alpha: CallerKey) -> None:
+def test_metrics(client: TestClient, alpha: CallerKey, clean_db: str) -> None:
     """/metrics counts requests by route, accepted orders and orders by status."""
     client.post(
         "/v1/orders/batch", json={"orders": [order("a"), order("b")]}, headers=alpha.headers
     )
     client.get("/v1/orders/ord_00000000000000000000000000000000", headers=alpha.headers)
-    text = client.get("/metrics").text
+    operator = make_caller(clean_db, "ops", role="operator")
+    text = client.get("/metrics", headers=operator.headers).text
     assert re.search(
         r'orders_http_requests_total\{method="POST",route="/v1/orders/batch",'
         r'status="202"\} 1\.0',
@@ -89,3 +93,31 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     assert "NewOrder" in doc["components"]["schemas"]
     assert doc["components"]["schemas"]["OrderView"]["examples"]
     assert client.get("/docs").status_code == 200
+
+
+def test_readyz_reuses_one_pooled_redis_connection(client: TestClient, redis_client) -> None:
+    """Many probes share one named, pooled Redis connection (not one new connection each)."""
+    for _ in range(30):
+        assert client.get("/readyz").status_code == 200
+        time.sleep(0.04)
+    named = [c for c in redis_client.client_list() if c.get("name") == REDIS_CLIENT_NAME]
+    assert len(named) == 1
+
+
+def test_readyz_result_is_cached_for_about_a_second(api: Callable[..., TestClient]) -> None:
+    """A probe right after a good one answers from the cache; a second later it sees the
+    truth (here: the Redis server was stopped)."""
+    proc, url = embedded_redis.start()
+    try:
+        client = api(redis_url=url)
+        assert client.get("/readyz").status_code == 200
+        proc.kill()
+        proc.wait()
+        assert client.get("/readyz").status_code == 200
+        time.sleep(1.1)
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["redis"].startswith("error")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -20,6 +20,7 @@ from worker.api import health, order_actions, orders, webhook_endpoints
 from worker.api.auth import Authenticator
 from worker.api.broker import Broker
 from worker.api.errors import install_handlers
+from worker.api.health import Readiness
 from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics(settings.database_url)
     broker = Broker(settings, on_failure=metrics.enqueue_failures.inc)
+    readiness = Readiness(settings.database_url, broker.url)
+    authenticator = Authenticator(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("broker_unavailable_at_startup", error=repr(exc))
         _freeze_startup_objects()
         yield
+        readiness.close()
+        authenticator.close()
         broker.close()
 
     app = FastAPI(
@@ -80,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[{"name": "orders"}, {"name": "webhooks"}, {"name": "health"}],
     )
     app.state.settings = settings
-    app.state.authenticator = Authenticator(settings.database_url)
+    app.state.authenticator = authenticator
+    app.state.readiness = readiness
     app.state.broker = broker
     app.state.metrics = metrics
     for module in (orders, order_actions, webhook_endpoints, health):

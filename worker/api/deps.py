@@ -20,7 +20,7 @@ from worker.api.auth import CallerRef, current_caller
 from worker.api.broker import Broker
 from worker.api.errors import ApiError
 from worker.api.metrics import Metrics
-from worker.db import get_engine, session_factory
+from worker.db import read_session
 from worker.intake.idempotency import MAX_IDEMPOTENCY_KEY_CHARS, normalise_key
 from worker.settings import Settings
 
@@ -41,21 +41,10 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
-    """A session for ``def`` routes (writes use ``worker.db.transaction``: commit, then
+    """A read session for ``def`` routes (writes use ``worker.db.transaction``: commit, then
     enqueue)."""
-    with session_factory(settings.database_url)() as session:
+    with read_session(settings.database_url) as session:
         yield session
-
-
-def read_session(db_url: str) -> Session:
-    """A session for reads only. On PostgreSQL it runs in autocommit: no BEGIN/ROLLBACK round
-    trips around a single SELECT. (SQLite keeps its transactions: ``worker.db`` begins them
-    explicitly.)"""
-    engine = get_engine(db_url)
-    if engine.dialect.name != "postgresql":
-        return session_factory(db_url)()
-    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    return Session(bind=conn)
 
 
 async def in_session(settings: Settings, fn: Callable[..., T], *args: Any) -> T:

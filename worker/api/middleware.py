@@ -1,5 +1,8 @@
 """Pure ASGI middleware: request guards (body size, NUL bytes) and request metrics.
 
+A client that hangs up before its body has arrived is not a server error: it is logged at
+info and counted with status 499 (nginx's "client closed request"); no answer is sent.
+
 Body limits hold whether or not a client declares the size: a ``Content-Length`` above the
 limit is refused before anything is read, and a body streamed without one (chunked) is cut
 off as soon as the bytes received pass the limit. Both answer 413. The limit is
@@ -11,14 +14,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import structlog
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.upstream import ROOT_FIELD
 from worker.api.errors import error_response
 from worker.api.metrics import Metrics
 
+log = structlog.get_logger(__name__)
+
 BATCH_PATH = "/v1/orders/batch"
+CLIENT_CLOSED_REQUEST = 499
 
 
 class BodyTooLarge(HTTPException):
@@ -102,7 +110,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class MetricsMiddleware:
-    """Count and time every HTTP request by method, route template and status."""
+    """Count and time every HTTP request by method, route template and status; absorb client
+    disconnects (499)."""
 
     def __init__(
         self, app: ASGIApp, metrics: Metrics, clock: Callable[[], float] = time.perf_counter
@@ -126,6 +135,9 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, recording_send)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED_REQUEST
+            log.info("client_disconnected", method=scope["method"], path=scope["path"])
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(scope["method"], route, status, self.clock() - started)

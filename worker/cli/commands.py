@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from worker.cli.keys import keys_app
 from worker.settings import ConfigError, Settings, get_settings
 
 
@@ -22,7 +23,6 @@ class Pool(StrEnum):
 
 
 app = typer.Typer(help="The partner order worker.", no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Caller API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
@@ -157,19 +157,6 @@ def stub(
     from api_stub.server import run
 
     run(host=host, port=port)
-
-
-@keys_app.command("create")
-def keys_create(name: str) -> None:
-    """Create a caller and print its new API key once, alone on the last line."""
-    from worker.db import transaction
-    from worker.intake.callers import create_caller
-
-    settings = _settings()
-    with transaction(settings.database_url) as session:
-        caller, key = create_caller(session, name)
-    typer.echo(f"caller {caller.id} ({name}) created; its API key (shown once):", err=True)
-    typer.echo(key)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,23 +1,34 @@
-"""Callers and their API keys: a key is shown once, and only its SHA-256 is stored.
+"""Callers, operators and their API keys: a key is shown once, and only its SHA-256 is stored.
 
 A key is ``ok_`` + 43 URL-safe characters (32 random bytes). Looking a key up by its hash
 means a wrong key costs the same one indexed query as a right one, and a leaked database holds
 nothing that authenticates.
+
+Each key has a ``role``: ``caller`` (the ``/v1`` API) or ``operator`` (the console and
+``/metrics``); the role is fixed at creation and the two never stand in for each other. A key
+is revoked by setting ``revoked_at`` (the row stays: its orders still belong to it) and rotated
+by replacing its hash, so the old key stops working at once.
 """
 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from worker.errors import KeyAdminError
 from worker.ids import new_id, sha256_hex, utcnow
 from worker.models import Caller
 
 KEY_PREFIX = "ok_"
 MAX_KEY_CHARS = 128
 """Longer tokens cannot be ours; they are refused without a query."""
+ROLE_CALLER = "caller"
+ROLE_OPERATOR = "operator"
+Role = Literal["caller", "operator"]
 
 
 def hash_key(key: str) -> str:
@@ -30,18 +41,21 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_caller(session: Session, name: str) -> tuple[Caller, str]:
-    """Add a caller named ``name`` and return it with its plaintext key (never stored).
+def _key_columns(key: str) -> dict[str, str]:
+    return {"key_hash": hash_key(key), "key_prefix": key[: len(KEY_PREFIX) + 6]}
 
-    Raises ``sqlalchemy.exc.IntegrityError`` on commit if the name is taken.
+
+def create_caller(session: Session, name: str, *, role: Role = ROLE_CALLER) -> tuple[Caller, str]:
+    """Add a caller (or operator) named ``name``; return it with its plaintext key (never stored).
+
+    Raises ``KeyAdminError("name_taken")`` if the name exists (and
+    ``sqlalchemy.exc.IntegrityError`` on commit if another process took it meanwhile).
     """
+    if session.scalar(select(Caller.id).where(Caller.name == name)) is not None:
+        raise KeyAdminError("name_taken", name)
     key = new_key()
     caller = Caller(
-        id=new_id("clr"),
-        name=name,
-        key_hash=hash_key(key),
-        key_prefix=key[: len(KEY_PREFIX) + 6],
-        created_at=utcnow(),
+        id=new_id("clr"), name=name, role=role, created_at=utcnow(), **_key_columns(key)
     )
     session.add(caller)
     session.flush()
@@ -49,7 +63,66 @@ def create_caller(session: Session, name: str) -> tuple[Caller, str]:
 
 
 def authenticate(session: Session, key: str) -> Caller | None:
-    """The caller owning ``key``, or None for an unknown or malformed key."""
+    """The unrevoked caller or operator owning ``key``; None for an unknown, revoked or
+    malformed key. The caller of this function checks the role."""
     if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_CHARS:
         return None
-    return session.scalar(select(Caller).where(Caller.key_hash == hash_key(key)))
+    return session.scalar(
+        select(Caller).where(Caller.key_hash == hash_key(key), Caller.revoked_at.is_(None))
+    )
+
+
+def list_callers(session: Session) -> list[Caller]:
+    """Every caller and operator, revoked ones included, oldest first."""
+    return list(session.scalars(select(Caller).order_by(Caller.created_at, Caller.id)))
+
+
+def _by_name(session: Session, name: str) -> Caller:
+    caller = session.scalar(select(Caller).where(Caller.name == name))
+    if caller is None:
+        raise KeyAdminError("unknown_name", name)
+    return caller
+
+
+def revoke(session: Session, name: str, *, now: datetime) -> Caller:
+    """Revoke the key of ``name`` (idempotent: a revoked key keeps its first ``revoked_at``)."""
+    caller = _by_name(session, name)
+    if caller.revoked_at is None:
+        caller.revoked_at = now
+        session.flush()
+    return caller
+
+
+def rotate(session: Session, name: str) -> tuple[Caller, str]:
+    """Give ``name`` a new key (returned in plaintext once); the old one stops working.
+
+    A revoked key is not brought back by rotation: ``KeyAdminError("revoked")``.
+    """
+    caller = _by_name(session, name)
+    if caller.revoked_at is not None:
+        raise KeyAdminError("revoked", name)
+    key = new_key()
+    for column, value in _key_columns(key).items():
+        setattr(caller, column, value)
+    session.flush()
+    return caller, key
+
+
+def touch(session: Session, caller_id: str, *, now: datetime, min_interval_s: float) -> bool:
+    """Set ``last_used_at = now`` unless it was set less than ``min_interval_s`` ago.
+
+    The condition is in the ``UPDATE`` itself, so many processes touching one hot key write
+    at most once per interval between them. True if a row was written.
+    """
+    result = session.execute(
+        update(Caller)
+        .where(
+            Caller.id == caller_id,
+            or_(
+                Caller.last_used_at.is_(None),
+                Caller.last_used_at < now - timedelta(seconds=min_interval_s),
+            ),
+        )
+        .values(last_used_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,108 @@
+"""``orders keys``: create, list, revoke and rotate the API keys of callers and operators.
+
+A key is printed once, alone on the last line of standard output (``create``, ``rotate``);
+everything else goes to standard error. A refused request (name taken, unknown name, revoked
+key) is one line on standard error and exit status 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
+
+import typer
+
+from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+T = TypeVar("T")
+keys_app = typer.Typer(help="API keys of callers and operators.", no_args_is_help=True)
+
+
+def _key_admin(action: Callable[[Session], T]) -> T:
+    """Run ``action`` in one transaction; a refused request is one line on stderr and exit 1."""
+    from sqlalchemy.exc import IntegrityError
+
+    from worker.db import transaction
+    from worker.errors import KeyAdminError
+
+    messages = {
+        "name_taken": "a key named {name!r} already exists (see `orders keys list`)",
+        "unknown_name": "no key named {name!r} (see `orders keys list`)",
+        "revoked": "the key {name!r} is revoked; create a new one under another name",
+    }
+    try:
+        with transaction(get_settings().database_url) as session:
+            return action(session)
+    except KeyAdminError as exc:
+        typer.echo(f"error: {messages[exc.reason].format(name=exc.name)}", err=True)
+    except IntegrityError:  # another process created the same name between check and commit
+        typer.echo("error: that name was taken meanwhile (see `orders keys list`)", err=True)
+    raise typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    operator: bool = typer.Option(
+        False, "--operator", help="An operator key (console, /metrics), not a caller key."
+    ),
+) -> None:
+    """Create a caller (or operator) and print its new key once, alone on the last line."""
+    from worker.intake.callers import ROLE_CALLER, ROLE_OPERATOR, create_caller
+
+    role = ROLE_OPERATOR if operator else ROLE_CALLER
+    caller, key = _key_admin(lambda session: create_caller(session, name, role=role))
+    typer.echo(f"{role} {caller.id} ({name}) created; its key (shown once):", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: name, role, prefix, created, last used (to the minute), revoked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.intake.callers import list_callers
+
+    def stamp(value: datetime | None) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    table = Table("name", "id", "role", "key", "created", "last used", "revoked")
+    for c in _key_admin(list_callers):
+        table.add_row(
+            c.name,
+            c.id,
+            c.role,
+            c.key_prefix + "...",
+            stamp(c.created_at),
+            stamp(c.last_used_at),
+            stamp(c.revoked_at),
+        )
+    Console(width=160).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Revoke a key: every API process refuses it within seconds. Its orders are kept."""
+    from worker.ids import utcnow
+    from worker.intake.callers import revoke
+
+    caller = _key_admin(lambda session: revoke(session, name, now=utcnow()))
+    typer.echo(
+        f"{caller.role} {caller.id} ({name}) revoked at {caller.revoked_at:%Y-%m-%d %H:%M:%S}Z"
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(name: str) -> None:
+    """Replace a key: the old key stops working within seconds; the new one is printed once,
+    alone on the last line."""
+    from worker.intake.callers import rotate
+
+    caller, key = _key_admin(lambda session: rotate(session, name))
+    typer.echo(f"{caller.role} {caller.id} ({name}) rotated; its new key (shown once):", err=True)
+    typer.echo(key)
