@@ -222,3 +222,31 @@ def test_console_session_ends_when_the_key_is_revoked(
     with transaction(clean_db) as session:
         revoke(session, "olga", now=utcnow() - timedelta(seconds=1))
     assert client.get("/console/callers", follow_redirects=False).status_code == 303
+
+
+def test_every_console_page_renders(
+    client: TestClient, alpha: CallerKey, ops: CallerKey, clean_db: str
+) -> None:
+    """Each page answers 200 with failed, held and batch orders present."""
+    batch = client.post(
+        "/v1/orders/batch", json={"orders": [order("B-1"), order("B-2")]}, headers=alpha.headers
+    ).json()
+    ids = add_orders(clean_db, alpha.id, [new_payload(i) for i in range(3)])
+    fail(clean_db, ids[1:])
+    hold(clean_db, ids[:1])
+    _sign_in(client, ops.key)
+    pages = {
+        "/console/overview": "failed",
+        "/console/overview/live": "Orders by status",
+        "/console/attention": "upstream_502",
+        "/console/retry?status=failed&reason=upstream_502": "This will retry",
+        "/console/batches": batch["batch_id"],
+        "/console/orders?status=failed": ids[1],
+        f"/console/orders/{ids[0]}": "Found upstream",
+        "/console/webhooks": "Webhooks",
+        "/console/callers": "olga",
+    }
+    for path, text in pages.items():
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert text in answer.text, path

@@ -24,7 +24,6 @@ from worker.states import RETRYABLE_BY_OPERATOR, Status
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 PAGE = 50
-SAMPLE = 10
 
 
 def _settings(request: Request) -> Settings:
@@ -155,9 +154,7 @@ async def retry_confirm(request: Request, me: Operator) -> Response:
         return render(request, "error.html", {"message": f"{status} orders cannot be retried"}, 422)
     flt = actions.RetryFilter(Status(status), p.get("reason") or None, p.get("batch") or None, None)
     caller = p.get("caller") or None
-    matched, sample = await in_session(
-        _settings(request), actions.count_matching, caller, flt, sample_size=SAMPLE
-    )
+    matched, sample = await in_session(_settings(request), actions.count_matching, caller, flt)
     settings = _settings(request)
     rate = settings.retry_spread_per_s
     spread_s = int(matched // rate) if rate > 0 else 0

@@ -186,7 +186,7 @@ def batches(session: Session, *, limit: int, before: str | None) -> list[dict[st
 
 def caller_names(session: Session) -> dict[str, str]:
     """Caller id -> name (callers are few)."""
-    return dict(session.execute(select(Caller.id, Caller.name)).tuples())
+    return {caller_id: name for caller_id, name in session.execute(select(Caller.id, Caller.name))}
 
 
 def order_detail(session: Session, order_id: str) -> dict[str, Any] | None:
