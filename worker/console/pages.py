@@ -3,7 +3,7 @@ webhooks, callers, the confirmation of a retry (its dry run), and sign-in."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,6 +24,7 @@ from worker.states import RETRYABLE_BY_OPERATOR, Status
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 PAGE = 50
+FINAL_WINDOW = timedelta(hours=24)
 
 
 def _settings(request: Request) -> Settings:
@@ -53,7 +54,7 @@ async def login_page(request: Request) -> Response:
 def _overview(session: Session) -> dict[str, Any]:
     now = utcnow()
     return {
-        "counts": q.status_counts(session),
+        "counts": q.status_counts(session, now=now, final_window=FINAL_WINDOW),
         "throughput": q.throughput(session, now=now),
         "oldest": q.oldest_open(session),
         "due": q.due_counts(session, now=now),

@@ -77,10 +77,20 @@ def order_list(
     return rows, (rows[-1].id if more and rows else None)
 
 
-def status_counts(session: Session) -> dict[str, int]:
-    """Orders by status (all callers)."""
-    rows = session.execute(select(Order.status, func.count()).group_by(Order.status))
-    return {status: n for status, n in rows}
+def status_counts(session: Session, *, now: datetime, final_window: timedelta) -> dict[str, int]:
+    """Orders by status: every open order, and final ones created within ``final_window``.
+
+    One index range per status (``ix_orders_status_id``); counting every final order ever
+    made would read the whole history on each refresh.
+    """
+    floor = id_floor("ord", now - final_window)
+    counts = {}
+    for status in Status:
+        stmt = select(func.count()).where(Order.status == str(status))
+        if status in TERMINAL:
+            stmt = stmt.where(Order.id >= floor)
+        counts[str(status)] = session.scalar(stmt) or 0
+    return counts
 
 
 def throughput(session: Session, *, now: datetime, minutes: int = 10) -> list[dict[str, Any]]:
@@ -153,32 +163,43 @@ def batches(session: Session, *, limit: int, before: str | None) -> list[dict[st
     if not ids:
         return []
     counts: dict[str, dict[str, int]] = {b: {} for b in ids}
-    for batch_id, status, n in session.execute(
-        select(Order.batch_id, Order.status, func.count())
+    first: dict[str, str] = {}
+    last_update: dict[str, datetime] = {}
+    for batch_id, status, n, min_id, updated in session.execute(
+        select(
+            Order.batch_id,
+            Order.status,
+            func.count(),
+            func.min(Order.id),
+            func.max(Order.updated_at),
+        )
         .where(Order.batch_id.in_(ids))
         .group_by(Order.batch_id, Order.status)
     ):
         counts[batch_id][status] = n
+        first[batch_id] = min(first.get(batch_id, min_id), min_id)
+        last_update[batch_id] = max(last_update.get(batch_id, updated), updated)
+    heads = {
+        o.id: o
+        for o in session.execute(
+            select(Order.id, Order.caller_id, Order.created_at).where(
+                Order.id.in_(list(first.values()))
+            )
+        )
+    }
     out = []
     for batch_id in ids:
-        first = session.scalar(
-            select(Order).where(Order.batch_id == batch_id).order_by(Order.id).limit(1)
-        )
+        head = heads.get(first.get(batch_id, ""))
         by_status = counts[batch_id]
         done = all(S(s) in TERMINAL for s in by_status)
-        finished = (
-            session.scalar(select(func.max(Order.updated_at)).where(Order.batch_id == batch_id))
-            if done
-            else None
-        )
         out.append(
             {
                 "id": batch_id,
-                "caller_id": first.caller_id if first else None,
+                "caller_id": head.caller_id if head else None,
                 "size": sum(by_status.values()),
                 "counts": by_status,
-                "started": first.created_at if first else None,
-                "finished": finished,
+                "started": head.created_at if head else None,
+                "finished": last_update.get(batch_id) if done else None,
             }
         )
     return out

@@ -21,7 +21,9 @@ def upgrade() -> None:
         # (batch_id, status) answers everything the single-column index did, and counts by status.
         batch_op.drop_index("ix_orders_batch_id")
         batch_op.create_index("ix_orders_batch_status", ["batch_id", "status"], unique=False)
-        batch_op.create_index("ix_orders_status_reason", ["status", "reason", "id"], unique=False)
+        batch_op.create_index(
+            "ix_orders_status_id", ["status", "id"], unique=False, postgresql_include=["reason"]
+        )
         batch_op.create_index("ix_orders_external_id", ["external_id"], unique=False)
     with op.batch_alter_table("order_events", schema=None) as batch_op:
         batch_op.create_index("ix_order_events_at", ["at"], unique=False)
@@ -36,6 +38,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_order_events_at")
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_index("ix_orders_external_id")
-        batch_op.drop_index("ix_orders_status_reason")
+        batch_op.drop_index("ix_orders_status_id")
         batch_op.drop_index("ix_orders_batch_status")
         batch_op.create_index("ix_orders_batch_id", ["batch_id"], unique=False)
