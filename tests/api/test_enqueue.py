@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import redis
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import CallerKey, order, queued, queued_ids
+from tests.api.conftest import CallerKey, make_caller, order, queued, queued_ids
 from tests.conftest import settings_from
 from worker.api import create_app
 from worker.api.broker import Broker
@@ -77,5 +77,7 @@ def test_intake_accepts_orders_when_redis_is_down(
         stored = [session.get(Order, i) for i in ids]
     assert all(o is not None and o.status == "received" and o.due_at is not None for o in stored)
     assert redis_client.llen("orders") == 0
-    assert "orders_enqueue_failures_total 2.0" in client.get("/metrics").text
+    # /metrics needs an operator key (h/audit).
+    ops = make_caller(clean_db, "metrics-reader", role="operator")
+    assert "orders_enqueue_failures_total 2.0" in client.get("/metrics", headers=ops.headers).text
     assert client.get("/readyz").status_code == 503
