@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.upstream import OrderPayload
 
@@ -208,6 +208,41 @@ class RetryRequest(BaseModel):
     batch_id: TextParam | None = None
     external_id: TextParam | None = None
     at: datetime | None = Field(default=None, description="ISO 8601; naive times are UTC")
+    dry_run: bool = Field(
+        default=False,
+        description="Only count: answers how many orders would be retried and a sample of ids",
+    )
+
+
+class OperatorRetryRequest(RetryRequest):
+    """Which orders of any caller to retry (operator keys only), and when."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        **examples({"status": "failed", "reason": "upstream_502", "dry_run": True}),
+    )
+
+    caller_id: TextParam | None = Field(default=None, description="Only this caller's orders")
+
+
+class ResolveRequest(BaseModel):
+    """An operator's decision on a held ``submit_unknown`` order: exactly one of the two."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        **examples({"upstream_id": "order-1f2e3d4c5b6a"}, {"not_created": True}),
+    )
+
+    upstream_id: TextParam | None = Field(
+        default=None, description="Found upstream as this order id (its external_id must match)"
+    )
+    not_created: bool = Field(default=False, description="Not created upstream: re-submit it")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ResolveRequest:
+        if (self.upstream_id is None) == (not self.not_created):
+            raise ValueError("give exactly one of upstream_id or not_created: true")
+        return self
 
 
 class RetryOneRequest(BaseModel):
@@ -219,8 +254,10 @@ class RetryOneRequest(BaseModel):
 
 
 class RetryResponse(BaseModel):
-    """How many orders were scheduled."""
+    """How many orders were scheduled; a dry run also tells how many match, and some ids."""
 
-    model_config = examples({"scheduled": 3})
+    model_config = examples({"scheduled": 3}, {"scheduled": 0, "matched": 3, "sample": ["ord_..."]})
 
     scheduled: int
+    matched: int | None = None
+    sample: list[str] | None = None

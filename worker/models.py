@@ -72,7 +72,7 @@ class Order(Base):
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     caller_id: Mapped[str] = mapped_column(ForeignKey("callers.id"))
-    batch_id: Mapped[str | None] = mapped_column(Id, index=True)
+    batch_id: Mapped[str | None] = mapped_column(Id)
     external_id: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str] = mapped_column(String(64))
     order_type: Mapped[str] = mapped_column(String(64))
@@ -107,6 +107,11 @@ class Order(Base):
         Index("ix_orders_due", "due_at"),
         Index("ix_orders_caller_id_id", "caller_id", "id"),
         Index("ix_orders_caller_status", "caller_id", "status", "id"),
+        # The console's filters across callers (migration 0003; EXPLAIN in bench/console.py).
+        Index("ix_orders_batch_status", "batch_id", "status"),
+        # reason is carried in the index: failed-by-reason counts never touch the table.
+        Index("ix_orders_status_id", "status", "id", postgresql_include=["reason"]),
+        Index("ix_orders_external_id", "external_id"),
     )
 
 
@@ -127,6 +132,8 @@ class OrderEvent(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     message: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_order_events_at", "at"),)
 
 
 class IdempotencyKey(Base):
@@ -162,7 +169,7 @@ class WebhookDelivery(Base):
 
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)
-    order_id: Mapped[str] = mapped_column(Id)
+    order_id: Mapped[str] = mapped_column(Id, index=True)
     event_type: Mapped[str] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(20), default="pending")

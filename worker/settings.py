@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(2.0, gt=0)
     retry_cap_s: float = Field(300.0, gt=0)
     retry_countdown_max_s: float = Field(30.0, ge=0)
+    # An operator's retry of many orders releases this many per second (0: all at once).
+    retry_spread_per_s: float = Field(50.0, ge=0)
 
     lease_s: float = Field(120.0, gt=0)
     sweep_interval_s: float = Field(5.0, gt=0)
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
     retention_orders_days: float = Field(90.0, ge=0)
     retention_deliveries_days: float = Field(14.0, ge=0)
     retention_batch: int = Field(500, ge=1, le=10_000)
+
+    console_secret: SecretStr | None = None
+    """Signs console sessions; unset: a random secret kept in ``$ORDERS_HOME/console.secret``."""
+    console_session_s: float = Field(8 * 3600.0, gt=0)
 
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None

@@ -55,3 +55,11 @@ def test_app_services_point_at_the_compose_backends():
     assert "@postgres:5432/" in env["ORDERS_DATABASE_URL"]
     pg = SERVICES["postgres"]["environment"]
     assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@" in env["ORDERS_DATABASE_URL"]
+
+
+def test_flower_runs_next_to_the_console():
+    """Flower is a service of the stack, on the project image, watching the same broker."""
+    flower = SERVICES["flower"]
+    assert flower["command"][0] == "flower"
+    assert flower["environment"]["ORDERS_REDIS_URL"].startswith("redis://redis:")
+    assert "ORDERS_CONSOLE_SECRET" in SERVICES["api"]["environment"]

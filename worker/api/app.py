@@ -16,7 +16,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from worker.api import health, order_actions, orders, webhook_endpoints
+from worker.api import health, operator, order_actions, orders, webhook_endpoints
 from worker.api.auth import Authenticator
 from worker.api.broker import Broker
 from worker.api.errors import install_handlers
@@ -24,6 +24,7 @@ from worker.api.health import Readiness
 from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
+from worker.console.web import install as install_console
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -76,21 +77,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readiness.close()
         authenticator.close()
         broker.close()
+        lookup = getattr(app.state, "upstream_lookup", None)
+        if lookup is not None:
+            lookup.close()
 
     app = FastAPI(
         title="Partner order worker: intake API",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        openapi_tags=[{"name": "orders"}, {"name": "webhooks"}, {"name": "health"}],
+        openapi_tags=[
+            {"name": "orders"},
+            {"name": "webhooks"},
+            {"name": "health"},
+            {"name": "operator"},
+        ],
     )
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.readiness = readiness
     app.state.broker = broker
     app.state.metrics = metrics
-    for module in (orders, order_actions, webhook_endpoints, health):
+    for module in (orders, order_actions, webhook_endpoints, health, operator):
         app.include_router(module.router)
+    install_console(app)
     install_handlers(app)
     install_openapi(app)
     app.add_middleware(

@@ -20,10 +20,12 @@ REF = "#/components/schemas/{model}"
 ERROR_TEXT = {
     400: "Malformed JSON or header",
     401: "Missing or invalid API key",
+    403: "An operator key is required",
     404: "No such resource for this caller",
     409: "Conflict (state, or Idempotency-Key in flight)",
     413: "Body too large",
     422: "Invalid content; `fields` names each problem",
+    503: "A dependency (the upstream) could not be reached; try again",
 }
 
 

@@ -7,16 +7,17 @@ enqueued after commit. Both retry calls answer ``{"scheduled": n}``. ``OrderNotF
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.intake import OrderView, RetryOneRequest, RetryRequest, RetryResponse
-from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id
+from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id, in_session
 from worker.api.errors import json_response
 from worker.api.openapi import errors
 from worker.intake import actions
+from worker.settings import Settings
 from worker.states import Status
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -75,12 +76,18 @@ async def retry_matching(
     broker: BrokerDep,
     request: Annotated[RetryRequest | None, Body()] = None,
 ) -> Response:
-    """Schedule a retry of every order of the caller matching the filter (default: failed)."""
+    """Schedule a retry of every order of the caller matching the filter (default: failed).
+
+    With ``dry_run`` nothing is scheduled: ``{"scheduled": 0, "matched": n, "sample": [ids]}``.
+    A large retry is spread at ``ORDERS_RETRY_SPREAD_PER_S`` orders per second.
+    """
     request = request or RetryRequest()
     flt = actions.RetryFilter(
         Status(request.status), request.reason, request.batch_id, request.external_id
     )
     at = as_utc(request.at, "at")
+    if request.dry_run:
+        return json_response(await dry_run(settings, caller.id, flt))
     n = await run_in_threadpool(
         lambda: actions.retry_matching(
             settings.database_url,
@@ -89,6 +96,15 @@ async def retry_matching(
             at=at,
             actor=_actor(caller.id),
             dispatch=broker.dispatch,
+            spread_per_s=settings.retry_spread_per_s,
         )
     )
     return json_response({"scheduled": n})
+
+
+async def dry_run(
+    settings: Settings, caller_id: str | None, flt: actions.RetryFilter
+) -> dict[str, Any]:
+    """The answer of a retry's dry run: how many orders it would touch, and a sample of ids."""
+    matched, sample = await in_session(settings, actions.count_matching, caller_id, flt)
+    return {"scheduled": 0, "matched": matched, "sample": sample}

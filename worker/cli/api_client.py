@@ -69,9 +69,23 @@ class ApiClient:
             params["cursor"] = page["next_cursor"]
 
     def retry(self, order_id: str | None = None, **filters: Any) -> int:
+        return int(self.retry_answer(order_id, **filters)["scheduled"])
+
+    def retry_answer(
+        self, order_id: str | None = None, *, operator: bool = False, **filters: Any
+    ) -> dict[str, Any]:
+        """The retry answer: ``{"scheduled"}``, or with ``dry_run=True`` also ``matched`` and
+        ``sample``. ``operator``: the operator API (an operator key; any caller's orders)."""
         body = {k: v for k, v in filters.items() if v is not None}
-        path = f"/v1/orders/{order_id}/retry" if order_id else "/v1/retries"
-        return int(self._call("POST", path, json=body)["scheduled"])
+        base = "/v1/operator" if operator else "/v1"
+        path = f"{base}/orders/{order_id}/retry" if order_id else f"{base}/retries"
+        return dict(self._call("POST", path, json=body))
+
+    def resolve(self, order_id: str, *, upstream_id: str | None) -> dict[str, Any]:
+        """An operator's decision on a held order (operator key): found as ``upstream_id``,
+        or (None) not created upstream."""
+        body = {"upstream_id": upstream_id} if upstream_id else {"not_created": True}
+        return dict(self._call("POST", f"/v1/operator/orders/{order_id}/resolve", json=body))
 
     def close(self) -> None:
         self._http.close()

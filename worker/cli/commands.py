@@ -248,6 +248,13 @@ def retry(
     reason: str | None = typer.Option(None, help="Only this reason, e.g. upstream_502."),
     batch: str | None = typer.Option(None, help="Only this batch."),
     at: str | None = typer.Option(None, help="When (ISO 8601); default now."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Only print how many orders match, and a sample; schedule none."
+    ),
+    operator: bool = typer.Option(
+        False, "--operator", help="Any caller's orders, through the operator API (operator key)."
+    ),
+    caller_id: str | None = typer.Option(None, "--caller", help="With --operator: one caller."),
     api_url: str | None = typer.Option(None),
     key: str | None = typer.Option(None),
 ) -> None:
@@ -257,13 +264,63 @@ def retry(
     client = client_from(api_url, key)
     try:
         if order_id:
-            scheduled = client.retry(order_id, at=at)
+            answer = client.retry_answer(order_id, operator=operator, at=at)
         else:
-            scheduled = client.retry(status=status_filter, reason=reason, batch_id=batch, at=at)
+            filters = {"status": status_filter, "reason": reason, "batch_id": batch, "at": at}
+            if dry_run:
+                filters["dry_run"] = True
+            if operator:
+                filters["caller_id"] = caller_id
+            answer = client.retry_answer(operator=operator, **filters)
     except ApiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"scheduled: {scheduled}")
+    if dry_run and not order_id:
+        typer.echo(f"would retry: {answer['matched']} (dry run: nothing scheduled)")
+        for sample_id in answer.get("sample") or []:
+            typer.echo(f"  {sample_id}")
+        return
+    typer.echo(f"scheduled: {answer['scheduled']}")
+
+
+@app.command()
+def resolve(
+    order_id: str = typer.Argument(..., help="A held submit_unknown order."),
+    upstream_id: str | None = typer.Option(
+        None, "--upstream-id", help="Found upstream as this id (order-...); checked upstream."
+    ),
+    not_created: bool = typer.Option(
+        False, "--not-created", help="Not created upstream: re-submit it."
+    ),
+    api_url: str | None = typer.Option(None),
+    key: str | None = typer.Option(None, help="An operator key (default ORDERS_API_KEY)."),
+) -> None:
+    """Decide a held ambiguous submit (operator key): found upstream, or not created."""
+    from worker.cli.output import ApiError, client_from
+
+    if (upstream_id is None) == (not not_created):
+        typer.echo("give exactly one of --upstream-id ID or --not-created", err=True)
+        raise typer.Exit(2)
+    client = client_from(api_url, key)
+    try:
+        view = client.resolve(order_id, upstream_id=upstream_id)
+    except ApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{view['id']}: {view['status']} ({view['reason']})")
+
+
+@app.command()
+def flower(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(5555, help="Port to bind."),
+) -> None:
+    """Run Flower (task-level view of the Celery side) on our broker (extra: ``[flower]``)."""
+    url = _export_redis_url()
+    from worker.queue.app import configure
+
+    celery = configure(url, _settings())
+    celery.start(["flower", f"--address={host}", f"--port={port}"])
 
 
 @app.command()

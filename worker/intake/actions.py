@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from worker import repository as repo
@@ -47,12 +47,12 @@ def is_held(order: Order) -> bool:
     return order.status == S.SUBMIT_UNKNOWN and order.due_at is None
 
 
-def cancel_move(order: Order) -> Move | None:
+def cancel_move(order: Order, reason: str = "cancelled_by_caller") -> Move | None:
     """The move that cancels ``order``, or None if it is past submitting."""
     if order.status not in CANCELLABLE:
         return None
     values = {"due_at": None, "next_attempt_at": None}
-    return Move(order.id, S(order.status), S.CANCELLED, values, reason="cancelled_by_caller")
+    return Move(order.id, S(order.status), S.CANCELLED, values, reason=reason)
 
 
 def retry_move(order: Order, *, at: datetime, now: datetime) -> Move | None:
@@ -87,13 +87,16 @@ def retry_move(order: Order, *, at: datetime, now: datetime) -> Move | None:
 
 def cancel_order(
     db_url: str,
-    caller_id: str,
+    caller_id: str | None,
     order_id: str,
     *,
     actor: str,
     dispatch: Dispatch | None = None,
+    reason: str = "cancelled_by_caller",
 ) -> dict[str, Any]:
     """Cancel an order before it is submitted; returns its view (already cancelled: as is).
+
+    ``caller_id`` None: any caller's order (an operator's action).
 
     Raises:
         OrderNotFound: no such order for ``caller_id``.
@@ -103,7 +106,7 @@ def cancel_order(
         order = _load(session, caller_id, order_id)
         if order.status == S.CANCELLED:
             return order_view(order)
-        move = cancel_move(order)
+        move = cancel_move(order, reason)
         events = (
             repo.apply_moves(session, [move], now=utcnow(), owner=None, actor=actor) if move else []
         )
@@ -124,7 +127,7 @@ def cancel_order(
 
 def retry_order(
     db_url: str,
-    caller_id: str,
+    caller_id: str | None,
     order_id: str,
     *,
     at: datetime | None,
@@ -132,6 +135,8 @@ def retry_order(
     dispatch: Dispatch | None = None,
 ) -> int:
     """Schedule a retry of one ``failed`` or held ``submit_unknown`` order at ``at`` (None: now).
+
+    ``caller_id`` None: any caller's order (an operator's action).
 
     Raises:
         OrderNotFound: no such order for ``caller_id``.
@@ -142,13 +147,49 @@ def retry_order(
     at = max(at or now, now)
     with transaction(db_url) as session:
         order = _load(session, caller_id, order_id)
-        scheduled, events = _schedule(session, [order], at=at, now=now, actor=actor)
+        scheduled, due_now, events = _schedule(session, [order], at=at, now=now, actor=actor)
         if not scheduled:
             raise WrongState(_not_retryable(order))
         deliveries = record_deliveries(session, events)
     if dispatch is not None:
-        dispatch(scheduled if at <= now else [], deliveries, callers=[caller_id])
+        dispatch(due_now, deliveries, callers=[order.caller_id])
     return len(scheduled)
+
+
+def matching_query(caller_id: str | None, flt: RetryFilter) -> Select[tuple[Order]]:
+    """The orders a retry of ``flt`` would touch, by id (``caller_id`` None: all callers).
+
+    Only held ``submit_unknown`` orders match: one still being reconciled is not retryable.
+    """
+    stmt = select(Order).where(Order.status == str(flt.status)).order_by(Order.id)
+    if flt.status == S.SUBMIT_UNKNOWN:
+        stmt = stmt.where(Order.due_at.is_(None))
+    if caller_id is not None:
+        stmt = stmt.where(Order.caller_id == caller_id)
+    if flt.reason is not None:
+        stmt = stmt.where(Order.reason == flt.reason)
+    if flt.batch_id is not None:
+        stmt = stmt.where(Order.batch_id == flt.batch_id)
+    if flt.external_id is not None:
+        stmt = stmt.where(Order.external_id == flt.external_id)
+    return stmt
+
+
+def count_matching(
+    session: Session, caller_id: str | None, flt: RetryFilter, *, sample_size: int = 10
+) -> tuple[int, list[str]]:
+    """How many orders a retry of ``flt`` would touch now, and the first ``sample_size`` ids.
+
+    Nothing is written: this is the dry run of :func:`retry_matching`.
+    """
+    if flt.status not in RETRYABLE_BY_OPERATOR:
+        raise WrongState(f"only {sorted(RETRYABLE_BY_OPERATOR)} orders can be retried")
+    stmt = matching_query(caller_id, flt)
+    matched = session.scalar(
+        select(func.count()).select_from(stmt.order_by(None).with_only_columns(Order.id).subquery())
+    )
+    sample = list(session.scalars(stmt.with_only_columns(Order.id).limit(sample_size)))
+    return int(matched or 0), sample
 
 
 def retry_matching(
@@ -159,26 +200,21 @@ def retry_matching(
     at: datetime | None,
     actor: str,
     dispatch: Dispatch | None = None,
+    spread_per_s: float = 0.0,
 ) -> int:
     """Schedule a retry of every order matching ``flt`` (``caller_id`` None: all callers).
 
     Works through the matches in chunks of ``RETRY_CHUNK``, one transaction each, so a retry
-    of many thousands never holds one long transaction. Returns how many were scheduled;
-    orders that moved on meanwhile are skipped.
+    of many thousands never holds one long transaction. With ``spread_per_s`` > 0 the k-th
+    order is due ``k // spread_per_s`` seconds after ``at`` (the first second's worth at
+    ``at``), so a large retry reaches the upstream at that rate, not all at once. Returns how
+    many were scheduled; orders that moved on meanwhile are skipped.
     """
     if flt.status not in RETRYABLE_BY_OPERATOR:
         raise WrongState(f"only {sorted(RETRYABLE_BY_OPERATOR)} orders can be retried")
     now = utcnow()
     at = max(at or now, now)
-    stmt = select(Order).where(Order.status == str(flt.status)).order_by(Order.id)
-    if caller_id is not None:
-        stmt = stmt.where(Order.caller_id == caller_id)
-    if flt.reason is not None:
-        stmt = stmt.where(Order.reason == flt.reason)
-    if flt.batch_id is not None:
-        stmt = stmt.where(Order.batch_id == flt.batch_id)
-    if flt.external_id is not None:
-        stmt = stmt.where(Order.external_id == flt.external_id)
+    stmt = matching_query(caller_id, flt)
     total = 0
     last_id = ""
     while True:
@@ -187,17 +223,28 @@ def retry_matching(
             if not targets:
                 break
             last_id = targets[-1].id
-            scheduled, events = _schedule(session, targets, at=at, now=now, actor=actor)
+            scheduled, due_now, events = _schedule(
+                session,
+                targets,
+                at=at,
+                now=now,
+                actor=actor,
+                first=total,
+                spread_per_s=spread_per_s,
+            )
             deliveries = record_deliveries(session, events)
         total += len(scheduled)
         if dispatch is not None:
             callers = {o.caller_id for o in targets}
-            dispatch(scheduled if at <= now else [], deliveries, callers=callers)
+            dispatch(due_now, deliveries, callers=callers)
     return total
 
 
-def _load(session: Session, caller_id: str, order_id: str) -> Order:
-    order = find_for_caller(session, caller_id, order_id)
+def _load(session: Session, caller_id: str | None, order_id: str) -> Order:
+    if caller_id is None:
+        order = session.get(Order, order_id)
+    else:
+        order = find_for_caller(session, caller_id, order_id)
     if order is None:
         raise OrderNotFound(order_id)
     return order
@@ -215,6 +262,13 @@ def _not_retryable(order: Order) -> str:
     )
 
 
+def spread_at(at: datetime, k: int, spread_per_s: float) -> datetime:
+    """When the ``k``-th order of a retry spread at ``spread_per_s`` is due (0: all at ``at``)."""
+    if spread_per_s <= 0:
+        return at
+    return at + timedelta(seconds=k // spread_per_s)
+
+
 def _schedule(
     session: Session,
     targets: Sequence[Order],
@@ -222,8 +276,17 @@ def _schedule(
     at: datetime,
     now: datetime,
     actor: str,
-) -> tuple[list[str], list[Event]]:
-    moves = [m for o in targets if (m := retry_move(o, at=at, now=now)) is not None]
+    first: int = 0,
+    spread_per_s: float = 0.0,
+) -> tuple[list[str], list[str], list[Event]]:
+    """Apply the retry moves; returns (scheduled ids, ids due now, history rows)."""
+    moves: list[Move] = []
+    for order in targets:
+        when = spread_at(at, first + len(moves), spread_per_s)
+        if (move := retry_move(order, at=when, now=now)) is not None:
+            moves.append(move)
     events = repo.apply_moves(session, moves, now=now, owner=None, actor=actor)
-    scheduled = sorted({e["order_id"] for e in events})
-    return scheduled, events
+    won = {e["order_id"] for e in events}
+    scheduled = sorted(won)
+    due_now = sorted(m.order_id for m in moves if m.order_id in won and m.values["due_at"] <= now)
+    return scheduled, due_now, events

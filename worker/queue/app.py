@@ -6,6 +6,7 @@ Producers (intake, sweeper) send tasks by name with ``send_task``; they never im
 from __future__ import annotations
 
 from celery import Celery
+from kombu import pools
 
 from worker.settings import Settings, get_settings
 
@@ -38,6 +39,9 @@ def configure(broker_url: str, settings: Settings | None = None) -> Celery:
             app._pool.force_close_all()
             app._pool = None
         app.amqp._producer_pool = None
+        # kombu keeps producer pools per broker URL process-wide: coming back to a URL used
+        # before would hand out the pool closed above ("Acquire on closed pool").
+        pools.reset()
     app.conf.update(
         broker_url=broker_url,
         result_backend=None,

@@ -1,0 +1,61 @@
+"""The intake process's own read-only link to the upstream, for operators' checks.
+
+Built on first use (most API processes never need it) and shared by the process: it reads
+one order object by id, with the fleet's shared token in Redis (``worker.upstream.token``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import Any
+
+import redis
+
+from worker.queue.runtime import token_key
+from worker.settings import Settings
+from worker.upstream.client import UpstreamClient, fetch_token
+from worker.upstream.token import TokenCache
+
+
+class UpstreamLookup:
+    """``get(upstream_id)``: the upstream's order object (raises ``UpstreamError``)."""
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self._settings = settings
+        self._redis_url = redis_url
+        self._lock = threading.Lock()
+        self._client: UpstreamClient | None = None
+        self._redis: redis.Redis | None = None
+
+    def _upstream(self) -> UpstreamClient:
+        with self._lock:
+            if self._client is None:
+                settings = self._settings
+                self._redis = redis.Redis.from_url(
+                    self._redis_url, socket_timeout=5, socket_connect_timeout=5
+                )
+                context = ssl.create_default_context()
+                token_http = UpstreamClient(settings, None, context)
+
+                def fetch() -> tuple[str, float]:
+                    with token_http.new_http_client() as http:
+                        return fetch_token(settings, http)
+
+                tokens = TokenCache(
+                    self._redis, token_key(settings), fetch, settings.token_refresh_margin_s
+                )
+                self._client = UpstreamClient(settings, tokens, context)
+            return self._client
+
+    def get(self, upstream_id: str) -> dict[str, Any]:
+        """``GET /api/objects/limio/orders/{upstream_id}`` (blocking)."""
+        return self._upstream().get_order(upstream_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            if self._redis is not None:
+                self._redis.close()
+            self._client = self._redis = None

@@ -1,0 +1,229 @@
+"""The console's actions (POST, each with the session's CSRF token): retry one order or a
+filter, cancel, resolve a held order, replay failed webhooks, revoke a key, sign in and out.
+
+Each action runs the same function as the operator API, recorded as ``operator:<name>``; the
+answer is a redirect back with a message (``msg``) or the refusal (``error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from worker.api.auth import Authenticator
+from worker.api.deps import as_utc
+from worker.api.errors import ApiError
+from worker.api.operator import resolve_held, upstream_lookup
+from worker.console.replay import replay_failed
+from worker.console.session import COOKIE, Sessions
+from worker.console.web import Action, form_fields, redirect, render
+from worker.db import transaction
+from worker.errors import InvalidInput, KeyAdminError, OrderError, OrderNotFound, WrongState
+from worker.ids import utcnow
+from worker.intake import actions
+from worker.intake.callers import ROLE_OPERATOR, revoke
+from worker.settings import Settings
+from worker.states import Status
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+def _actor(name: str) -> str:
+    return f"operator:{name}"
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _at(value: str | None) -> datetime | None:
+    """A form's time (``datetime-local`` or ISO 8601; naive is UTC), or None for "now"."""
+    if not value:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value), "at")
+    except ValueError:
+        raise InvalidInput(f"at: {value!r} is not an ISO 8601 time") from None
+
+
+async def _run(back: str, fn: Callable[[], Any], done: Callable[[Any], str]) -> Response:
+    """Run a blocking action; redirect to ``back`` with its message or its refusal."""
+    try:
+        result = await run_in_threadpool(fn)
+    except (OrderNotFound, WrongState, InvalidInput, KeyAdminError) as exc:
+        return redirect(back, error=getattr(exc, "message", None) or str(exc))
+    except ApiError as exc:
+        return redirect(back, error=exc.message)
+    except OrderError as exc:
+        return redirect(back, error=str(exc))
+    return redirect(back, msg=done(result))
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Sign in with an operator key: a session cookie, then the page asked for."""
+    form = await form_fields(request)
+    key = form.get("key", "").strip()
+    authenticator: Authenticator = request.app.state.authenticator
+    owner = (
+        (authenticator.cached(key) or await run_in_threadpool(authenticator.lookup, key))
+        if key
+        else None
+    )
+    if owner is None:
+        return render(request, "login.html", {"error": "Unknown or revoked key."}, 401)
+    if owner.role != ROLE_OPERATOR:
+        message = "This is a caller key: only operator keys open the console."
+        return render(request, "login.html", {"error": message}, 403)
+    sessions: Sessions = request.app.state.console_sessions
+    value, _ = sessions.issue(owner.id, owner.name)
+    target = form.get("next") or "/console/overview"
+    if not target.startswith("/console/") or target.startswith("/console//"):
+        target = "/console/overview"
+    response = redirect(target)
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=int(sessions.max_age_s),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/console",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, action: Action) -> Response:
+    response = redirect("/console/login", msg="Signed out.")
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.post("/retry")
+async def retry_matching(request: Request, action: Action) -> Response:
+    """Retry every order matching the form's filter (after its dry run on ``GET /retry``)."""
+    me, form = action
+    settings = _settings(request)
+    flt = actions.RetryFilter(
+        Status(form.get("status") or "failed"),
+        form.get("reason") or None,
+        form.get("batch") or None,
+    )
+    broker = request.app.state.broker
+    return await _run(
+        "/console/attention",
+        lambda: actions.retry_matching(
+            settings.database_url,
+            form.get("caller") or None,
+            flt,
+            at=_at(form.get("at")),
+            actor=_actor(me.name),
+            dispatch=broker.dispatch,
+            spread_per_s=settings.retry_spread_per_s,
+        ),
+        lambda n: f"Retry scheduled for {n} orders.",
+    )
+
+
+@router.post("/orders/{order_id}/retry")
+async def retry_one(request: Request, order_id: str, action: Action) -> Response:
+    me, form = action
+    settings = _settings(request)
+    return await _run(
+        f"/console/orders/{order_id}",
+        lambda: actions.retry_order(
+            settings.database_url,
+            None,
+            order_id,
+            at=_at(form.get("at")),
+            actor=_actor(me.name),
+            dispatch=request.app.state.broker.dispatch,
+        ),
+        lambda n: "Retry scheduled.",
+    )
+
+
+@router.post("/orders/{order_id}/cancel")
+async def cancel(request: Request, order_id: str, action: Action) -> Response:
+    me, _ = action
+    settings = _settings(request)
+    return await _run(
+        f"/console/orders/{order_id}",
+        lambda: actions.cancel_order(
+            settings.database_url,
+            None,
+            order_id,
+            actor=_actor(me.name),
+            dispatch=request.app.state.broker.dispatch,
+            reason="cancelled_by_operator",
+        ),
+        lambda view: "Cancelled.",
+    )
+
+
+@router.post("/orders/{order_id}/resolve")
+async def resolve(request: Request, order_id: str, action: Action) -> Response:
+    """Found upstream as ``upstream_id`` (checked upstream), or ``not_created`` (re-submit)."""
+    me, form = action
+    back = form.get("back") or f"/console/orders/{order_id}"
+    if not back.startswith("/console/"):
+        back = f"/console/orders/{order_id}"
+    upstream_id = (form.get("upstream_id") or "").strip() or None
+    if form.get("decision") == "not_created":
+        upstream_id = None
+    elif upstream_id is None:
+        return redirect(
+            back, error="Give the upstream order id (order-...), or choose not created."
+        )
+    try:
+        view = await resolve_held(
+            _settings(request),
+            request.app.state.broker,
+            upstream_lookup(request),
+            order_id,
+            upstream_id,
+            _actor(me.name),
+        )
+    except (OrderNotFound, WrongState, InvalidInput) as exc:
+        return redirect(back, error=getattr(exc, "message", None) or str(exc))
+    except ApiError as exc:
+        return redirect(back, error=exc.message)
+    if upstream_id is None:
+        return redirect(back, msg=f"{order_id}: not created upstream; re-submitting.")
+    return redirect(back, msg=f"{order_id}: found upstream as {upstream_id}; now {view['status']}.")
+
+
+@router.post("/webhooks/{endpoint_id}/replay")
+async def replay(request: Request, endpoint_id: str, action: Action) -> Response:
+    _, form = action
+    settings = _settings(request)
+    return await _run(
+        f"/console/webhooks?endpoint={endpoint_id}",
+        lambda: replay_failed(
+            settings.database_url,
+            endpoint_id,
+            since=_at(form.get("since")),
+            dispatch=request.app.state.broker.dispatch,
+        ),
+        lambda n: f"Replaying {n} failed deliveries.",
+    )
+
+
+@router.post("/callers/revoke")
+async def revoke_key(request: Request, action: Action) -> Response:
+    _, form = action
+    settings = _settings(request)
+    name = form.get("name", "")
+
+    def run() -> str:
+        with transaction(settings.database_url) as session:
+            return revoke(session, name, now=utcnow()).name
+
+    return await _run("/console/callers", run, lambda n: f"Key {n} revoked.")
