@@ -65,6 +65,8 @@ class Caller(Base):
     role: Mapped[str] = mapped_column(String(16), default="caller", server_default="caller")
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Share of the dispatch slots relative to other callers with work (1 = an equal share).
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Order(Base):

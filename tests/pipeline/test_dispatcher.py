@@ -156,3 +156,17 @@ def test_chunks_shrink_to_the_upstream_allowance(clean_db, redis_client, env):
     )
     assert d.chunk_size(4) == 4
     assert list(chunks(["a"] * 9, d.chunk_size(4))) == [["a"] * 4, ["a"] * 4, ["a"]]
+
+
+def test_weights_share_in_proportion(clean_db, redis_client, dispatcher):
+    """A caller of weight 3 gets three slots for each slot of a caller of weight 1."""
+    heavy = _caller(clean_db, "heavy")
+    light = _caller(clean_db, "light")
+    with transaction(clean_db) as session:
+        session.execute(update(Caller).where(Caller.id == heavy).values(weight=3))
+    heavy_ids = set(add_orders(clean_db, heavy, [new_payload(i) for i in range(500)], grace_s=0))
+    add_orders(clean_db, light, [new_payload(i) for i in range(500)], grace_s=0)
+    d = dispatcher(chunk_size=20, dispatch_chunks_per_process=2)
+    d.run(callers=[heavy, light])
+    sent = [i for chunk in _queued(redis_client) for i in chunk]
+    assert len(sent) == 40 and sum(i in heavy_ids for i in sent) == 30

@@ -50,14 +50,28 @@ def keys_create(
     operator: bool = typer.Option(
         False, "--operator", help="An operator key (console, /metrics), not a caller key."
     ),
+    weight: int = typer.Option(
+        1, min=1, max=1000, help="The caller's share of the upstream when it is the limit."
+    ),
 ) -> None:
     """Create a caller (or operator) and print its new key once, alone on the last line."""
     from worker.intake.callers import ROLE_CALLER, ROLE_OPERATOR, create_caller
 
     role = ROLE_OPERATOR if operator else ROLE_CALLER
-    caller, key = _key_admin(lambda session: create_caller(session, name, role=role))
+    caller, key = _key_admin(lambda session: create_caller(session, name, role=role, weight=weight))
     typer.echo(f"{role} {caller.id} ({name}) created; its key (shown once):", err=True)
     typer.echo(key)
+
+
+@keys_app.command("weight")
+def keys_weight(
+    name: str, weight: int = typer.Argument(..., min=1, max=1000, help="1 = an equal share.")
+) -> None:
+    """Change a caller's weight: its share of the dispatch slots relative to other callers."""
+    from worker.intake.callers import set_weight
+
+    _key_admin(lambda session: set_weight(session, name, weight))
+    typer.echo(f"{name}: weight {weight}", err=True)
 
 
 @keys_app.command("list")
@@ -71,12 +85,13 @@ def keys_list() -> None:
     def stamp(value: datetime | None) -> str:
         return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
-    table = Table("name", "id", "role", "key", "created", "last used", "revoked")
+    table = Table("name", "id", "role", "weight", "key", "created", "last used", "revoked")
     for c in _key_admin(list_callers):
         table.add_row(
             c.name,
             c.id,
             c.role,
+            str(c.weight),
             c.key_prefix + "...",
             stamp(c.created_at),
             stamp(c.last_used_at),

@@ -45,7 +45,9 @@ def _key_columns(key: str) -> dict[str, str]:
     return {"key_hash": hash_key(key), "key_prefix": key[: len(KEY_PREFIX) + 6]}
 
 
-def create_caller(session: Session, name: str, *, role: Role = ROLE_CALLER) -> tuple[Caller, str]:
+def create_caller(
+    session: Session, name: str, *, role: Role = ROLE_CALLER, weight: int = 1
+) -> tuple[Caller, str]:
     """Add a caller (or operator) named ``name``; return it with its plaintext key (never stored).
 
     Raises ``KeyAdminError("name_taken")`` if the name exists (and
@@ -55,7 +57,12 @@ def create_caller(session: Session, name: str, *, role: Role = ROLE_CALLER) -> t
         raise KeyAdminError("name_taken", name)
     key = new_key()
     caller = Caller(
-        id=new_id("clr"), name=name, role=role, created_at=utcnow(), **_key_columns(key)
+        id=new_id("clr"),
+        name=name,
+        role=role,
+        weight=weight,
+        created_at=utcnow(),
+        **_key_columns(key),
     )
     session.add(caller)
     session.flush()
@@ -81,6 +88,13 @@ def _by_name(session: Session, name: str) -> Caller:
     caller = session.scalar(select(Caller).where(Caller.name == name))
     if caller is None:
         raise KeyAdminError("unknown_name", name)
+    return caller
+
+
+def set_weight(session: Session, name: str, weight: int) -> Caller:
+    """Change a caller's share of the dispatch slots (takes effect at the next pass)."""
+    caller = _by_name(session, name)
+    caller.weight = weight
     return caller
 
 

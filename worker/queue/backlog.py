@@ -83,6 +83,15 @@ def claim(session: Session, ids: Sequence[str], *, now: datetime, grace_s: float
     return list(session.execute(stmt).scalars())
 
 
+def weights(session: Session, callers: Iterable[str]) -> dict[str, int]:
+    """The weights of ``callers`` (1 unless set otherwise)."""
+    ids = list(callers)
+    if not ids:
+        return {}
+    rows = session.execute(select(Caller.id, Caller.weight).where(Caller.id.in_(ids)))
+    return {caller_id: int(weight or 1) for caller_id, weight in rows}
+
+
 def callers_of(session: Session, ids: Iterable[str]) -> set[str]:
     """The callers owning ``ids``."""
     ids = list(ids)

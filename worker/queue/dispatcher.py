@@ -152,7 +152,9 @@ class Dispatcher:
                 c for c, ids in due.items() if not ids and not backlog.has_scheduled(session, c)
             ]
             rotate = int(self.redis.incr(ROTATE_KEY))
-            share = shares(free, {c: len(ids) for c, ids in due.items()}, {}, rotate=rotate)
+            wanted = {c: len(ids) for c, ids in due.items() if ids}
+            weights = backlog.weights(session, wanted) if len(wanted) > 1 else {}
+            share = shares(free, wanted, weights, rotate=rotate)
             chosen = interleave([due[c][: share[c]] for c in sorted(share)])
             claimed = set(
                 backlog.claim(session, chosen, now=now, grace_s=self.settings.enqueue_grace_s)
