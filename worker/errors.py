@@ -6,7 +6,6 @@
     │   ├── PermanentError            never retry (400, 404, other 4xx)
     │   ├── AuthError                 credentials refused even with a fresh token
     │   └── AmbiguousError            the request may have been applied; do not resend blindly
-    └── TransitionConflict            the order moved on; another worker owns it
 
 Each carries data (``status_code``, ``retry_after_s``, ``reason``), never a message to parse.
 """
@@ -50,7 +49,3 @@ class AuthError(UpstreamError):
 
 class AmbiguousError(UpstreamError):
     """The request was sent but no answer came back: it may have been applied."""
-
-
-class TransitionConflict(OrderError):
-    """A compare-and-set transition found the order in another state or lease."""

@@ -91,10 +91,6 @@ class Settings(BaseSettings):
             raise ValueError("ORDERS_RETRY_CAP_S must be >= ORDERS_RETRY_BASE_S")
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 def normalise_database_url(url: str) -> str:
     """Map ``postgres://`` and ``postgresql://`` URLs to the psycopg 3 driver."""

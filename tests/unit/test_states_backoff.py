@@ -32,6 +32,15 @@ def test_cancel_only_before_submit():
     """Cancellation is allowed from received and previewed, not once submitting began."""
     assert can_move(S.RECEIVED, S.CANCELLED) and can_move(S.PREVIEWED, S.CANCELLED)
     assert not can_move(S.SUBMITTING, S.CANCELLED) and not can_move(S.SUBMITTED, S.CANCELLED)
+    assert not can_move(S.SUBMIT_UNKNOWN, S.CANCELLED)
+
+
+def test_resting_orders_only_fail_through_a_step():
+    """Nothing fails an order that is only waiting: failures come from a step or a follow-up."""
+    for resting in (S.RECEIVED, S.PREVIEWED, S.SUBMIT_UNKNOWN):
+        assert not can_move(resting, S.FAILED)
+    assert can_move(S.PREVIEWING, S.FAILED) and can_move(S.SUBMITTING, S.FAILED)
+    assert can_move(S.SUBMITTED, S.FAILED)
 
 
 @pytest.mark.parametrize(

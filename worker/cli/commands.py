@@ -190,12 +190,13 @@ def submit(
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli.output import ApiError, client_from, console, status_table, submit_file
+    from worker.cli.api_client import ApiCallError
+    from worker.cli.output import client_from, console, status_table, submit_file
 
     client = client_from(api_url, key)
     try:
         counts = submit_file(client, file, batch_size, follow, timeout_s)
-    except (ApiError, ValueError) as exc:
+    except (ApiCallError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     console.print(status_table(counts))
@@ -212,7 +213,8 @@ def status(
     """Show one order with its history, or counts by status (optionally for one batch)."""
     from collections import Counter
 
-    from worker.cli.output import ApiError, client_from, console, show_order, status_table
+    from worker.cli.api_client import ApiCallError
+    from worker.cli.output import client_from, console, show_order, status_table
 
     client = client_from(api_url, key)
     try:
@@ -221,7 +223,7 @@ def status(
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
-    except ApiError as exc:
+    except ApiCallError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -237,7 +239,8 @@ def retry(
     key: str | None = typer.Option(None),
 ) -> None:
     """Schedule a retry of one order, or of all orders matching the filter."""
-    from worker.cli.output import ApiError, client_from
+    from worker.cli.api_client import ApiCallError
+    from worker.cli.output import client_from
 
     client = client_from(api_url, key)
     try:
@@ -245,7 +248,7 @@ def retry(
             scheduled = client.retry(order_id, at=at)
         else:
             scheduled = client.retry(status=status_filter, reason=reason, batch_id=batch, at=at)
-    except ApiError as exc:
+    except ApiCallError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"scheduled: {scheduled}")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cli.api_client import ApiClient, ApiError, read_orders, settled
+from worker.cli.api_client import ApiCallError, ApiClient, read_orders, settled
 from worker.ids import sha256_hex
 from worker.settings import get_settings
 
@@ -45,7 +45,7 @@ def submit_file(
             chunk = payloads[start : start + batch_size]
             try:
                 answer = client.submit_batch(chunk, f"submit-{digest}-{start}")
-            except ApiError as exc:
+            except ApiCallError as exc:
                 if exc.status_code != 422:
                     raise
                 # No line of this chunk was valid: report them all and go on with the next.
@@ -125,4 +125,4 @@ def _progress() -> Progress:
     )
 
 
-__all__ = ["ApiError", "client_from", "follow_batches", "show_order", "status_table", "submit_file"]
+__all__ = ["client_from", "follow_batches", "show_order", "status_table", "submit_file"]

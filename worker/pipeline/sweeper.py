@@ -8,7 +8,6 @@ each pick-up is a compare-and-set on ``due_at``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,14 +26,6 @@ RECOVERY: dict[Status, tuple[Status, str]] = {
     S.PREVIEWING: (S.RECEIVED, "lease_expired"),
     S.SUBMITTING: (S.SUBMIT_UNKNOWN, "worker_lost_during_submit"),
 }
-
-
-@dataclass(slots=True)
-class SweepResult:
-    recovered: int = 0
-    orders: list[str] | None = None
-    deliveries: list[str] | None = None
-    purged_keys: int = 0
 
 
 def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
