@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.upstream_responses import (
+    LimioOrderObject,
+    OrderSummary,
+    PreviewResponse,
+    SubmitResponse,
+)
 from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
 from worker.models import Order
 from worker.pipeline.backoff import RetryPolicy, decide_retry
@@ -51,16 +57,16 @@ def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, 
 _DONE: dict[str, Any] = {"next_attempt_at": None, "due_at": None, "lease_owner": None}
 
 
-def upstream_fields(answer: dict[str, Any]) -> dict[str, Any]:
-    """Order columns from a submit answer or a stored upstream order object."""
+def upstream_fields(answer: SubmitResponse | OrderSummary) -> dict[str, Any]:
+    """Order columns from a submit answer or an upstream order (stored object or summary)."""
     fields = {
-        "upstream_id": answer.get("id"),
-        "upstream_reference": answer.get("order_reference"),
-        "upstream_status": answer.get("status") or answer.get("orderState"),
-        "subscription_reference": answer.get("subscriptionReference"),
-        "upstream_owner": answer.get("owner"),
+        "upstream_id": answer.id,
+        "upstream_reference": answer.order_reference,
+        "upstream_status": answer.state,
+        "subscription_reference": answer.subscriptionReference,
+        "upstream_owner": answer.owner,
     }
-    return {k: (str(v) if v is not None else None) for k, v in fields.items() if v is not None}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def on_failure(
@@ -105,10 +111,11 @@ def on_failure(
     return Decision(move(retry_to, {**values, "failures": failures}), countdown)
 
 
-def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) -> Decision:
+def on_preview_ok(order: Order, preview: PreviewResponse, lease_until: datetime) -> Decision:
     """Preview stored; the order goes straight on to ``submitting`` under the same lease."""
     values = {
-        "preview": preview,
+        # As received: fields the upstream did not send are not invented (exclude_unset).
+        "preview": preview.model_dump(mode="json", exclude_unset=True),
         "due_at": lease_until,
         "reason": None,
         "message": None,
@@ -119,7 +126,7 @@ def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) 
 
 
 def on_submit_ok(
-    order: Order, answer: dict[str, Any], now: datetime, timing: Timing, frm: Status
+    order: Order, answer: SubmitResponse, now: datetime, timing: Timing, frm: Status
 ) -> Decision:
     """The upstream took the order: complete now, or follow it until it is."""
     fields = upstream_fields(answer)
@@ -145,7 +152,7 @@ def on_submit_ok(
 
 def on_follow(
     order: Order,
-    answer: dict[str, Any] | None,
+    answer: LimioOrderObject | None,
     error: UpstreamError | None,
     now: datetime,
     timing: Timing,

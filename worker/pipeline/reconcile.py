@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.upstream_responses import OrderSummary
 from worker.errors import PermanentError, UpstreamError
 from worker.models import Order
 from worker.pipeline.backoff import decide_retry
@@ -28,18 +29,17 @@ _RELEASE = {"lease_owner": None}
 
 def find_upstream(
     upstream: UpstreamClient, external_ids: set[str], max_pages: int
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, OrderSummary]:
     """Scan up to ``max_pages`` of the upstream order list for ``external_ids``."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, OrderSummary] = {}
     cursor: str | None = None
     for _ in range(max_pages):
         page = upstream.list_orders(limit=100, query_more=cursor)
-        items = page.get("orders") or page.get("items") or page.get("data") or []
-        for item in items if isinstance(items, list) else []:
-            ext = item.get("external_id") if isinstance(item, dict) else None
-            if ext in external_ids:
+        for item in page.items:
+            ext = item.external_id
+            if ext is not None and ext in external_ids:
                 found[ext] = item
-        cursor = page.get("queryMore")
+        cursor = page.queryMore
         if not cursor or found.keys() >= external_ids:
             break
     return found
@@ -86,7 +86,7 @@ def reconcile_decisions(
     return decisions
 
 
-def _found(order: Order, item: dict[str, Any], now: datetime, timing: Timing) -> Decision:
+def _found(order: Order, item: OrderSummary, now: datetime, timing: Timing) -> Decision:
     fields = upstream_fields(item)
     outcome = upstream_status_outcome(fields.get("upstream_status"))
     msg = f"found upstream as {fields.get('upstream_id')}"

@@ -188,19 +188,22 @@ class Pipeline:
         self._apply(decisions, run)
 
     def _call_all(
-        self, call: Callable[[Order], dict[str, Any]], orders: list[Order], *, ambiguous: bool
-    ) -> list[tuple[Order, dict[str, Any], UpstreamError | None]]:
-        """Run ``call`` for every order concurrently; never raises for one order's failure."""
+        self, call: Callable[[Order], T], orders: list[Order], *, ambiguous: bool
+    ) -> list[tuple[Order, Any, UpstreamError | None]]:
+        """Run ``call`` for every order concurrently; never raises for one order's failure.
 
-        def one(order: Order) -> tuple[Order, dict[str, Any], UpstreamError | None]:
+        Each result is ``(order, answer, None)`` or ``(order, None, error)``.
+        """
+
+        def one(order: Order) -> tuple[Order, T | None, UpstreamError | None]:
             try:
                 return order, call(order), None
             except UpstreamError as exc:
-                return order, {}, exc
+                return order, None, exc
             except Exception as exc:  # a bug or a broken answer: never a blind re-submit
                 log.exception("upstream_call_crashed", order_id=order.id)
                 cls = AmbiguousError if ambiguous else RetryableError
-                return order, {}, cls("internal_error", f"{type(exc).__name__}: {exc}")
+                return order, None, cls("internal_error", f"{type(exc).__name__}: {exc}")
 
         if not orders:
             return []

@@ -18,7 +18,7 @@ from worker.ids import sha256_hex
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
 from worker.settings import Settings, get_settings
-from worker.upstream.client import UpstreamClient, fetch_token
+from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
 from worker.upstream.token import TokenCache
 from worker.webhooks.outbox import record_deliveries
 
@@ -61,7 +61,13 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
         with token_http.new_http_client() as http:
             return fetch_token(settings, http)
 
-    tokens = TokenCache(client, token_key(settings), fetch, settings.token_refresh_margin_s)
+    tokens = TokenCache(
+        client,
+        token_key(settings),
+        fetch,
+        margin_s=settings.token_refresh_margin_s,
+        lock_timeout_s=token_lock_timeout_s(settings),
+    )
     upstream = UpstreamClient(settings, tokens, ssl_context)
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
