@@ -83,7 +83,7 @@ class Cluster:
     def submit(self, caller_id: str, payloads: list[dict[str, Any]]) -> list[str]:
         grace_s = float(self.env["ORDERS_ENQUEUE_GRACE_S"])
         ids = add_orders(self.db_url, caller_id, payloads, grace_s)
-        enqueue_orders(self.celery, ids, 50)
+        enqueue_orders(self.celery, ids, chunk_size=50)
         return ids
 
     def counts(self) -> dict[str, int]:

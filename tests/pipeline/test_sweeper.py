@@ -26,7 +26,7 @@ def test_expired_preview_lease_goes_back_to_received(clean_db, caller_id):
     past = utcnow() - timedelta(seconds=1)
     _force(clean_db, [oid], status="previewing", lease_owner="lease_dead", due_at=past)
     with transaction(clean_db) as session:
-        assert sweeper.recover_expired_leases(session, utcnow(), 100) == 1
+        assert sweeper.recover_expired_leases(session, now=utcnow(), limit=100) == 1
     with transaction(clean_db) as session:
         [order] = load(session, [oid])
         last = history(session, oid)[-1]
@@ -44,7 +44,7 @@ def test_expired_submit_lease_is_ambiguous_not_resubmitted(clean_db, caller_id):
     past = utcnow() - timedelta(seconds=1)
     _force(clean_db, [oid], status="submitting", lease_owner="lease_dead", due_at=past)
     with transaction(clean_db) as session:
-        sweeper.recover_expired_leases(session, utcnow(), 100)
+        sweeper.recover_expired_leases(session, now=utcnow(), limit=100)
     with transaction(clean_db) as session:
         [order] = load(session, [oid])
     assert (order.status, order.reason) == ("submit_unknown", "worker_lost_during_submit")
@@ -56,7 +56,7 @@ def test_live_lease_is_left_alone(clean_db, caller_id):
     future = utcnow() + timedelta(seconds=60)
     _force(clean_db, [oid], status="submitting", lease_owner="lease_live", due_at=future)
     with transaction(clean_db) as session:
-        assert sweeper.recover_expired_leases(session, utcnow(), 100) == 0
+        assert sweeper.recover_expired_leases(session, now=utcnow(), limit=100) == 0
 
 
 def test_due_orders_taken_once_by_concurrent_sweeps(clean_db, caller_id):
@@ -66,7 +66,7 @@ def test_due_orders_taken_once_by_concurrent_sweeps(clean_db, caller_id):
 
     def sweep_once() -> None:
         with transaction(clean_db) as session:
-            results.append(sweeper.take_due_orders(session, utcnow(), 30, 1000))
+            results.append(sweeper.take_due_orders(session, now=utcnow(), grace_s=30, limit=1000))
 
     threads = [threading.Thread(target=sweep_once) for _ in range(2)]
     for thread in threads:
@@ -76,7 +76,7 @@ def test_due_orders_taken_once_by_concurrent_sweeps(clean_db, caller_id):
     taken = results[0] + results[1]
     assert sorted(taken) == sorted(ids)
     with transaction(clean_db) as session:
-        assert sweeper.take_due_orders(session, utcnow(), 30, 1000) == []
+        assert sweeper.take_due_orders(session, now=utcnow(), grace_s=30, limit=1000) == []
 
 
 def test_not_yet_due_and_terminal_orders_are_not_taken(clean_db, caller_id):
@@ -85,5 +85,5 @@ def test_not_yet_due_and_terminal_orders_are_not_taken(clean_db, caller_id):
     done = add_orders(clean_db, caller_id, [new_payload(2)], grace_s=0)
     _force(clean_db, done, status="complete", due_at=None)
     with transaction(clean_db) as session:
-        assert sweeper.take_due_orders(session, utcnow(), 30, 100) == []
+        assert sweeper.take_due_orders(session, now=utcnow(), grace_s=30, limit=100) == []
     assert fresh

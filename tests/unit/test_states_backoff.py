@@ -64,14 +64,16 @@ def test_full_jitter_stays_under_the_exponential_ceiling():
     rand = random.Random(1)
     for attempt in range(1, 12):
         ceiling = min(30.0, 1.0 * 2 ** (attempt - 1))
-        delays = [backoff_delay_s(attempt, 1.0, 30.0, rand=rand) for _ in range(200)]
+        delays = [backoff_delay_s(attempt, base_s=1.0, cap_s=30.0, rand=rand) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8
 
 
 def test_retry_after_is_a_floor():
     """A Retry-After larger than the jittered delay wins."""
-    assert backoff_delay_s(1, 0.1, 1.0, retry_after_s=7.0, rand=random.Random(0)) == 7.0
+    assert (
+        backoff_delay_s(1, base_s=0.1, cap_s=1.0, retry_after_s=7.0, rand=random.Random(0)) == 7.0
+    )
 
 
 def test_budget_in_attempts_and_age():

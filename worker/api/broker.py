@@ -81,7 +81,7 @@ class Broker:
         try:
             app = self.producer()
             if order_ids:
-                enqueue_orders(app, order_ids, self.settings.chunk_size)
+                enqueue_orders(app, order_ids, chunk_size=self.settings.chunk_size)
             if delivery_ids:
                 enqueue_deliveries(app, delivery_ids)
         except Exception as exc:  # any broker error: the sweeper will enqueue them when due

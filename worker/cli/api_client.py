@@ -28,7 +28,12 @@ class ApiClient:
     """Calls ``/v1`` with a caller's key."""
 
     def __init__(
-        self, base_url: str, key: str, timeout_s: float = 60.0, http: httpx.Client | None = None
+        self,
+        base_url: str,
+        key: str,
+        *,
+        timeout_s: float = 60.0,
+        http: httpx.Client | None = None,
     ) -> None:
         self._http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
         self._http.headers["Authorization"] = f"Bearer {key}"

@@ -195,7 +195,9 @@ def submit(
 
     client = client_from(api_url, key)
     try:
-        counts = submit_file(client, file, batch_size, follow, timeout_s)
+        counts = submit_file(
+            client, file, batch_size=batch_size, follow=follow, timeout_s=timeout_s
+        )
     except (ApiCallError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -189,7 +189,9 @@ def run_demo(count: int, timeout_s: float) -> int:
             f"batch {answer['batch_id']}: {len(accepted)} accepted in "
             f"{time.monotonic() - started:.2f} s; following them..."
         )
-        counts = follow_batches(client, [answer["batch_id"]], len(accepted), timeout_s)
+        counts = follow_batches(
+            client, [answer["batch_id"]], total=len(accepted), timeout_s=timeout_s
+        )
         elapsed = time.monotonic() - started
         console.print(status_table(counts))
         console.print(

@@ -28,7 +28,7 @@ def client_from(api_url: str | None, key: str | None) -> ApiClient:
 
 
 def submit_file(
-    client: ApiClient, path: Path, batch_size: int, follow: bool, timeout_s: float
+    client: ApiClient, path: Path, *, batch_size: int, follow: bool, timeout_s: float
 ) -> Counter[str]:
     """Send the file's orders in batches, then follow them until settled; return status counts.
 
@@ -67,11 +67,11 @@ def submit_file(
     console.print(f"{accepted} accepted, {len(errors)} rejected, batches: {', '.join(batch_ids)}")
     if not follow or not accepted:
         return Counter({"rejected_at_intake": len(errors)})
-    return follow_batches(client, batch_ids, accepted, timeout_s)
+    return follow_batches(client, batch_ids, total=accepted, timeout_s=timeout_s)
 
 
 def follow_batches(
-    client: ApiClient, batch_ids: list[str], total: int, timeout_s: float
+    client: ApiClient, batch_ids: list[str], *, total: int, timeout_s: float
 ) -> Counter[str]:
     """Poll the batches until every order is settled (or the timeout); show progress."""
     deadline = time.monotonic() + timeout_s

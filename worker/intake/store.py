@@ -154,7 +154,7 @@ def cancel(session: Session, order: Order, now: datetime, actor: str) -> list[Ev
         {"due_at": None, "next_attempt_at": None},
         reason="cancelled_by_caller",
     )
-    return repo.apply_moves(session, [move], now, owner=None, actor=actor)
+    return repo.apply_moves(session, [move], now=now, owner=None, actor=actor)
 
 
 def schedule_retry(
@@ -192,7 +192,7 @@ def schedule_retry(
         reason=reason,
         message=f"scheduled for {at.isoformat()}",
     )
-    return repo.apply_moves(session, [move], now, owner=None, actor=actor)
+    return repo.apply_moves(session, [move], now=now, owner=None, actor=actor)
 
 
 def find_for_caller(session: Session, caller_id: str, order_id: str) -> Order | None:

@@ -15,8 +15,7 @@ from typing import Any
 from schemas.upstream_responses import OrderSummary
 from worker.errors import PermanentError, UpstreamError
 from worker.models import Order
-from worker.pipeline.backoff import decide_retry
-from worker.pipeline.outcomes import Decision, Timing, upstream_fields
+from worker.pipeline.outcomes import Decision, Timing, retry_verdict, upstream_fields
 from worker.pipeline.payload import sent_external_id
 from worker.repository import Move
 from worker.settings import Settings
@@ -28,7 +27,7 @@ _RELEASE = {"lease_owner": None}
 
 
 def find_upstream(
-    upstream: UpstreamClient, external_ids: set[str], max_pages: int
+    upstream: UpstreamClient, external_ids: set[str], *, max_pages: int
 ) -> dict[str, OrderSummary]:
     """Scan up to ``max_pages`` of the upstream order list for ``external_ids``."""
     found: dict[str, OrderSummary] = {}
@@ -48,6 +47,7 @@ def find_upstream(
 def reconcile_decisions(
     orders: list[Order],
     upstream: UpstreamClient,
+    *,
     settings: Settings,
     now: datetime,
     timing: Timing,
@@ -55,17 +55,17 @@ def reconcile_decisions(
     """Decide the fate of leased ``submit_unknown`` orders."""
     wanted = {sent_external_id(o): o for o in orders}
     try:
-        found = find_upstream(upstream, set(wanted), settings.reconcile_max_pages)
+        found = find_upstream(upstream, set(wanted), max_pages=settings.reconcile_max_pages)
     except PermanentError:
         # The upstream offers no list to search (404/405...): nothing can be found there.
         found = {}
     except UpstreamError as exc:
-        return [_lookup_failed(order, exc, now, timing) for order in orders]
+        return [_lookup_failed(order, exc, now=now, timing=timing) for order in orders]
     decisions = []
     for ext, order in wanted.items():
         item = found.get(ext)
         if item is not None:
-            decisions.append(_found(order, item, now, timing))
+            decisions.append(_found(order, item, now=now, timing=timing))
         elif settings.submit_unknown_policy == "resubmit":
             values = {**_RELEASE, "due_at": now, "next_attempt_at": None}
             decisions.append(
@@ -86,7 +86,7 @@ def reconcile_decisions(
     return decisions
 
 
-def _found(order: Order, item: OrderSummary, now: datetime, timing: Timing) -> Decision:
+def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -> Decision:
     fields = upstream_fields(item)
     outcome = upstream_status_outcome(fields.get("upstream_status"))
     msg = f"found upstream as {fields.get('upstream_id')}"
@@ -123,10 +123,8 @@ def _hold(order: Order, why: str) -> Decision:
     )
 
 
-def _lookup_failed(order: Order, exc: UpstreamError, now: datetime, timing: Timing) -> Decision:
-    failures = order.failures + 1
-    age_s = (now - order.budget_from).total_seconds()
-    verdict = decide_retry(timing.policy, failures, age_s, exc.retry_after_s)
+def _lookup_failed(order: Order, exc: UpstreamError, *, now: datetime, timing: Timing) -> Decision:
+    failures, verdict = retry_verdict(order, exc, now=now, timing=timing)
     if verdict.give_up:
         return _hold(order, f"upstream lookup kept failing: {exc.reason}")
     at = now + timedelta(seconds=verdict.delay_s)

@@ -100,6 +100,7 @@ class Pipeline:
         settings: Settings,
         upstream: UpstreamClient,
         executor: Executor,
+        *,
         events: EventSink | None = None,
         rand: random.Random | None = None,
     ) -> None:
@@ -126,15 +127,21 @@ class Pipeline:
                 events += repo.claim(
                     session,
                     by_status.get(frm, []),
-                    frm,
-                    to,
-                    run.owner,
-                    now,
-                    run.lease_until,
-                    self.actor,
+                    frm=frm,
+                    to=to,
+                    now=now,
+                    owner=run.owner,
+                    lease_until=run.lease_until,
+                    actor=self.actor,
                 )
             follow, unknown = (
-                repo.lease(session, by_status.get(st, []), st, run.owner, run.lease_until)
+                repo.lease(
+                    session,
+                    by_status.get(st, []),
+                    status=st,
+                    owner=run.owner,
+                    lease_until=run.lease_until,
+                )
                 for st in (S.SUBMITTED, S.SUBMIT_UNKNOWN)
             )
             self._record(session, events, run.result)
@@ -147,7 +154,11 @@ class Pipeline:
         self._follow([orders[i] for i in follow], run)
         if unknown:
             decisions = reconcile_decisions(
-                [orders[i] for i in unknown], self.upstream, self.settings, utcnow(), self.timing
+                [orders[i] for i in unknown],
+                self.upstream,
+                settings=self.settings,
+                now=utcnow(),
+                timing=self.timing,
             )
             self._apply(decisions, run)
         return run.result
@@ -158,9 +169,17 @@ class Pipeline:
         )
         now = utcnow()
         decisions = [
-            on_preview_ok(order, answer, run.lease_until)
+            on_preview_ok(order, answer, lease_until=run.lease_until)
             if error is None
-            else on_failure(order, S.PREVIEWING, S.RECEIVED, error, now, self.timing, self._rand)
+            else on_failure(
+                order,
+                error,
+                frm=S.PREVIEWING,
+                retry_to=S.RECEIVED,
+                now=now,
+                timing=self.timing,
+                rand=self._rand,
+            )
             for order, answer, error in outcomes
         ]
         moved = self._apply(decisions, run)
@@ -172,9 +191,17 @@ class Pipeline:
         )
         now = utcnow()
         decisions = [
-            on_submit_ok(order, answer, now, self.timing, S.SUBMITTING)
+            on_submit_ok(order, answer, frm=S.SUBMITTING, now=now, timing=self.timing)
             if error is None
-            else on_failure(order, S.SUBMITTING, S.PREVIEWED, error, now, self.timing, self._rand)
+            else on_failure(
+                order,
+                error,
+                frm=S.SUBMITTING,
+                retry_to=S.PREVIEWED,
+                now=now,
+                timing=self.timing,
+                rand=self._rand,
+            )
             for order, answer, error in outcomes
         ]
         self._apply(decisions, run)
@@ -184,7 +211,10 @@ class Pipeline:
             lambda o: self.upstream.get_order(o.upstream_id or ""), orders, ambiguous=False
         )
         now = utcnow()
-        decisions = [on_follow(o, answer, error, now, self.timing) for o, answer, error in outcomes]
+        decisions = [
+            on_follow(o, error or answer, now=now, timing=self.timing)
+            for o, answer, error in outcomes
+        ]
         self._apply(decisions, run)
 
     def _call_all(
@@ -224,11 +254,18 @@ class Pipeline:
                 if move.frm == move.to == S.SUBMITTED:
                     # A reschedule of the follow-up: same status, no history row.
                     values = _no_lease(move.values)
-                    if repo.release(session, move.order_id, run.owner, now, **values):
+                    if repo.release(session, move.order_id, now=now, owner=run.owner, **values):
                         won.add(move.order_id)
                 else:
                     moves.append(move)
-            events = repo.apply_moves_bulk(session, moves, now, run.owner, run.attempts, self.actor)
+            events = repo.apply_moves_bulk(
+                session,
+                moves,
+                now=now,
+                owner=run.owner,
+                attempts=run.attempts,
+                actor=self.actor,
+            )
             won.update(e["order_id"] for e in events)
             self._record(session, events, run.result)
         for decision in decisions:

@@ -28,7 +28,7 @@ RECOVERY: dict[Status, tuple[Status, str]] = {
 }
 
 
-def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
+def recover_expired_leases(session: Session, *, now: datetime, limit: int) -> int:
     """Move in-flight orders whose lease expired to a safe resting state, with history."""
     rows = session.execute(
         select(Order.id, Order.status, Order.lease_owner)
@@ -42,7 +42,7 @@ def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
         move = Move(
             order_id, S(status), to, values, reason=reason, message=f"lease of {owner} expired"
         )
-        recovered += bool(repo.apply_moves(session, [move], now, owner=owner, actor="sweeper"))
+        recovered += bool(repo.apply_moves(session, [move], now=now, owner=owner, actor="sweeper"))
     # Leases without a status change (follow-up, reconcile lookups) are simply released.
     session.execute(
         update(Order)
@@ -57,7 +57,7 @@ def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
     return recovered
 
 
-def take_due_orders(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
+def take_due_orders(session: Session, *, now: datetime, grace_s: float, limit: int) -> list[str]:
     """Claim due, unleased resting orders for enqueueing: push their ``due_at`` by the grace."""
     due = (
         select(Order.id)
@@ -80,7 +80,9 @@ def take_due_orders(session: Session, now: datetime, grace_s: float, limit: int)
     return list(session.execute(stmt).scalars())
 
 
-def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
+def take_due_deliveries(
+    session: Session, *, now: datetime, grace_s: float, limit: int
+) -> list[str]:
     """Claim due pending webhook deliveries the same way."""
     due = (
         select(WebhookDelivery.id)
@@ -98,7 +100,7 @@ def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: 
     return list(session.execute(stmt).scalars())
 
 
-def purge_idempotency_keys(session: Session, now: datetime) -> int:
+def purge_idempotency_keys(session: Session, *, now: datetime) -> int:
     """Forget idempotency keys past their retention."""
     stmt = delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]

@@ -16,7 +16,7 @@ def chunks(ids: Sequence[str], size: int) -> Iterable[list[str]]:
 
 
 def enqueue_orders(
-    app: Celery, ids: Sequence[str], chunk_size: int, countdown_s: float | None = None
+    app: Celery, ids: Sequence[str], *, chunk_size: int, countdown_s: float | None = None
 ) -> int:
     """Send ``orders.process`` for ``ids`` in chunks; returns the number of messages.
 
@@ -37,7 +37,7 @@ def enqueue_orders(
     return sent
 
 
-def enqueue_deliveries(app: Celery, delivery_ids: Sequence[str], chunk_size: int = 50) -> int:
+def enqueue_deliveries(app: Celery, delivery_ids: Sequence[str], *, chunk_size: int = 50) -> int:
     """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks."""
     sent = 0
     for chunk in chunks(delivery_ids, chunk_size):

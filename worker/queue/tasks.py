@@ -45,7 +45,7 @@ def process_orders(self: Task, order_ids: list[str]) -> int:
         # The database is unreachable: nothing moved; try the message again shortly.
         raise self.retry(exc=exc, countdown=5) from exc
     for delay, ids in _requeue(result.requeue).items():
-        enqueue_orders(rt.celery, ids, rt.settings.chunk_size, countdown_s=delay or None)
+        enqueue_orders(rt.celery, ids, chunk_size=rt.settings.chunk_size, countdown_s=delay or None)
     if result.deliveries:
         enqueue_deliveries(rt.celery, result.deliveries)
     return result.moved
@@ -58,14 +58,14 @@ def sweep() -> dict[str, int]:
     now = utcnow()
     grace = rt.settings.enqueue_grace_s
     with transaction(rt.settings.database_url) as session:
-        recovered = sweeper.recover_expired_leases(session, now, SWEEP_LIMIT)
+        recovered = sweeper.recover_expired_leases(session, now=now, limit=SWEEP_LIMIT)
     with transaction(rt.settings.database_url) as session:
-        orders = sweeper.take_due_orders(session, now, grace, SWEEP_LIMIT)
-        deliveries = sweeper.take_due_deliveries(session, now, grace, SWEEP_LIMIT)
-        purged = sweeper.purge_idempotency_keys(session, now)
+        orders = sweeper.take_due_orders(session, now=now, grace_s=grace, limit=SWEEP_LIMIT)
+        deliveries = sweeper.take_due_deliveries(session, now=now, grace_s=grace, limit=SWEEP_LIMIT)
+        purged = sweeper.purge_idempotency_keys(session, now=now)
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     if orders:
-        enqueue_orders(rt.celery, orders, rt.settings.chunk_size)
+        enqueue_orders(rt.celery, orders, chunk_size=rt.settings.chunk_size)
     if deliveries:
         enqueue_deliveries(rt.celery, deliveries)
     if recovered or orders or deliveries:
