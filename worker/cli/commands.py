@@ -66,6 +66,7 @@ def worker(
     concurrency: int = typer.Option(
         4, help="Worker processes (prefork; two per core measured best) or threads."
     ),
+    # prefork: the work is CPU-bound in aggregate; one GIL per process uses every core.
     pool: Pool = typer.Option(Pool.prefork, help="Celery pool (gevent/eventlet not supported)."),
     queues: str = typer.Option("orders,webhooks", help="Queues to consume."),
     nice: int = typer.Option(

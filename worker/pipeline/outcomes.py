@@ -48,6 +48,8 @@ class Decision:
 def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, Any], float | None]:
     """Columns for "try again in ``delay_s``" and the countdown to enqueue with, if short."""
     at = now + timedelta(seconds=delay_s)
+    # Invariant 4: only short waits ride the broker as countdowns (due_at then only catches a
+    # lost message); longer ones are due_at alone, and the sweeper enqueues them when due.
     if delay_s <= timing.countdown_max_s:
         due = at + timedelta(seconds=timing.enqueue_grace_s)
         return {"next_attempt_at": at, "due_at": due, "lease_owner": None}, delay_s

@@ -24,6 +24,8 @@ from worker.upstream.client import UpstreamClient
 
 S = Status
 _RELEASE = {"lease_owner": None}
+# ORDERS_RECONCILE_MAX_PAGES counts pages of this size (the upstream's example uses 10).
+PAGE_SIZE = 100
 
 
 def find_upstream(
@@ -33,7 +35,7 @@ def find_upstream(
     found: dict[str, OrderSummary] = {}
     cursor: str | None = None
     for _ in range(max_pages):
-        page = upstream.list_orders(limit=100, query_more=cursor)
+        page = upstream.list_orders(limit=PAGE_SIZE, query_more=cursor)
         for item in page.items:
             ext = item.external_id
             if ext is not None and ext in external_ids:
@@ -82,6 +84,8 @@ def reconcile_decisions(
                 )
             )
         else:
+            # Not found may still mean "created but not listed yet": an operator decides, since
+            # a duplicate order costs a customer more than a delay does.
             decisions.append(_hold(order, "not found upstream after an ambiguous submit"))
     return decisions
 

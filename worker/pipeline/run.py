@@ -237,7 +237,7 @@ class Pipeline:
 
         if not orders:
             return []
-        if len(orders) == 1:
+        if len(orders) == 1:  # no thread hop for a single order (follow-ups, retries)
             return [one(orders[0])]
         return list(self.executor.map(one, orders))
 

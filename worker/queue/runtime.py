@@ -69,6 +69,7 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
         lock_timeout_s=token_lock_timeout_s(settings),
     )
     upstream = UpstreamClient(settings, tokens, ssl_context)
+    # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
     return Runtime(

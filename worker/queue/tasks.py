@@ -25,10 +25,12 @@ from worker.queue.runtime import get_runtime, reset_runtime
 from worker.webhooks.delivery import deliver as deliver_webhooks
 
 log = structlog.get_logger(__name__)
+# Bounds one sweep's transactions; whatever is left is taken by the next sweep seconds later.
 SWEEP_LIMIT = 5000
 
 
 def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
+    # Delays rounded to 0.1 s: one message per chunk of a delay group, not one per order.
     by_delay: dict[float, list[str]] = defaultdict(list)
     for item_id, delay in pairs:
         by_delay[round(delay, 1)].append(item_id)

@@ -131,6 +131,7 @@ class UpstreamClient:
             timeout=self._timeout,
             auth=auth,
             transport=self._transport,
+            # One per thread and a thread makes one call at a time: a few connections suffice.
             limits=httpx.Limits(
                 max_connections=4, max_keepalive_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S
             ),
