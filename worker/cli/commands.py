@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,6 +26,9 @@ class Pool(StrEnum):
 app = typer.Typer(help="The partner order worker.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Caller API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+# The client commands' common options (calling our own API).
+API_URL = typer.Option(None, "--api-url", help="Intake API (default ORDERS_API_URL).")
+API_KEY = typer.Option(None, "--key", help="Caller API key (default ORDERS_API_KEY).")
 
 
 def _settings() -> Settings:
@@ -32,6 +37,18 @@ def _settings() -> Settings:
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _exit_on_error(*also: type[Exception]) -> Iterator[None]:
+    """An error answer from the API (or one of ``also``): one line on stderr, exit code 1."""
+    from worker.cli.api_client import ApiCallError
+
+    try:
+        yield
+    except (ApiCallError, *also) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _export_redis_url() -> str:
@@ -184,24 +201,20 @@ def main() -> None:  # pragma: no cover - console entry point
 @app.command()
 def submit(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines or CSV."),
-    api_url: str | None = typer.Option(None, help="Intake API (default ORDERS_API_URL)."),
-    key: str | None = typer.Option(None, help="Caller API key (default ORDERS_API_KEY)."),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
     batch_size: int = typer.Option(1000, min=1, max=10000),
     follow: bool = typer.Option(True, help="Follow the orders until they settle."),
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli.api_client import ApiCallError
     from worker.cli.output import client_from, console, status_table, submit_file
 
     client = client_from(api_url, key)
-    try:
+    with _exit_on_error(ValueError):
         counts = submit_file(
             client, file, batch_size=batch_size, follow=follow, timeout_s=timeout_s
         )
-    except (ApiCallError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     console.print(status_table(counts))
 
 
@@ -210,25 +223,21 @@ def status(
     order_id: str | None = typer.Argument(None, help="One order: its view and history."),
     batch: str | None = typer.Option(None, help="Counts for one batch."),
     status_filter: str | None = typer.Option(None, "--status", help="Only this status."),
-    api_url: str | None = typer.Option(None),
-    key: str | None = typer.Option(None),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
 ) -> None:
     """Show one order with its history, or counts by status (optionally for one batch)."""
     from collections import Counter
 
-    from worker.cli.api_client import ApiCallError
     from worker.cli.output import client_from, console, show_order, status_table
 
     client = client_from(api_url, key)
-    try:
+    with _exit_on_error():
         if order_id:
             show_order(client, order_id)
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
-    except ApiCallError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -238,22 +247,18 @@ def retry(
     reason: str | None = typer.Option(None, help="Only this reason, e.g. upstream_502."),
     batch: str | None = typer.Option(None, help="Only this batch."),
     at: str | None = typer.Option(None, help="When (ISO 8601); default now."),
-    api_url: str | None = typer.Option(None),
-    key: str | None = typer.Option(None),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
 ) -> None:
     """Schedule a retry of one order, or of all orders matching the filter."""
-    from worker.cli.api_client import ApiCallError
     from worker.cli.output import client_from
 
     client = client_from(api_url, key)
-    try:
+    with _exit_on_error():
         if order_id:
             scheduled = client.retry(order_id, at=at)
         else:
             scheduled = client.retry(status=status_filter, reason=reason, batch_id=batch, at=at)
-    except ApiCallError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"scheduled: {scheduled}")
 
 

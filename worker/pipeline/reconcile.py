@@ -113,18 +113,17 @@ def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -
     )
 
 
+def _stay_unknown(order: Order, values: dict[str, Any], *, reason: str, message: str) -> Decision:
+    """Same state, a recorded decision (a history row) so an operator can follow the lookups."""
+    move = Move(
+        order.id, S.SUBMIT_UNKNOWN, S.SUBMIT_UNKNOWN, values, reason=reason, message=message
+    )
+    return Decision(move)
+
+
 def _hold(order: Order, why: str) -> Decision:
     values = {**_RELEASE, "due_at": None, "next_attempt_at": None}
-    return Decision(
-        Move(
-            order.id,
-            S.SUBMIT_UNKNOWN,
-            S.SUBMIT_UNKNOWN,
-            values,
-            reason="held_for_operator",
-            message=why,
-        )
-    )
+    return _stay_unknown(order, values, reason="held_for_operator", message=why)
 
 
 def _lookup_failed(order: Order, exc: UpstreamError, *, now: datetime, timing: Timing) -> Decision:
@@ -133,14 +132,4 @@ def _lookup_failed(order: Order, exc: UpstreamError, *, now: datetime, timing: T
         return _hold(order, f"upstream lookup kept failing: {exc.reason}")
     at = now + timedelta(seconds=verdict.delay_s)
     values = {**_RELEASE, "failures": failures, "due_at": at, "next_attempt_at": at}
-    # Same state, rescheduled: recorded as a decision so an operator can see the lookups.
-    return Decision(
-        Move(
-            order.id,
-            S.SUBMIT_UNKNOWN,
-            S.SUBMIT_UNKNOWN,
-            values,
-            reason=f"lookup_{exc.reason}",
-            message=exc.message,
-        )
-    )
+    return _stay_unknown(order, values, reason=f"lookup_{exc.reason}", message=exc.message)

@@ -167,21 +167,12 @@ class Pipeline:
         outcomes = self._call_all(
             lambda o: self.upstream.preview(upstream_payload(o)), orders, ambiguous=False
         )
-        now = utcnow()
-        decisions = [
-            on_preview_ok(order, answer, lease_until=run.lease_until)
-            if error is None
-            else on_failure(
-                order,
-                error,
-                frm=S.PREVIEWING,
-                retry_to=S.RECEIVED,
-                now=now,
-                timing=self.timing,
-                rand=self._rand,
-            )
-            for order, answer, error in outcomes
-        ]
+        decisions = self._decide(
+            outcomes,
+            lambda order, answer, _: on_preview_ok(order, answer, lease_until=run.lease_until),
+            frm=S.PREVIEWING,
+            retry_to=S.RECEIVED,
+        )
         moved = self._apply(decisions, run)
         return [o for o, _, error in outcomes if error is None and o.id in moved]
 
@@ -189,21 +180,14 @@ class Pipeline:
         outcomes = self._call_all(
             lambda o: self.upstream.submit(upstream_payload(o)), orders, ambiguous=True
         )
-        now = utcnow()
-        decisions = [
-            on_submit_ok(order, answer, frm=S.SUBMITTING, now=now, timing=self.timing)
-            if error is None
-            else on_failure(
-                order,
-                error,
-                frm=S.SUBMITTING,
-                retry_to=S.PREVIEWED,
-                now=now,
-                timing=self.timing,
-                rand=self._rand,
-            )
-            for order, answer, error in outcomes
-        ]
+        decisions = self._decide(
+            outcomes,
+            lambda order, answer, now: on_submit_ok(
+                order, answer, frm=S.SUBMITTING, now=now, timing=self.timing
+            ),
+            frm=S.SUBMITTING,
+            retry_to=S.PREVIEWED,
+        )
         self._apply(decisions, run)
 
     def _follow(self, orders: list[Order], run: _Run) -> None:
@@ -216,6 +200,31 @@ class Pipeline:
             for o, answer, error in outcomes
         ]
         self._apply(decisions, run)
+
+    def _decide(
+        self,
+        outcomes: list[tuple[Order, Any, UpstreamError | None]],
+        on_ok: Callable[[Order, Any, datetime], Decision],
+        *,
+        frm: Status,
+        retry_to: Status,
+    ) -> list[Decision]:
+        """``on_ok`` for each answer, ``on_failure`` (retry waiting in ``retry_to``) for errors."""
+        now = utcnow()
+        return [
+            on_ok(order, answer, now)
+            if error is None
+            else on_failure(
+                order,
+                error,
+                frm=frm,
+                retry_to=retry_to,
+                now=now,
+                timing=self.timing,
+                rand=self._rand,
+            )
+            for order, answer, error in outcomes
+        ]
 
     def _call_all(
         self, call: Callable[[Order], T], orders: list[Order], *, ambiguous: bool
