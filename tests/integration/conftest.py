@@ -35,10 +35,11 @@ class Proc:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        out = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.args, env=self.env, stdout=out, stderr=out, start_new_session=True, cwd=REPO
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, stdout=out, stderr=out, start_new_session=True, cwd=REPO
+            )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
