@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
@@ -37,18 +35,6 @@ def _settings() -> Settings:
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-
-
-@contextmanager
-def _exit_on_error(*also: type[Exception]) -> Iterator[None]:
-    """An error answer from the API (or one of ``also``): one line on stderr, exit code 1."""
-    from worker.cli.api_client import ApiCallError
-
-    try:
-        yield
-    except (ApiCallError, *also) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _export_redis_url() -> str:
@@ -208,10 +194,10 @@ def submit(
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli.output import client_from, console, status_table, submit_file
+    from worker.cli.output import client_from, console, exit_on_error, status_table, submit_file
 
     client = client_from(api_url, key)
-    with _exit_on_error(ValueError):
+    with exit_on_error(ValueError):
         counts = submit_file(
             client, file, batch_size=batch_size, follow=follow, timeout_s=timeout_s
         )
@@ -229,10 +215,10 @@ def status(
     """Show one order with its history, or counts by status (optionally for one batch)."""
     from collections import Counter
 
-    from worker.cli.output import client_from, console, show_order, status_table
+    from worker.cli.output import client_from, console, exit_on_error, show_order, status_table
 
     client = client_from(api_url, key)
-    with _exit_on_error():
+    with exit_on_error():
         if order_id:
             show_order(client, order_id)
             return
@@ -251,10 +237,10 @@ def retry(
     key: str | None = API_KEY,
 ) -> None:
     """Schedule a retry of one order, or of all orders matching the filter."""
-    from worker.cli.output import client_from
+    from worker.cli.output import client_from, exit_on_error
 
     client = client_from(api_url, key)
-    with _exit_on_error():
+    with exit_on_error():
         if order_id:
             scheduled = client.retry(order_id, at=at)
         else:

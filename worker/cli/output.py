@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,16 @@ def client_from(api_url: str | None, key: str | None) -> ApiClient:
     if not key:
         raise typer.BadParameter("give --key or set ORDERS_API_KEY (see `orders keys create`)")
     return ApiClient(api_url or settings.api_url, key)
+
+
+@contextmanager
+def exit_on_error(*also: type[Exception]) -> Iterator[None]:
+    """An error answer from the API (or one of ``also``): one line on stderr, exit code 1."""
+    try:
+        yield
+    except (ApiCallError, *also) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def submit_file(
@@ -125,4 +137,11 @@ def _progress() -> Progress:
     )
 
 
-__all__ = ["client_from", "follow_batches", "show_order", "status_table", "submit_file"]
+__all__ = [
+    "client_from",
+    "exit_on_error",
+    "follow_batches",
+    "show_order",
+    "status_table",
+    "submit_file",
+]
