@@ -65,7 +65,8 @@ from api_stub.testing import StubControl, stub_process  # noqa: E402
 from worker import migrate  # noqa: E402
 from worker.db import dispose_all, get_engine, session_factory, transaction  # noqa: E402
 from worker.ids import new_id, sha256_hex, utcnow  # noqa: E402
-from worker.intake.store import create_orders, new_order  # noqa: E402
+from worker.intake.checks import new_order  # noqa: E402
+from worker.intake.store import create_orders  # noqa: E402
 from worker.models import Base, Caller, Order  # noqa: E402
 from worker.queue.app import configure  # noqa: E402
 from worker.queue.enqueue import enqueue_orders  # noqa: E402
@@ -162,7 +163,14 @@ class Db:
                 for _ in range(min(5000, n - start))
             ]
             with transaction(self.url) as session:
-                orders = create_orders(session, self.caller_id, items, utcnow(), 3600, batch_id)
+                orders = create_orders(
+                    session,
+                    self.caller_id,
+                    items,
+                    now=utcnow(),
+                    enqueue_grace_s=3600,
+                    batch_id=batch_id,
+                )
             ids.extend(o.id for o in orders)
         return ids, time.perf_counter() - started
 
@@ -421,14 +429,14 @@ PHASES = (
     ),
     (
         "Pipeline._apply: status writes (apply_moves*, events)",
-        ("Pipeline._apply (worker/pipeline.py",),
+        ("Pipeline._apply (worker/pipeline/run.py",),
     ),
     ("  of which record_deliveries (webhook outbox query)", ("record_deliveries (",)),
     ("UpstreamClient._call: HTTP calls (httpx + JSON)", ("UpstreamClient._call (",)),
     ("  of which SharedTokenAuth / token", ("SharedTokenAuth.auth_flow (",)),
     ("ThreadPoolExecutor plumbing outside the calls", ("_worker (concurrent",)),
-    ("Pipeline.run total", ("Pipeline.run (worker/pipeline.py",)),
-    ("process_orders task (incl. requeue/enqueue)", ("process_orders (worker/tasks.py",)),
+    ("Pipeline.run total", ("Pipeline.run (worker/pipeline/run.py",)),
+    ("process_orders task (incl. requeue/enqueue)", ("process_orders (worker/queue/tasks.py",)),
     ("transaction(): session begin/commit/close", ("transaction (worker/db.py",)),
 )
 

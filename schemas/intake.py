@@ -138,7 +138,7 @@ class OrderPage(BaseModel):
 
 
 class EventPage(BaseModel):
-    """An order's whole history, oldest first (``next_cursor`` is always null)."""
+    """A page of an order's history, oldest first; ``next_cursor`` is null on the last page."""
 
     items: list[EventView]
     next_cursor: str | None = None

@@ -6,7 +6,8 @@ from typing import Any
 
 from worker.db import transaction
 from worker.ids import utcnow
-from worker.intake.store import create_orders, new_order
+from worker.intake.checks import new_order
+from worker.intake.store import create_orders
 
 
 def new_payload(n: int, **extra: Any) -> dict[str, Any]:
@@ -31,5 +32,5 @@ def add_orders(
     """Store payloads as received orders (due for the sweeper after ``grace_s``)."""
     items = [new_order(p) for p in payloads]
     with transaction(db_url) as session:
-        orders = create_orders(session, caller_id, items, utcnow(), grace_s)
+        orders = create_orders(session, caller_id, items, now=utcnow(), enqueue_grace_s=grace_s)
     return [o.id for o in orders]

@@ -6,11 +6,21 @@
     │   ├── PermanentError            never retry (400, 404, other 4xx)
     │   ├── AuthError                 credentials refused even with a fresh token
     │   └── AmbiguousError            the request may have been applied; do not resend blindly
+    ├── InvalidInput                  a request cannot be accepted; nothing was written
+    ├── IdempotencyError              an Idempotency-Key stops the request
+    │   ├── KeyInFlight               the first request with the key is still running (409)
+    │   └── KeyReused                 the key was used with a different request (422)
+    ├── OrderNotFound                 no such order for this caller (404)
+    └── WrongState                    the order's state does not allow the action (409)
 
-Each carries data (``status_code``, ``retry_after_s``, ``reason``), never a message to parse.
+Each carries data (``status_code``, ``retry_after_s``, ``reason``, ``fields``), never a
+message to parse. The HTTP API maps them to answers in ``worker.api.errors``.
 """
 
 from __future__ import annotations
+
+FieldErrors = list[dict[str, str]]
+"""``[{"field": "orderItems.0.offer.id", "message": "Field required"}]``."""
 
 
 class OrderError(Exception):
@@ -49,3 +59,40 @@ class AuthError(UpstreamError):
 
 class AmbiguousError(UpstreamError):
     """The request was sent but no answer came back: it may have been applied."""
+
+
+class InvalidInput(OrderError):
+    """The request cannot be accepted; nothing was written.
+
+    Attributes:
+        status_code: 400 (not JSON), 413 (too large) or 422 (invalid content).
+        fields: ``[{"field", "message"}]`` naming what is wrong.
+    """
+
+    def __init__(
+        self, message: str, fields: FieldErrors | None = None, *, status_code: int = 422
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+        self.status_code = status_code
+
+
+class IdempotencyError(OrderError):
+    """Base of the ``Idempotency-Key`` outcomes that stop a request."""
+
+
+class KeyInFlight(IdempotencyError):
+    """The first request with this key has not finished (409)."""
+
+
+class KeyReused(IdempotencyError):
+    """The key was first used with a different request (422)."""
+
+
+class OrderNotFound(OrderError):
+    """No such order for this caller (another caller's order is not found either)."""
+
+
+class WrongState(OrderError):
+    """The order is not in a state that allows the action (409)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -179,3 +181,43 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
+
+
+ORDERS: Table = Order.__table__  # type: ignore[assignment]
+ORDER_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
+"""The two tables as Core objects, for bulk statements (ORM objects cost too much there)."""
+
+
+@dataclass(slots=True)
+class StoredOrder:
+    """A just-created order as plain data (the ``orders`` columns; see ``views.order_view``)."""
+
+    id: str
+    caller_id: str
+    batch_id: str | None
+    external_id: str | None
+    request_hash: str
+    order_type: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    failures: int
+    budget_from: datetime
+    due_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+    message: str | None = None
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    preview: dict[str, Any] | None = None
+    upstream_id: str | None = None
+    upstream_reference: str | None = None
+    upstream_status: str | None = None
+    subscription_reference: str | None = None
+    upstream_owner: str | None = None
+    submitted_at: datetime | None = None
+
+
+OrderLike = Order | StoredOrder
+"""A stored order, loaded (ORM) or just created (plain data)."""

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
+from sqlalchemy import CursorResult, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from worker.models import ORDER_EVENTS as _EVENTS
+from worker.models import ORDERS as _ORDERS
 from worker.models import Order, OrderEvent
 from worker.states import Status, check_move
 
@@ -40,9 +42,6 @@ class Move:
 
 Event = dict[str, Any]
 """A history row about to be written (the ``order_events`` columns)."""
-
-_ORDERS: Table = Order.__table__  # type: ignore[assignment]
-_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 
 
 def _event_rows(move: Move, attempt: int, *, now: datetime, actor: str | None) -> list[Event]:

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(32_000_000, gt=0)
     max_batch_items: int = Field(10_000, gt=0)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
+    # Retention (0 = keep forever): finished orders with their history, and webhook deliveries
+    # that reached a final state, are deleted by the sweeper once older than these.
+    retention_orders_days: float = Field(90.0, ge=0)
+    retention_deliveries_days: float = Field(14.0, ge=0)
+    retention_batch: int = Field(500, ge=1, le=10_000)
 
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from worker.intake.store import OrderLike
-from worker.models import OrderEvent
+from worker.models import OrderEvent, OrderLike
 
 
 def iso(value: datetime | None) -> str | None:

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from tests.api.conftest import CallerKey, order, row_counts
 from worker.db import transaction
 from worker.ids import utcnow
+from worker.intake.checks import request_hash
 from worker.intake.idempotency import STALE_IN_FLIGHT_S
-from worker.intake.store import request_hash
 from worker.models import IdempotencyKey
 
 

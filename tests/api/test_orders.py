@@ -251,3 +251,69 @@ def test_missing_or_bad_key_is_401(
     assert response.json()["message"]
     assert response.headers["www-authenticate"] == "Bearer"
     assert row_counts(clean_db)["orders"] == 0
+
+
+def test_retry_of_submit_unknown_waits_until_it_is_held(
+    client: TestClient, alpha: CallerKey, clean_db: str
+) -> None:
+    """A submit_unknown order still being reconciled answers 409; once held it is retried."""
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    _set(clean_db, created["id"], status="submit_unknown", reason="upstream_timeout", due_at=soon)
+    response = client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers)
+    assert response.status_code == 409 and "reconciled" in response.json()["message"]
+    by_filter = client.post("/v1/retries", headers=alpha.headers, json={"status": "submit_unknown"})
+    assert by_filter.json() == {"scheduled": 0}
+    _set(clean_db, created["id"], due_at=None)
+    response = client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers)
+    assert response.json() == {"scheduled": 1}
+    view = client.get(f"/v1/orders/{created['id']}", headers=alpha.headers).json()
+    assert (view["status"], view["reason"]) == ("previewed", "operator_resubmit")
+
+
+def test_retries_by_filter_work_through_many_chunks(
+    client: TestClient, alpha: CallerKey, clean_db: str
+) -> None:
+    """A retry matching more orders than one chunk schedules every one of them, once."""
+    from worker.intake.actions import RETRY_CHUNK
+
+    n = RETRY_CHUNK * 2 + 7
+    batch = client.post(
+        "/v1/orders/batch",
+        json={"orders": [order(f"c{i}") for i in range(n)]},
+        headers=alpha.headers,
+    ).json()
+    with transaction(clean_db) as session:
+        session.execute(
+            update(Order)
+            .where(Order.batch_id == batch["batch_id"])
+            .values(status="failed", reason="upstream_502", due_at=None)
+        )
+    response = client.post("/v1/retries", headers=alpha.headers, json={"reason": "upstream_502"})
+    assert response.json() == {"scheduled": n}
+    again = client.post("/v1/retries", headers=alpha.headers, json={"reason": "upstream_502"})
+    assert again.json() == {"scheduled": 0}
+
+
+def test_events_are_paged_with_a_cursor(
+    client: TestClient, alpha: CallerKey, clean_db: str
+) -> None:
+    """A long history comes in pages, oldest first, each event exactly once."""
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    for _ in range(6):
+        _set(clean_db, created["id"], status="failed", due_at=None)
+        assert client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers).is_success
+    url = f"/v1/orders/{created['id']}/events"
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 4} | ({"cursor": cursor} if cursor else {})
+        page = client.get(url, headers=alpha.headers, params=params).json()
+        seen += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    whole = client.get(url, headers=alpha.headers).json()
+    assert pages == 2 and seen == whole["items"] and len(seen) == 7
+    bad = client.get(url, headers=alpha.headers, params={"cursor": "bm90LWFuLWlk"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "cursor"

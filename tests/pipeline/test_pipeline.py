@@ -77,19 +77,14 @@ def test_persistent_502_fails_with_reason_then_operator_retry_completes(
     runtime_factory, caller_id, stub, clean_db
 ):
     """A 502 that keeps coming back ends ``failed``/``upstream_502``; a retry then completes."""
-    from worker.ids import utcnow
-    from worker.intake.store import find_for_caller, schedule_retry
+    from worker.intake.actions import retry_order
 
     rt = runtime_factory(retry_max_attempts=3)
     stub.script("preview", [{"status": 502, "times": 3}])
     [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
     order = drive(rt, [oid])[oid]
     assert (order.status, order.reason, order.failures) == ("failed", "upstream_502", 3)
-    with transaction(clean_db) as session:
-        order = find_for_caller(session, caller_id, oid)
-        assert order is not None
-        now = utcnow()
-        assert schedule_retry(session, order, now, now, actor="operator")
+    assert retry_order(clean_db, caller_id, oid, at=None, grace_s=30, actor="operator") == 1
     order = drive(rt, [oid])[oid]
     assert order.status == "complete"
     assert ("failed", "received") in _path(clean_db, oid)

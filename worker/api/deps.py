@@ -21,7 +21,7 @@ from worker.api.broker import Broker
 from worker.api.errors import ApiError
 from worker.api.metrics import Metrics
 from worker.db import get_engine, session_factory
-from worker.intake.idempotency import MAX_KEY_CHARS, normalise_key
+from worker.intake.idempotency import MAX_IDEMPOTENCY_KEY_CHARS, normalise_key
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -82,7 +82,7 @@ async def idempotency_key(
             alias="Idempotency-Key",
             description="Optional; the same key with the same body returns the original result",
             # Documented only: checked below, to answer 400 naming the header.
-            json_schema_extra={"pattern": f"^[!-~]{{1,{MAX_KEY_CHARS}}}$"},
+            json_schema_extra={"pattern": f"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$"},
         ),
     ] = None,
 ) -> str | None:
@@ -91,7 +91,8 @@ async def idempotency_key(
         return None
     normalised = normalise_key(key)
     if normalised is None:
-        message = f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable characters"
+        n = MAX_IDEMPOTENCY_KEY_CHARS
+        message = f"Idempotency-Key must be 1 to {n} printable characters"
         raise ApiError(400, message, [{"field": "Idempotency-Key", "message": message}])
     return normalised
 

@@ -5,6 +5,8 @@ The handlers map what the code raises to a status code:
     ApiError                   its own status (401, 404, 409, 413, ...)
     InvalidInput               400 (not JSON), 413 (too large) or 422 (invalid content)
     KeyReused / KeyInFlight    422 / 409 (Idempotency-Key)
+    OrderNotFound              404
+    WrongState                 409
     RequestValidationError     422 (query, path or header parameters, small JSON bodies)
     HTTPException              its status (404 unknown route, 405 wrong method)
     anything else              500, logged
@@ -22,12 +24,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from schemas.upstream import ROOT_FIELD
-from worker.intake.checks import InvalidInput, describe
-from worker.intake.idempotency import KeyInFlight, KeyReused
+from worker.errors import (
+    FieldErrors,
+    InvalidInput,
+    KeyInFlight,
+    KeyReused,
+    OrderNotFound,
+    WrongState,
+)
+from worker.intake.checks import describe
 
 log = structlog.get_logger(__name__)
 
-FieldErrors = list[dict[str, str]]
 PARAM_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
@@ -102,6 +110,14 @@ async def _key_in_flight(_: Request, exc: Exception) -> Response:
     )
 
 
+async def _order_not_found(_: Request, exc: Exception) -> Response:
+    return error_response(404, f"order {exc} not found")
+
+
+async def _wrong_state(_: Request, exc: Exception) -> Response:
+    return error_response(409, str(exc))
+
+
 async def _validation(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     fields = [
@@ -132,6 +148,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(KeyReused, _key_reused)
     app.add_exception_handler(KeyInFlight, _key_in_flight)
+    app.add_exception_handler(OrderNotFound, _order_not_found)
+    app.add_exception_handler(WrongState, _wrong_state)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

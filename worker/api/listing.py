@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,8 +20,9 @@ from sqlalchemy.orm import Session, defer
 
 from worker.api.deps import ID_PATTERN
 from worker.api.errors import ApiError
-from worker.models import Order
-from worker.views import order_view
+from worker.intake.store import find_for_caller
+from worker.models import Order, OrderEvent
+from worker.views import event_view, order_view
 
 
 def encode_cursor(last_id: str) -> str:
@@ -28,13 +30,16 @@ def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
+EVENT_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+def decode_cursor(cursor: str, pattern: re.Pattern[str] = ID_PATTERN) -> str:
     """The id a cursor stands for; 422 naming ``cursor`` if it is not one of ours."""
     try:
         last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         last_id = ""
-    if not ID_PATTERN.match(last_id):
+    if not pattern.match(last_id):
         raise ApiError(
             422,
             "cursor: not a cursor from a previous page",
@@ -83,4 +88,22 @@ def order_page(
     return {
         "items": [order_view(o) for o in rows],
         "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
+    }
+
+
+def event_page(
+    session: Session, caller_id: str, order_id: str, limit: int, after_id: int | None
+) -> dict[str, Any] | None:
+    """A page of the order's history, oldest first (None: no such order for the caller)."""
+    if find_for_caller(session, caller_id, order_id) is None:
+        return None
+    stmt = select(OrderEvent).where(OrderEvent.order_id == order_id)
+    if after_id is not None:
+        stmt = stmt.where(OrderEvent.id > after_id)
+    rows = list(session.scalars(stmt.order_by(OrderEvent.id).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [event_view(e) for e in rows],
+        "next_cursor": encode_cursor(str(rows[-1].id)) if more and rows else None,
     }

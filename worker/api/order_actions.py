@@ -1,7 +1,8 @@
 """Actions on a caller's orders: cancel, retry one, retry all matching a filter.
 
-Retries are scheduled with ``worker.intake.store.schedule_retry`` (a history row each); those due
-now are enqueued after commit. Both retry calls answer ``{"scheduled": n}``.
+Retries are scheduled by :mod:`worker.intake.actions` (a history row each); those due now are
+enqueued after commit. Both retry calls answer ``{"scheduled": n}``. ``OrderNotFound`` and
+``WrongState`` become 404 and 409 in :mod:`worker.api.errors`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from schemas.intake import OrderView, RetryOneRequest, RetryRequest, RetryResponse
 from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id
-from worker.api.errors import ApiError, json_response
+from worker.api.errors import json_response
 from worker.api.openapi import errors
 from worker.intake import actions
 from worker.states import Status
@@ -30,19 +31,15 @@ async def cancel(
     order_id: str, caller: Caller, settings: SettingsDep, broker: BrokerDep
 ) -> Response:
     """Cancel an order that has not been submitted yet (409 otherwise)."""
-    try:
-        view = await run_in_threadpool(
-            actions.cancel_order,
+    view = await run_in_threadpool(
+        lambda: actions.cancel_order(
             settings.database_url,
             caller.id,
             check_id(order_id),
-            _actor(caller.id),
-            broker.dispatch,
+            actor=_actor(caller.id),
+            dispatch=broker.dispatch,
         )
-    except actions.OrderNotFound:
-        raise ApiError(404, f"order {order_id} not found") from None
-    except actions.WrongState as exc:
-        raise ApiError(409, str(exc)) from None
+    )
     return json_response(view)
 
 
@@ -56,23 +53,19 @@ async def retry_one(
     broker: BrokerDep,
     request: Annotated[RetryOneRequest | None, Body()] = None,
 ) -> Response:
-    """Schedule a retry of a ``failed`` or ``submit_unknown`` order, now or ``at`` a time."""
+    """Schedule a retry of a ``failed`` or held ``submit_unknown`` order, now or ``at`` a time."""
     at = as_utc(request.at if request else None, "at")
-    try:
-        n = await run_in_threadpool(
-            actions.retry_order,
+    n = await run_in_threadpool(
+        lambda: actions.retry_order(
             settings.database_url,
             caller.id,
             check_id(order_id),
-            at,
-            settings.enqueue_grace_s,
-            _actor(caller.id),
-            broker.dispatch,
+            at=at,
+            grace_s=settings.enqueue_grace_s,
+            actor=_actor(caller.id),
+            dispatch=broker.dispatch,
         )
-    except actions.OrderNotFound:
-        raise ApiError(404, f"order {order_id} not found") from None
-    except actions.WrongState as exc:
-        raise ApiError(409, str(exc)) from None
+    )
     return json_response({"scheduled": n})
 
 
@@ -88,14 +81,16 @@ async def retry_matching(
     flt = actions.RetryFilter(
         Status(request.status), request.reason, request.batch_id, request.external_id
     )
+    at = as_utc(request.at, "at")
     n = await run_in_threadpool(
-        actions.retry_matching,
-        settings.database_url,
-        caller.id,
-        flt,
-        as_utc(request.at, "at"),
-        settings.enqueue_grace_s,
-        _actor(caller.id),
-        broker.dispatch,
+        lambda: actions.retry_matching(
+            settings.database_url,
+            caller.id,
+            flt,
+            at=at,
+            grace_s=settings.enqueue_grace_s,
+            actor=_actor(caller.id),
+            dispatch=broker.dispatch,
+        )
     )
     return json_response({"scheduled": n})

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from schemas.intake import BatchResponse, EventPage, OrderPage, OrderStatus, OrderView, TextParam
@@ -26,82 +27,89 @@ from worker.api.deps import (
     in_session,
 )
 from worker.api.errors import ApiError, json_response
-from worker.api.listing import OrderFilter, decode_cursor, order_page
+from worker.api.listing import EVENT_ID, OrderFilter, decode_cursor, event_page, order_page
 from worker.api.openapi import BATCH_BODY, ORDER_BODY, errors
-from worker.api.submission import submit
+from worker.api.submission import Accept, submit
 from worker.intake import service as intake_service
 from worker.intake.store import find_for_caller
-from worker.repository import history
-from worker.views import event_view, order_view
+from worker.views import order_view
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
 MAX_PAGE = 1000
 
 
-@router.post(
+def _intake_route(
+    path: str,
+    accept: Accept,
+    *,
+    name: str,
+    model: type[BaseModel],
+    body: dict[str, Any],
+    summary: str,
+    defer_enqueue: bool,
+) -> None:
+    """Register ``POST /v1/orders{path}``: 202 with the answer, 200 on a replay."""
+
+    async def endpoint(
+        request: Request,
+        caller: Caller,
+        key: IdempotencyKeyDep,
+        settings: SettingsDep,
+        broker: BrokerDep,
+        metrics: MetricsDep,
+    ) -> Response:
+        return await submit(
+            accept,
+            request,
+            caller_id=caller.id,
+            key=key,
+            settings=settings,
+            broker=broker,
+            metrics=metrics,
+            defer_enqueue=defer_enqueue,
+        )
+
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        name=name,
+        status_code=202,
+        response_model=model,
+        openapi_extra=body,
+        responses={
+            200: {"model": model, "description": "Replay of an earlier request"},
+            **errors(400, 401, 409, 413, 422),
+        },
+        summary=summary,
+    )
+
+
+_intake_route(
     "",
-    status_code=202,
-    response_model=OrderView,
-    openapi_extra=ORDER_BODY,
-    responses={
-        200: {"model": OrderView, "description": "Replay of an earlier request"},
-        **errors(400, 401, 409, 413, 422),
-    },
+    intake_service.accept_order,
+    name="create_order",
+    model=OrderView,
+    body=ORDER_BODY,
     summary="Accept one order (the upstream payload, unchanged)",
+    defer_enqueue=False,
 )
-async def create_order(
-    request: Request,
-    caller: Caller,
-    key: IdempotencyKeyDep,
-    settings: SettingsDep,
-    broker: BrokerDep,
-    metrics: MetricsDep,
-) -> Response:
-    return await submit(
-        intake_service.accept_order, request, caller.id, key, settings, broker, metrics
-    )
-
-
-@router.post(
+# A batch is enqueued after the answer is sent: ~200 messages stay out of the caller's latency.
+_intake_route(
     "/batch",
-    status_code=202,
-    response_model=BatchResponse,
-    openapi_extra=BATCH_BODY,
-    responses={
-        200: {"model": BatchResponse, "description": "Replay of an earlier request"},
-        **errors(400, 401, 409, 413, 422),
-    },
+    intake_service.accept_batch,
+    name="create_batch",
+    model=BatchResponse,
+    body=BATCH_BODY,
     summary="Accept up to ORDERS_MAX_BATCH_ITEMS orders; one result per item, in order",
+    defer_enqueue=True,
 )
-async def create_batch(
-    request: Request,
-    caller: Caller,
-    key: IdempotencyKeyDep,
-    settings: SettingsDep,
-    broker: BrokerDep,
-    metrics: MetricsDep,
-) -> Response:
-    return await submit(
-        intake_service.accept_batch,
-        request,
-        caller.id,
-        key,
-        settings,
-        broker,
-        metrics,
-        defer_enqueue=True,
-    )
 
 
 def _view(session: Session, caller_id: str, order_id: str) -> dict[str, Any] | None:
     order = find_for_caller(session, caller_id, order_id)
     return None if order is None else order_view(order)
-
-
-def _events(session: Session, caller_id: str, order_id: str) -> list[dict[str, Any]] | None:
-    order = find_for_caller(session, caller_id, order_id)
-    return None if order is None else [event_view(e) for e in history(session, order.id)]
 
 
 @router.get("/{order_id}", response_model=OrderView, responses=errors(401, 404))
@@ -139,10 +147,19 @@ async def list_orders(
     return json_response(await in_session(settings, order_page, caller.id, flt, limit, last_id))
 
 
-@router.get("/{order_id}/events", response_model=EventPage, responses=errors(401, 404))
-async def order_events(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
-    """The order's status history, oldest first."""
-    items = await in_session(settings, _events, caller.id, check_id(order_id))
-    if items is None:
+@router.get("/{order_id}/events", response_model=EventPage, responses=errors(401, 404, 422))
+async def order_events(
+    order_id: str,
+    caller: Caller,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> Response:
+    """The order's status history, oldest first; follow ``next_cursor`` until it is null."""
+    after = int(decode_cursor(cursor, EVENT_ID)) if cursor is not None else None
+    page = await in_session(settings, event_page, caller.id, check_id(order_id), limit, after)
+    if page is None:
         raise ApiError(404, f"order {order_id} not found")
-    return json_response({"items": items, "next_cursor": None})
+    return json_response(page)

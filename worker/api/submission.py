@@ -13,7 +13,6 @@ import gc
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import orjson
 from fastapi import Request, Response
@@ -24,11 +23,12 @@ from worker.api.broker import Broker
 from worker.api.deps import read_body
 from worker.api.metrics import Metrics
 from worker.intake.checks import decode_json
-from worker.intake.service import Dispatch, Outcome
+from worker.intake.service import Outcome
 from worker.settings import Settings
 
-Accept = Callable[[Settings, str, Any, str | None, Dispatch, bool], Outcome]
-"""``intake_service.accept_order`` or ``accept_batch``."""
+Accept = Callable[..., Outcome]
+"""``intake_service.accept_order`` or ``accept_batch`` (``key``, ``dispatch``, ``may_hold_nul``
+are keyword arguments)."""
 
 
 class AfterResponse:
@@ -88,19 +88,28 @@ def _intake(
     settings: Settings,
     caller_id: str,
     body: bytes,
+    *,
     key: str | None,
     dispatch: AfterResponse,
 ) -> tuple[Outcome, bytes]:
     """Decode, accept and serialise in a worker thread: nothing big runs on the event loop."""
     with gc_paused():
         document = decode_json(body)
-        outcome = accept(settings, caller_id, document, key, dispatch, b"\\u0000" in body)
+        outcome = accept(
+            settings,
+            caller_id,
+            document,
+            key=key,
+            dispatch=dispatch,
+            may_hold_nul=b"\\u0000" in body,
+        )
         return outcome, orjson.dumps(outcome.body)
 
 
 async def submit(
     accept: Accept,
     request: Request,
+    *,
     caller_id: str,
     key: str | None,
     settings: Settings,
@@ -112,7 +121,7 @@ async def submit(
     body = await read_body(request)
     after = AfterResponse(broker, defer_enqueue)
     outcome, content = await run_in_threadpool(
-        _intake, accept, settings, caller_id, body, key, after
+        lambda: _intake(accept, settings, caller_id, body, key=key, dispatch=after)
     )
     metrics.accepted.inc(outcome.accepted)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}

@@ -2,8 +2,8 @@
 
 An order payload is accepted when ``schemas.upstream.parse_order`` accepts it and it can be
 stored as is (``external_id`` fits its column, no NUL character anywhere: PostgreSQL text
-cannot hold one). A batch is split per item: each item is a :class:`~worker.intake.store.NewOrder`
-or an :class:`ItemError`, so valid items go ahead while the others are reported.
+cannot hold one). A batch is split per item: each item is a :class:`NewOrder` or an
+:class:`ItemError`, so valid items go ahead while the others are reported.
 
 Errors carry ``fields``: ``[{"field": "orderItems.0.offer.id", "message": "Field required"}]``;
 ``(root)`` stands for the body itself.
@@ -18,32 +18,36 @@ from typing import Any
 import orjson
 
 from schemas.upstream import ROOT_FIELD, OrderValidationError, parse_order, validation_errors
+from worker.errors import FieldErrors, InvalidInput
 from worker.ids import sha256_hex
-from worker.intake.store import NewOrder, new_order
 
 MAX_EXTERNAL_ID_CHARS = 200
 MAX_DEPTH = 254
 """Nesting levels orjson serialises (request hashes need it); deeper payloads are refused."""
 MAX_MESSAGE_FIELDS = 3
 
-FieldErrors = list[dict[str, str]]
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """A validated payload ready to be stored."""
+
+    payload: dict[str, Any]
+    order_type: str
+    external_id: str | None
+    request_hash: str
 
 
-class InvalidInput(ValueError):
-    """The request cannot be accepted; nothing was written.
+def request_hash(payload: Any) -> str:
+    """A stable hash of a payload (key order does not matter, list order does)."""
+    return sha256_hex(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
 
-    Attributes:
-        status_code: 400 (not JSON), 413 (too large) or 422 (invalid content).
-        fields: ``[{"field", "message"}]`` naming what is wrong.
-    """
 
-    def __init__(
-        self, message: str, fields: FieldErrors | None = None, status_code: int = 422
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fields = fields or []
-        self.status_code = status_code
+def new_order(payload: dict[str, Any]) -> NewOrder:
+    """Wrap a payload that passed validation."""
+    ext = payload.get("external_id")
+    # An empty external_id is no external_id (upstream, our id is sent in its place).
+    ext = ext if isinstance(ext, str) and ext else None
+    return NewOrder(payload, str(payload["order_type"]), ext, request_hash(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +68,30 @@ def describe(prefix: str, fields: FieldErrors) -> str:
     return f"{prefix}: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 
+def duplicate_external_id(other: str) -> ItemError:
+    """The error for an ``external_id`` that ``other`` (an order, an earlier item) holds with a
+    different payload."""
+    message = f"already used by {other} with a different payload"
+    return ItemError(
+        f"duplicate external_id: {message}", [{"field": "external_id", "message": message}]
+    )
+
+
 def decode_json(body: bytes) -> Any:
     """The decoded body, or ``InvalidInput`` (400) naming the position of the problem."""
     if not body.strip():
         raise InvalidInput(
             "request body is empty; expected JSON",
             [{"field": ROOT_FIELD, "message": "JSON body required"}],
-            400,
+            status_code=400,
         )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(
-            f"malformed JSON: {exc}", [{"field": ROOT_FIELD, "message": str(exc)}], 400
+            f"malformed JSON: {exc}",
+            [{"field": ROOT_FIELD, "message": str(exc)}],
+            status_code=400,
         ) from None
 
 
@@ -121,7 +136,7 @@ def _errors_of(payload: dict[str, Any], may_hold_nul: bool) -> FieldErrors:
     return errors
 
 
-def check_item(payload: Any, may_hold_nul: bool = True) -> NewOrder | ItemError:
+def check_item(payload: Any, *, may_hold_nul: bool = True) -> NewOrder | ItemError:
     """One order payload checked: ready to store, or why not (every bad field named).
 
     ``may_hold_nul=False`` skips the NUL scan when the raw body had no ``\\u0000`` escape.
@@ -140,9 +155,9 @@ def check_item(payload: Any, may_hold_nul: bool = True) -> NewOrder | ItemError:
     return ItemError(describe("invalid order", errors), errors)
 
 
-def check_order(payload: Any, may_hold_nul: bool = True) -> NewOrder:
+def check_order(payload: Any, *, may_hold_nul: bool = True) -> NewOrder:
     """Validate one order payload; ``InvalidInput`` (422) names every bad field."""
-    item = check_item(payload, may_hold_nul)
+    item = check_item(payload, may_hold_nul=may_hold_nul)
     if isinstance(item, ItemError):
         raise InvalidInput(item.message, item.fields)
     return item
@@ -170,9 +185,9 @@ def check_batch_shape(body: Any, max_items: int) -> list[Any]:
     return items  # type: ignore[return-value]
 
 
-def split_batch(items: list[Any], may_hold_nul: bool = True) -> list[NewOrder | ItemError]:
+def split_batch(items: list[Any], *, may_hold_nul: bool = True) -> list[NewOrder | ItemError]:
     """Check each item on its own; one result per item, in order."""
-    return [check_item(payload, may_hold_nul) for payload in items]
+    return [check_item(payload, may_hold_nul=may_hold_nul) for payload in items]
 
 
 def batch_errors(results: Sequence[object]) -> FieldErrors:
@@ -189,7 +204,7 @@ def _item_hash(item: Any, result: NewOrder | ItemError) -> str:
     if isinstance(result, NewOrder):
         return result.request_hash
     try:
-        return sha256_hex(orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+        return request_hash(item)
     except orjson.JSONEncodeError:
         return sha256_hex(orjson.dumps(result.fields))
 

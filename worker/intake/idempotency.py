@@ -6,8 +6,9 @@ The rule, per caller and key:
   (the key is *in flight*); the order (or batch) is then created in a second transaction that
   also sets ``resource_id``. If that fails, the row is deleted so the caller can try again.
 - same key, same request (same hash): the original resource is returned (a replay).
-- same key, different request: :class:`KeyReused` (422).
-- same key while the first request is still in flight: :class:`KeyInFlight` (409).
+- same key, different request: :class:`~worker.errors.KeyReused` (422).
+- same key while the first request is still in flight: :class:`~worker.errors.KeyInFlight`
+  (409).
 - keys expire ``ORDERS_IDEMPOTENCY_TTL_S`` after first use (the sweeper purges them); an
   expired key, or one left in flight for ``STALE_IN_FLIGHT_S`` by a crashed process, is
   treated as unused.
@@ -23,33 +24,22 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from worker.db import transaction
+from worker.errors import KeyInFlight, KeyReused
 from worker.models import IdempotencyKey
 
 log = structlog.get_logger(__name__)
 
-MAX_KEY_CHARS = 255
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 STALE_IN_FLIGHT_S = 120.0
-
-
-class IdempotencyError(Exception):
-    """Base of the key outcomes that stop a request."""
-
-
-class KeyInFlight(IdempotencyError):
-    """The first request with this key has not finished (409)."""
-
-
-class KeyReused(IdempotencyError):
-    """The key was first used with a different request (422)."""
 
 
 def normalise_key(raw: str) -> str | None:
     """The key from an ``Idempotency-Key`` header (an sf-string, quotes optional); None if
-    empty or longer than ``MAX_KEY_CHARS``."""
+    empty or longer than ``MAX_IDEMPOTENCY_KEY_CHARS``."""
     key = raw.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not key or len(key) > MAX_KEY_CHARS or any(ord(c) < 0x20 for c in key):
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or any(ord(c) < 0x20 for c in key):
         return None
     return key
 
@@ -62,7 +52,7 @@ def _reusable(row: IdempotencyKey, now: datetime) -> bool:
 
 
 def claim(
-    db_url: str, caller_id: str, key: str, request_hash: str, now: datetime, ttl_s: float
+    db_url: str, caller_id: str, key: str, *, request_hash: str, now: datetime, ttl_s: float
 ) -> str | None:
     """Take ``key`` for a new request, in its own committed transaction.
 

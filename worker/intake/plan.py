@@ -1,31 +1,22 @@
-"""Placing the items of a batch: which are new, which repeat an order, which are refused.
+"""Placing the items of a batch: which are new, which repeat an order, which are refused. Pure.
 
-:func:`plan_batch` is pure: given the checked items and the caller's orders that already hold
-their ``external_id`` s, it decides per item. :func:`fill` puts the orders created for the
-plan (or, on an idempotent replay, found again) back at their item positions. Items without
-an ``external_id`` are matched by payload hash, in id order, so a replay answers each index
-with the same order as the first request did.
+:func:`plan_batch` decides per item, given the checked items and the caller's orders that
+already hold their ``external_id`` s. :func:`fill` puts the orders created for the plan (or, on
+an idempotent replay, found again) back at their item positions. Items without an
+``external_id`` are matched by payload hash, in id order, so a replay answers each index with
+the same order as the first request did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
-from sqlalchemy import String, any_, bindparam, select
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session, defer
+from worker.intake.checks import ItemError, NewOrder, duplicate_external_id
+from worker.models import OrderLike
 
-from worker.intake.checks import ItemError
-from worker.intake.store import NewOrder, OrderLike, StoredOrder
-from worker.models import Order, WebhookEndpoint
-from worker.states import Status
-from worker.webhooks.outbox import record_deliveries
-
-Placed = Order | StoredOrder | ItemError
-LOOKUP_CHUNK = 1000
+Placed = OrderLike | ItemError
+"""What one batch item is answered with: its order, or why it was refused."""
 
 
 @dataclass(slots=True)
@@ -38,20 +29,20 @@ class Plan:
 
     def accepts_any(self) -> bool:
         """Whether any item is answered with an order."""
-        return bool(self.to_create) or any(isinstance(s, Order | StoredOrder) for s in self.slots)
+        return bool(self.to_create) or any(
+            s is not None and not isinstance(s, ItemError) for s in self.slots
+        )
 
     def errors(self) -> list[ItemError | None]:
         return [s if isinstance(s, ItemError) else None for s in self.slots]
 
 
-def _refused(ext: str, other: str) -> ItemError:
-    message = f"already used by {other} with a different payload"
-    return ItemError(
-        f"duplicate external_id: {message}", [{"field": "external_id", "message": message}]
-    )
+def external_ids(results: Sequence[NewOrder | ItemError]) -> list[str]:
+    """The ``external_id`` s of the valid items (what to look up before planning)."""
+    return [r.external_id for r in results if isinstance(r, NewOrder) and r.external_id]
 
 
-def plan_batch(results: Sequence[NewOrder | ItemError], existing: dict[str, Order]) -> Plan:
+def plan_batch(results: Sequence[NewOrder | ItemError], existing: Mapping[str, OrderLike]) -> Plan:
     """Decide each item against ``existing`` (the caller's orders by ``external_id``)."""
     plan = Plan(slots=[])
     first: dict[str, int] = {}
@@ -63,12 +54,12 @@ def plan_batch(results: Sequence[NewOrder | ItemError], existing: dict[str, Orde
             plan.to_create.append(index)
         elif (found := existing.get(item.external_id)) is not None:
             same = found.request_hash == item.request_hash
-            slot = found if same else _refused(item.external_id, f"order {found.id}")
+            slot = found if same else duplicate_external_id(f"order {found.id}")
         elif (earlier := first.get(item.external_id)) is not None:
             if results[earlier].request_hash == item.request_hash:  # type: ignore[union-attr]
                 plan.same_as[index] = earlier
             else:
-                slot = _refused(item.external_id, f"item {earlier} of this batch")
+                slot = duplicate_external_id(f"item {earlier} of this batch")
         else:
             first[item.external_id] = index
             plan.to_create.append(index)
@@ -98,65 +89,3 @@ def fill(
     for index, earlier in plan.same_as.items():
         slots[index] = slots[earlier]
     return [s if s is not None else ItemError("order not found", []) for s in slots]
-
-
-def by_external_id(
-    session: Session, caller_id: str, external_ids: Sequence[str]
-) -> dict[str, Order]:
-    """The caller's orders holding any of ``external_ids``, by external id.
-
-    PostgreSQL gets one ``= ANY(:array)`` query (one parameter, ~10x faster than a long
-    ``IN`` list for 10,000 ids); other databases get ``IN`` lists of ``LOOKUP_CHUNK``.
-    """
-    wanted = sorted(set(external_ids))
-    if not wanted:
-        return {}
-    if session.get_bind().dialect.name == "postgresql":
-        ids = bindparam("external_ids", wanted, type_=ARRAY(String))
-        conditions = [Order.external_id == any_(ids)]
-    else:
-        conditions = [
-            Order.external_id.in_(wanted[start : start + LOOKUP_CHUNK])
-            for start in range(0, len(wanted), LOOKUP_CHUNK)
-        ]
-    found: dict[str, Order] = {}
-    for condition in conditions:
-        stmt = (
-            select(Order)
-            .where(Order.caller_id == caller_id, condition)
-            .options(defer(Order.payload))
-        )
-        found.update((o.external_id, o) for o in session.scalars(stmt) if o.external_id)
-    return found
-
-
-def anonymous_orders(session: Session, caller_id: str, batch_id: str) -> list[Order]:
-    """The orders of ``batch_id`` that have no ``external_id``."""
-    stmt = (
-        select(Order)
-        .where(
-            Order.caller_id == caller_id, Order.batch_id == batch_id, Order.external_id.is_(None)
-        )
-        .options(defer(Order.payload))
-    )
-    return list(session.scalars(stmt))
-
-
-def record_received(
-    session: Session, caller_id: str, orders: Sequence[OrderLike], now: datetime
-) -> list[str]:
-    """Webhook deliveries for the ``received`` events of new orders (ids; [] if no endpoint)."""
-    if not orders:
-        return []
-    has_endpoint = session.scalar(
-        select(WebhookEndpoint.id)
-        .where(WebhookEndpoint.caller_id == caller_id, WebhookEndpoint.enabled.is_(True))
-        .limit(1)
-    )
-    if has_endpoint is None:
-        return []
-    events: list[dict[str, Any]] = [
-        {"order_id": o.id, "at": now, "from_status": None, "to_status": str(Status.RECEIVED)}
-        for o in orders
-    ]
-    return record_deliveries(session, events)

@@ -1,13 +1,13 @@
-"""Accepting orders: validate, apply the idempotency rules, store in bulk, enqueue after commit.
+"""Accepting orders: check, apply the idempotency rules, store in bulk, enqueue after commit.
 
-Used by the HTTP API and usable in-process (e.g. by ``orders submit``). Nothing here raises
-for a broker problem: ``dispatch`` is called after commit and must swallow its own errors
-(orders committed but not enqueued are picked up by the sweeper once ``due_at`` passes).
+One path, top to bottom: pure checks (:mod:`worker.intake.checks`) and the pure batch plan
+(:mod:`worker.intake.plan`), then one transaction (:mod:`worker.intake.store`, the webhook
+outbox), then ``dispatch`` after commit. Used by the HTTP API and usable in-process.
 
 Repeats are answered, not duplicated (design.md invariant 7), per caller:
 
-- ``Idempotency-Key``: see :mod:`worker.intake.idempotency` (replay, 422 on a different request,
-  409 while in flight). For a batch the key stands for the whole batch.
+- ``Idempotency-Key``: see :mod:`worker.intake.idempotency` (replay, 422 on a different
+  request, 409 while in flight). For a batch the key stands for the whole batch.
 - ``external_id``: an order whose ``external_id`` the caller already used is answered with
   the original order when the payload is the same, and refused (422 naming ``external_id``)
   when it differs. In a batch this holds per item, also between items of the same batch.
@@ -20,19 +20,21 @@ and, like every refused request, writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from worker.db import transaction
+from worker.errors import InvalidInput, KeyInFlight
 from worker.ids import new_id, utcnow
+from worker.intake import Dispatch
 from worker.intake import idempotency as idem
 from worker.intake.checks import (
-    InvalidInput,
     ItemError,
+    NewOrder,
     batch_errors,
     batch_hash,
     check_batch_shape,
@@ -40,23 +42,16 @@ from worker.intake.checks import (
     describe,
     split_batch,
 )
-from worker.intake.plan import (
-    Placed,
-    anonymous_orders,
-    by_external_id,
-    fill,
-    plan_batch,
-    record_received,
-)
-from worker.intake.store import NewOrder, OrderLike, StoredOrder, create_orders, find_for_caller
-from worker.models import Order
+from worker.intake.plan import Placed, external_ids, fill, plan_batch
+from worker.intake.store import anonymous_orders, by_external_id, create_orders, find_for_caller
+from worker.models import Order, StoredOrder
 from worker.settings import Settings
 from worker.views import order_view
-
-Dispatch = Callable[[Sequence[str], Sequence[str]], object]
-"""Enqueue (order ids, webhook delivery ids) after commit; must not raise."""
+from worker.webhooks.outbox import record_received
 
 STORE_TRIES = 3
+"""A concurrent request may take the same ``external_id`` between our read and our insert;
+the next try then finds it and answers as a repeat."""
 
 
 @dataclass(slots=True)
@@ -69,20 +64,11 @@ class Outcome:
     order_ids: list[str] = field(default_factory=list)
 
 
-def _conflict(order: Order) -> InvalidInput:
-    fields = [
-        {
-            "field": "external_id",
-            "message": f"already used by order {order.id} with a different payload",
-        }
-    ]
-    return InvalidInput(describe("duplicate external_id", fields), fields)
-
-
 def accept_order(
     settings: Settings,
     caller_id: str,
     payload: Any,
+    *,
     key: str | None = None,
     dispatch: Dispatch | None = None,
     may_hold_nul: bool = True,
@@ -93,62 +79,32 @@ def accept_order(
         InvalidInput: the payload is invalid, or its ``external_id`` was used with another one.
         KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
-    item = check_order(payload, may_hold_nul)
-    url = settings.database_url
-    now = utcnow()
+    item = check_order(payload, may_hold_nul=may_hold_nul)
     if key is not None:
-        resource = idem.claim(
-            url, caller_id, key, item.request_hash, now, settings.idempotency_ttl_s
-        )
+        resource = _claim_key(settings, caller_id, key, item.request_hash)
         if resource is not None:
-            with transaction(url) as session:
+            with transaction(settings.database_url) as session:
                 original = find_for_caller(session, caller_id, resource)
             if original is None:
-                raise idem.KeyInFlight(key)
+                raise KeyInFlight(key)
             return Outcome(order_view(original), replayed=True)
-    try:
-        order, deliveries, created = _store_order(settings, caller_id, item, key, now)
-    except BaseException:
-        if key is not None:
-            idem.release(url, caller_id, key)
-        raise
-    if created and dispatch is not None:
-        dispatch([order.id], deliveries)
+    stored = _store(settings, caller_id, [item], key=key, batch_id=None)
+    [order] = stored.placed
+    if isinstance(order, ItemError):
+        raise InvalidInput(order.message, order.fields)
+    if stored.new_ids and dispatch is not None:
+        dispatch(stored.new_ids, stored.deliveries)
+    created = bool(stored.new_ids)
     return Outcome(
         order_view(order), replayed=not created, accepted=int(created), order_ids=[order.id]
     )
-
-
-def _store_order(
-    settings: Settings, caller_id: str, item: NewOrder, key: str | None, now: datetime
-) -> tuple[OrderLike, list[str], bool]:
-    for attempt in range(STORE_TRIES):
-        try:
-            with transaction(settings.database_url) as session:
-                ext = [item.external_id] if item.external_id is not None else []
-                found = by_external_id(session, caller_id, ext).get(item.external_id or "")
-                if found is not None:
-                    if found.request_hash != item.request_hash:
-                        raise _conflict(found)
-                    if key is not None:
-                        idem.complete(session, caller_id, key, found.id)
-                    return found, [], False
-                [order] = create_orders(session, caller_id, [item], now, settings.enqueue_grace_s)
-                if key is not None:
-                    idem.complete(session, caller_id, key, order.id)
-                deliveries = record_received(session, caller_id, [order], now)
-            return order, deliveries, True
-        except IntegrityError:
-            # A concurrent request took the same external_id first: answer as a repeat.
-            if attempt == STORE_TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def accept_batch(
     settings: Settings,
     caller_id: str,
     body: Any,
+    *,
     key: str | None = None,
     dispatch: Dispatch | None = None,
     may_hold_nul: bool = True,
@@ -162,72 +118,121 @@ def accept_batch(
         KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     items = check_batch_shape(body, settings.max_batch_items)
-    results = split_batch(items, may_hold_nul)
+    results = split_batch(items, may_hold_nul=may_hold_nul)
     if not any(isinstance(r, NewOrder) for r in results):
-        fields = batch_errors(results)
-        raise InvalidInput(describe("no valid order in the batch", fields), fields)
-    url = settings.database_url
-    now = utcnow()
+        raise _no_valid_order(results)
     if key is not None:
-        resource = idem.claim(
-            url, caller_id, key, batch_hash(items, results), now, settings.idempotency_ttl_s
-        )
+        resource = _claim_key(settings, caller_id, key, batch_hash(items, results))
         if resource is not None:
-            placed = _replay_batch(url, caller_id, resource, results)
+            placed = _replay_batch(settings.database_url, caller_id, resource, results)
             return Outcome(_batch_body(resource, placed), replayed=True)
-    try:
-        batch_id, placed, new_ids, deliveries = _store_batch(settings, caller_id, results, key, now)
-    except BaseException:
-        if key is not None:
-            idem.release(url, caller_id, key)
-        raise
-    if dispatch is not None and (new_ids or deliveries):
-        dispatch(new_ids, deliveries)
-    return Outcome(_batch_body(batch_id, placed), accepted=len(new_ids), order_ids=new_ids)
+    batch_id = new_id("bat")
+    stored = _store(settings, caller_id, results, key=key, batch_id=batch_id)
+    if stored.refused():
+        raise _no_valid_order(stored.placed)
+    if dispatch is not None and (stored.new_ids or stored.deliveries):
+        dispatch(stored.new_ids, stored.deliveries)
+    return Outcome(
+        _batch_body(batch_id, stored.placed),
+        accepted=len(stored.new_ids),
+        order_ids=stored.new_ids,
+    )
 
 
-def _store_batch(
+def _no_valid_order(results: Sequence[object]) -> InvalidInput:
+    fields = batch_errors(results)
+    return InvalidInput(describe("no valid order in the batch", fields), fields)
+
+
+def _claim_key(settings: Settings, caller_id: str, key: str, request_hash: str) -> str | None:
+    return idem.claim(
+        settings.database_url,
+        caller_id,
+        key,
+        request_hash=request_hash,
+        now=utcnow(),
+        ttl_s=settings.idempotency_ttl_s,
+    )
+
+
+@dataclass(slots=True)
+class _Stored:
+    placed: list[Placed]
+    new_ids: list[str]
+    deliveries: list[str]
+
+    def refused(self) -> bool:
+        """Whether no item was accepted (nothing was written)."""
+        return all(isinstance(p, ItemError) for p in self.placed)
+
+
+def _store(
     settings: Settings,
     caller_id: str,
     results: list[NewOrder | ItemError],
+    *,
     key: str | None,
-    now: datetime,
-) -> tuple[str, list[Placed], list[str], list[str]]:
-    ext_ids = [r.external_id for r in results if isinstance(r, NewOrder) and r.external_id]
-    for attempt in range(STORE_TRIES):
-        try:
-            with transaction(settings.database_url) as session:
-                plan = plan_batch(results, by_external_id(session, caller_id, ext_ids))
-                if not plan.accepts_any():
-                    fields = batch_errors(plan.errors())
-                    raise InvalidInput(describe("no valid order in the batch", fields), fields)
-                batch_id = new_id("bat")
-                new_items = [results[i] for i in plan.to_create]
-                created = create_orders(
-                    session,
-                    caller_id,
-                    new_items,  # type: ignore[arg-type]
-                    now,
-                    settings.enqueue_grace_s,
-                    batch_id,
-                )
-                placed = fill(plan, results, created)
-                if key is not None:
-                    idem.complete(session, caller_id, key, batch_id)
-                deliveries = record_received(session, caller_id, created, now)
-            return batch_id, placed, [o.id for o in created], deliveries
-        except IntegrityError:
-            if attempt == STORE_TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
+    batch_id: str | None,
+) -> _Stored:
+    """Plan against the caller's existing orders and insert the new ones, in one transaction.
+
+    Nothing is written when no item can be accepted. A claimed ``key`` is completed with the
+    batch (or the single order) in the same transaction, or released if this fails.
+    """
+    stored = None
+    try:
+        for attempt in range(STORE_TRIES):
+            try:
+                with transaction(settings.database_url) as session:
+                    stored = _store_once(
+                        session, settings, caller_id, results, key=key, batch_id=batch_id
+                    )
+                break
+            except IntegrityError:
+                if attempt == STORE_TRIES - 1:
+                    raise
+    finally:
+        if key is not None and (stored is None or stored.refused()):
+            idem.release(settings.database_url, caller_id, key)
+    assert stored is not None
+    return stored
+
+
+def _store_once(
+    session: Session,
+    settings: Settings,
+    caller_id: str,
+    results: list[NewOrder | ItemError],
+    *,
+    key: str | None,
+    batch_id: str | None,
+) -> _Stored:
+    plan = plan_batch(results, by_external_id(session, caller_id, external_ids(results)))
+    if not plan.accepts_any():
+        return _Stored(fill(plan, results, []), [], [])
+    now = utcnow()
+    new_items = [results[i] for i in plan.to_create]
+    created = create_orders(
+        session,
+        caller_id,
+        new_items,  # type: ignore[arg-type]
+        now=now,
+        enqueue_grace_s=settings.enqueue_grace_s,
+        batch_id=batch_id,
+    )
+    placed = fill(plan, results, created)
+    if key is not None:
+        resource = batch_id or placed[0].id  # type: ignore[union-attr]
+        idem.complete(session, caller_id, key, resource)
+    deliveries = record_received(session, caller_id, created, now=now)
+    return _Stored(placed, [o.id for o in created], deliveries)
 
 
 def _replay_batch(
-    url: str, caller_id: str, batch_id: str, results: list[NewOrder | ItemError]
+    db_url: str, caller_id: str, batch_id: str, results: list[NewOrder | ItemError]
 ) -> list[Placed]:
-    ext_ids = [r.external_id for r in results if isinstance(r, NewOrder) and r.external_id]
-    with transaction(url) as session:
-        plan = plan_batch(results, by_external_id(session, caller_id, ext_ids))
+    with transaction(db_url) as session:
+        plan = plan_batch(results, by_external_id(session, caller_id, external_ids(results)))
         found = anonymous_orders(session, caller_id, batch_id) if plan.to_create else []
     return fill(plan, results, found)
 

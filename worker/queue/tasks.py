@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
-from worker.pipeline import sweeper
+from worker.pipeline import retention, sweeper
 from worker.queue.app import LAST_SWEEP_KEY, TASK_DELIVER, TASK_PROCESS, TASK_SWEEP, app
 from worker.queue.enqueue import enqueue_deliveries, enqueue_orders
 from worker.queue.runtime import get_runtime, reset_runtime
@@ -65,6 +65,14 @@ def sweep() -> dict[str, int]:
         orders = sweeper.take_due_orders(session, now=now, grace_s=grace, limit=SWEEP_LIMIT)
         deliveries = sweeper.take_due_deliveries(session, now=now, grace_s=grace, limit=SWEEP_LIMIT)
         purged = sweeper.purge_idempotency_keys(session, now=now)
+    with transaction(rt.settings.database_url) as session:
+        retention.purge(
+            session,
+            now=now,
+            orders_days=rt.settings.retention_orders_days,
+            deliveries_days=rt.settings.retention_deliveries_days,
+            batch=rt.settings.retention_batch,
+        )
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     if orders:
         enqueue_orders(rt.celery, orders, chunk_size=rt.settings.chunk_size)

@@ -7,6 +7,7 @@ Only callers with an enabled endpoint pay anything beyond one small query.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -14,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from schemas.webhooks import WebhookEvent
 from worker.ids import new_id, utcnow
-from worker.models import Order, WebhookDelivery, WebhookEndpoint
+from worker.models import Order, OrderLike, WebhookDelivery, WebhookEndpoint
 from worker.repository import Event
+from worker.states import Status
 from worker.views import order_view
 
 
@@ -84,3 +86,27 @@ def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
     if rows:
         session.execute(insert(WebhookDelivery), rows)
     return [r["id"] for r in rows]
+
+
+def record_received(
+    session: Session, caller_id: str, orders: Sequence[OrderLike], *, now: datetime
+) -> list[str]:
+    """Deliveries for the ``received`` events of a caller's new orders ([] if no endpoint).
+
+    Intake writes the first history rows in bulk, without events; one cheap query skips the
+    outbox entirely for callers that registered no endpoint (most batches).
+    """
+    if not orders:
+        return []
+    has_endpoint = session.scalar(
+        select(WebhookEndpoint.id)
+        .where(WebhookEndpoint.caller_id == caller_id, WebhookEndpoint.enabled.is_(True))
+        .limit(1)
+    )
+    if has_endpoint is None:
+        return []
+    events: list[Event] = [
+        {"order_id": o.id, "at": now, "from_status": None, "to_status": str(Status.RECEIVED)}
+        for o in orders
+    ]
+    return record_deliveries(session, events)
