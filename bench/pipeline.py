@@ -635,7 +635,7 @@ class Bench:
             # Warm-up: imports, forks, token, connections in every process; not timed.
             warm = max(cfg.chunk * cfg.processes() * 2, 20)
             warm_ids, _ = self.db.add(warm, "warm", self.immediately)
-            enqueue_orders(self.celery, warm_ids, cfg.chunk)
+            enqueue_orders(self.celery, warm_ids, chunk_size=cfg.chunk)
             self._wait("warm", warm, self.args.startup_timeout_s, proc)
             ids, create_s = self.db.add(n, "bench", self.immediately)
             spy = self.args.py_spy and self.args.py_spy / f"{latency_ms:.0f}ms-{cfg.slug()}-{n}.txt"
@@ -652,7 +652,7 @@ class Bench:
                 stub0 = self.stub.stats()
                 cpu.start()
                 started = time.perf_counter()
-                enqueue_orders(self.celery, ids, cfg.chunk)
+                enqueue_orders(self.celery, ids, chunk_size=cfg.chunk)
                 enqueue_s = time.perf_counter() - started
                 self._wait("bench", n, self.args.timeout_s, proc)
                 elapsed = time.perf_counter() - started

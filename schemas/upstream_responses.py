@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from schemas.upstream_parts import OpenModel
 
@@ -22,6 +22,8 @@ __all__ = [
     "ErrorBody",
     "Invoice",
     "LimioOrderObject",
+    "OrderListPage",
+    "OrderSummary",
     "PreviewResponse",
     "PreviewResult",
     "ScheduleEntry",
@@ -48,7 +50,8 @@ class TokenResponse(_Response):
 
     access_token: str = Field(min_length=1)
     token_type: str = "Bearer"
-    expires_in: int
+    expires_in: float | None = None
+    """Seconds the token lives; absent (or 0), callers assume an hour."""
     id_token: str | None = None
 
 
@@ -61,6 +64,11 @@ class SubmitResponse(_Response):
     external_id: str | None = None
     subscriptionReference: str | None = None
     owner: str | None = None
+
+    @property
+    def state(self) -> str | None:
+        """The order's upstream status as the submit reported it."""
+        return self.status
 
 
 class ErrorBody(_Response):
@@ -148,10 +156,10 @@ class PreviewResponse(_Response):
         return None
 
 
-class LimioOrderObject(_Response):
-    """A stored order as read back from ``GET /api/objects/limio/orders/{id}``."""
+class OrderSummary(_Response):
+    """An order as listed by ``GET /api/objects/limio/orders``: only a summary (§5, S12)."""
 
-    id: str
+    id: str | None = None
     orderState: str | None = None
     status: str | None = None
     order_type: str | None = None
@@ -166,3 +174,35 @@ class LimioOrderObject(_Response):
     def state(self) -> str | None:
         """``orderState`` if present, else ``status``."""
         return self.orderState or self.status
+
+
+class LimioOrderObject(OrderSummary):
+    """A stored order as read back from ``GET /api/objects/limio/orders/{id}``."""
+
+    id: str
+
+
+_LIST_KEYS: Final = ("orders", "items", "data")
+
+
+class OrderListPage(_Response):
+    """One page of ``GET /api/objects/limio/orders?limit=&queryMore=``, newest first.
+
+    INFERRED: the docs name the ``queryMore`` cursor but not the key holding the list, so
+    the first non-empty of ``orders``, ``items``, ``data`` is read into ``items`` (a value
+    that is not a list reads as an empty page); entries that are not JSON objects are skipped.
+    """
+
+    items: list[OrderSummary] = Field(default_factory=list)
+    queryMore: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _find_the_list(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        listed = next((value[k] for k in _LIST_KEYS if value.get(k)), [])
+        if not isinstance(listed, list):
+            listed = []
+        rest = {k: v for k, v in value.items() if k not in _LIST_KEYS}
+        return {**rest, "items": [item for item in listed if isinstance(item, dict)]}

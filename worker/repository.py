@@ -44,7 +44,7 @@ Event = dict[str, Any]
 """A history row about to be written (the ``order_events`` columns)."""
 
 
-def _event_rows(move: Move, attempt: int, now: datetime, actor: str | None) -> list[Event]:
+def _event_rows(move: Move, attempt: int, *, now: datetime, actor: str | None) -> list[Event]:
     return [
         {
             "order_id": move.order_id,
@@ -64,6 +64,7 @@ def _event_rows(move: Move, attempt: int, now: datetime, actor: str | None) -> l
 def apply_moves(
     session: Session,
     moves: Sequence[Move],
+    *,
     now: datetime,
     owner: str | None,
     actor: str | None = None,
@@ -78,12 +79,13 @@ def apply_moves(
     ids = [m.order_id for m in moves]
     rows = session.execute(select(_ORDERS.c.id, _ORDERS.c.attempts).where(_ORDERS.c.id.in_(ids)))
     attempts = {order_id: n for order_id, n in rows}
-    return apply_moves_bulk(session, moves, now, owner, attempts, actor)
+    return apply_moves_bulk(session, moves, now=now, owner=owner, attempts=attempts, actor=actor)
 
 
 def apply_moves_bulk(
     session: Session,
     moves: Sequence[Move],
+    *,
     now: datetime,
     owner: str | None,
     attempts: Mapping[str, int],
@@ -144,7 +146,9 @@ def apply_moves_bulk(
         ).all()
         current = {oid: (status, updated) for oid, status, updated in found}
         won.extend(m for m, _ in group if current.get(m.order_id) == (str(m.to), now))
-    events = [e for m in won for e in _event_rows(m, attempts.get(m.order_id, 0), now, actor)]
+    events = [
+        e for m in won for e in _event_rows(m, attempts.get(m.order_id, 0), now=now, actor=actor)
+    ]
     if events:
         session.execute(insert(_EVENTS), events)
     return events
@@ -153,10 +157,11 @@ def apply_moves_bulk(
 def claim(
     session: Session,
     ids: Iterable[str],
+    *,
     frm: Status,
     to: Status,
-    owner: str,
     now: datetime,
+    owner: str,
     lease_until: datetime,
     actor: str | None = None,
 ) -> list[Event]:
@@ -182,14 +187,16 @@ def claim(
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(stmt).all()
-    events = [e for oid, n in rows for e in _event_rows(Move(oid, frm, to), n, now, actor)]
+    events = [
+        e for oid, n in rows for e in _event_rows(Move(oid, frm, to), n, now=now, actor=actor)
+    ]
     if events:
         session.execute(insert(_EVENTS), events)
     return events
 
 
 def lease(
-    session: Session, ids: Iterable[str], status: Status, owner: str, lease_until: datetime
+    session: Session, ids: Iterable[str], *, status: Status, owner: str, lease_until: datetime
 ) -> list[str]:
     """Take the lease of unleased orders in ``status`` without changing it (no history row)."""
     ids = list(ids)
@@ -205,7 +212,7 @@ def lease(
     return list(session.execute(stmt).scalars())
 
 
-def release(session: Session, order_id: str, owner: str, now: datetime, **values: Any) -> bool:
+def release(session: Session, order_id: str, *, now: datetime, owner: str, **values: Any) -> bool:
     """Give back the lease (same status, no history row), setting ``values``."""
     stmt = (
         update(Order)

@@ -41,10 +41,13 @@ class Settings(BaseSettings):
     retry_max_age_s: float = Field(6 * 3600.0, gt=0)
     retry_base_s: float = Field(2.0, gt=0)
     retry_cap_s: float = Field(300.0, gt=0)
+    # Far below the broker's 1 h visibility timeout; longer waits are a due_at in the database.
     retry_countdown_max_s: float = Field(30.0, ge=0)
     # An operator's retry of many orders releases this many per second (0: all at once).
     retry_spread_per_s: float = Field(50.0, ge=0)
 
+    # Outlasts a chunk's slowest step (calls bounded by the 15 s read timeout, batched writes),
+    # so a live worker keeps its orders, yet a dead one's orders come back within minutes.
     lease_s: float = Field(120.0, gt=0)
     sweep_interval_s: float = Field(5.0, gt=0)
     enqueue_grace_s: float = Field(30.0, gt=0)
@@ -54,6 +57,8 @@ class Settings(BaseSettings):
     reconcile_delay_s: float = Field(5.0, ge=0)
     reconcile_max_pages: int = Field(50, ge=0)
 
+    # 50 ids per message: one batched write per step, and all of a chunk's upstream calls fit
+    # in one round of http_concurrency (64); a lost message delays only 50 orders.
     chunk_size: int = Field(50, ge=1, le=1000)
     # The broker carries at most this many chunks per live worker process; the rest of the
     # backlog waits in the database (so the dispatcher can share it fairly between callers).
@@ -107,10 +112,6 @@ class Settings(BaseSettings):
         if self.retry_cap_s < self.retry_base_s:
             raise ValueError("ORDERS_RETRY_CAP_S must be >= ORDERS_RETRY_BASE_S")
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 def normalise_database_url(url: str) -> str:

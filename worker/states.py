@@ -36,17 +36,15 @@ CANCELLABLE: frozenset[Status] = frozenset({S.RECEIVED, S.PREVIEWED})
 RETRYABLE_BY_OPERATOR: frozenset[Status] = frozenset({S.FAILED, S.SUBMIT_UNKNOWN})
 
 ALLOWED: dict[Status, frozenset[Status]] = {
-    S.RECEIVED: frozenset({S.PREVIEWING, S.CANCELLED, S.FAILED}),
+    S.RECEIVED: frozenset({S.PREVIEWING, S.CANCELLED}),
     S.PREVIEWING: frozenset({S.PREVIEWED, S.RECEIVED, S.REJECTED, S.FAILED}),
-    S.PREVIEWED: frozenset({S.SUBMITTING, S.CANCELLED, S.FAILED}),
+    S.PREVIEWED: frozenset({S.SUBMITTING, S.CANCELLED}),
     S.SUBMITTING: frozenset(
         {S.SUBMITTED, S.COMPLETE, S.PREVIEWED, S.REJECTED, S.FAILED, S.SUBMIT_UNKNOWN}
     ),
     S.SUBMITTED: frozenset({S.COMPLETE, S.FAILED}),
     # submit_unknown -> submit_unknown records a reconcile decision (held for an operator).
-    S.SUBMIT_UNKNOWN: frozenset(
-        {S.SUBMIT_UNKNOWN, S.SUBMITTED, S.COMPLETE, S.PREVIEWED, S.FAILED, S.CANCELLED}
-    ),
+    S.SUBMIT_UNKNOWN: frozenset({S.SUBMIT_UNKNOWN, S.SUBMITTED, S.COMPLETE, S.PREVIEWED}),
     # An operator's retry of a failed order re-enters where the order stopped.
     S.FAILED: frozenset({S.RECEIVED, S.PREVIEWED, S.SUBMITTED}),
     S.COMPLETE: frozenset(),

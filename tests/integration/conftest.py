@@ -35,10 +35,11 @@ class Proc:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        out = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.args, env=self.env, stdout=out, stderr=out, start_new_session=True, cwd=REPO
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, stdout=out, stderr=out, start_new_session=True, cwd=REPO
+            )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -83,7 +84,7 @@ class Cluster:
     def submit(self, caller_id: str, payloads: list[dict[str, Any]]) -> list[str]:
         grace_s = float(self.env["ORDERS_ENQUEUE_GRACE_S"])
         ids = add_orders(self.db_url, caller_id, payloads, grace_s)
-        enqueue_orders(self.celery, ids, 50)
+        enqueue_orders(self.celery, ids, chunk_size=50)
         return ids
 
     def counts(self) -> dict[str, int]:

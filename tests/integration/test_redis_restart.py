@@ -85,5 +85,5 @@ def test_publish_reaches_queue_on_an_empty_redis(redis_url):
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    enqueue_orders(configure(redis_url), ["ord_x"], 50)
+    enqueue_orders(configure(redis_url), ["ord_x"], chunk_size=50)
     assert client.llen("orders") == 1

@@ -138,7 +138,7 @@ def test_two_workers_racing_on_duplicate_messages(cluster, caller_id):
     ids = cluster.submit(caller_id, [new_payload(i) for i in range(200)])
     from worker.queue.enqueue import enqueue_orders
 
-    enqueue_orders(cluster.celery, ids, 50)
+    enqueue_orders(cluster.celery, ids, chunk_size=50)
     orders = cluster.wait_settled(ids)
     assert {o.status for o in orders.values()} == {"complete"}
     _assert_invariants(cluster, ids, orders)

@@ -29,7 +29,9 @@ def test_bulk_moves_skip_orders_whose_lease_was_lost(clean_db, caller_id):
     _lease(clean_db, ids[1:2], "lease_b")
     moves = [Move(i, S.PREVIEWING, S.PREVIEWED, {"preview": {"n": 1}}) for i in ids]
     with transaction(clean_db) as session:
-        events = repo.apply_moves_bulk(session, moves, utcnow(), "lease_a", {i: 1 for i in ids})
+        events = repo.apply_moves_bulk(
+            session, moves, now=utcnow(), owner="lease_a", attempts={i: 1 for i in ids}
+        )
     assert sorted(e["order_id"] for e in events) == sorted([ids[0], ids[2]])
     with transaction(clean_db) as session:
         orders = {o.id: o for o in repo.load(session, ids)}
@@ -44,7 +46,7 @@ def test_via_move_writes_two_history_rows(clean_db, caller_id):
     _lease(clean_db, [oid], "lease_a")
     move = Move(oid, S.PREVIEWING, S.SUBMITTING, {"preview": {}}, via=S.PREVIEWED)
     with transaction(clean_db) as session:
-        repo.apply_moves_bulk(session, [move], utcnow(), "lease_a", {oid: 1})
+        repo.apply_moves_bulk(session, [move], now=utcnow(), owner="lease_a", attempts={oid: 1})
     with transaction(clean_db) as session:
         steps = [(e.from_status, e.to_status) for e in repo.history(session, oid)]
     assert steps[-2:] == [("previewing", "previewed"), ("previewed", "submitting")]
@@ -55,6 +57,6 @@ def test_same_move_twice_only_wins_once(clean_db, caller_id):
     [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
     move = Move(oid, S.RECEIVED, S.CANCELLED, {"due_at": None})
     with transaction(clean_db) as session:
-        assert repo.apply_moves(session, [move], utcnow(), owner=None)
+        assert repo.apply_moves(session, [move], now=utcnow(), owner=None)
     with transaction(clean_db) as session:
-        assert repo.apply_moves(session, [move], utcnow(), owner=None) == []
+        assert repo.apply_moves(session, [move], now=utcnow(), owner=None) == []

@@ -25,7 +25,7 @@ def test_expired_preview_lease_goes_back_to_received(clean_db, caller_id):
     past = utcnow() - timedelta(seconds=1)
     _force(clean_db, [oid], status="previewing", lease_owner="lease_dead", due_at=past)
     with transaction(clean_db) as session:
-        assert sweeper.recover_expired_leases(session, utcnow(), 100) == 1
+        assert sweeper.recover_expired_leases(session, now=utcnow(), limit=100) == 1
     with transaction(clean_db) as session:
         [order] = load(session, [oid])
         last = history(session, oid)[-1]
@@ -43,7 +43,7 @@ def test_expired_submit_lease_is_ambiguous_not_resubmitted(clean_db, caller_id):
     past = utcnow() - timedelta(seconds=1)
     _force(clean_db, [oid], status="submitting", lease_owner="lease_dead", due_at=past)
     with transaction(clean_db) as session:
-        sweeper.recover_expired_leases(session, utcnow(), 100)
+        sweeper.recover_expired_leases(session, now=utcnow(), limit=100)
     with transaction(clean_db) as session:
         [order] = load(session, [oid])
     assert (order.status, order.reason) == ("submit_unknown", "worker_lost_during_submit")
@@ -55,4 +55,4 @@ def test_live_lease_is_left_alone(clean_db, caller_id):
     future = utcnow() + timedelta(seconds=60)
     _force(clean_db, [oid], status="submitting", lease_owner="lease_live", due_at=future)
     with transaction(clean_db) as session:
-        assert sweeper.recover_expired_leases(session, utcnow(), 100) == 0
+        assert sweeper.recover_expired_leases(session, now=utcnow(), limit=100) == 0

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from worker.errors import RetryableError
+from worker.queue.runtime import token_key
 from worker.upstream.token import TokenCache
 
 
@@ -68,3 +69,35 @@ def test_waiters_get_an_error_when_no_token_arrives(redis_client):
     cache = TokenCache(redis_client, "t:key", fetch, lock_timeout_s=0.3)
     with pytest.raises(RetryableError):
         cache.get()
+
+
+def test_refresh_lock_outlives_a_worst_case_token_fetch(runtime_factory, stub, redis_client):
+    """While a token fetch hangs, its lock lives longer than the fetch's timeouts could last."""
+    rt = runtime_factory()
+    stub.script("token", [{"kind": "timeout", "hold_s": 1.0}])
+    lock_key = token_key(rt.settings) + ":lock"
+    outcome: list[object] = []
+
+    def refresh() -> None:
+        try:
+            outcome.append(rt.tokens.get())
+        except RetryableError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=refresh)
+    thread.start()
+    ttl_ms = -2
+    deadline = time.monotonic() + 5
+    while ttl_ms <= 0 and time.monotonic() < deadline:
+        ttl_ms = redis_client.pttl(lock_key)
+        time.sleep(0.01)
+    thread.join()
+    s = rt.settings
+    worst_s = (
+        s.upstream_pool_timeout_s
+        + s.upstream_connect_timeout_s
+        + s.upstream_write_timeout_s
+        + s.upstream_read_timeout_s
+    )
+    assert ttl_ms / 1000 > worst_s - 1.0, (ttl_ms, worst_s)
+    assert isinstance(outcome[0], RetryableError)  # the held fetch ended with the stub's 504

@@ -13,6 +13,7 @@ from schemas.upstream import (
     SUBMIT_STATUS_SUBMITTED,
     ErrorBody,
     LimioOrderObject,
+    OrderListPage,
     PreviewResponse,
     ScheduleEntry,
     SubmitResponse,
@@ -140,3 +141,23 @@ def test_stored_order_object_parses_with_extras() -> None:
         {"__spec_version": "2", "orderItems": []},
     )
     assert LimioOrderObject.model_validate({"id": "o", "status": "complete"}).state == "complete"
+
+
+@pytest.mark.parametrize("key", ["orders", "items", "data"])
+def test_order_list_page_finds_the_list_under_any_inferred_key(key: str) -> None:
+    """The list's key is undocumented: orders, items or data; non-objects are skipped."""
+    body = {key: [{"id": "order-1", "external_id": "E-1", "orderState": "submitted"}, "x"]}
+    page = OrderListPage.model_validate({**body, "queryMore": "abc+/=", "totalSize": 1})
+    assert [(o.id, o.external_id, o.state) for o in page.items] == [("order-1", "E-1", "submitted")]
+    assert (page.queryMore, page.model_extra) == ("abc+/=", {"totalSize": 1})
+
+
+@pytest.mark.parametrize("body", [{}, {"orders": {"id": "o"}}, {"items": None, "queryMore": None}])
+def test_order_list_page_without_a_list_is_empty(body: dict[str, Any]) -> None:
+    assert OrderListPage.model_validate(body).items == []
+
+
+def test_listed_summaries_need_no_id() -> None:
+    """A summary is whatever the list shows; only a stored object read by id must have one."""
+    page = OrderListPage.model_validate({"items": [{"external_id": "E-2"}]})
+    assert page.items[0].id is None and page.items[0].external_id == "E-2"

@@ -32,6 +32,15 @@ def test_cancel_only_before_submit():
     """Cancellation is allowed from received and previewed, not once submitting began."""
     assert can_move(S.RECEIVED, S.CANCELLED) and can_move(S.PREVIEWED, S.CANCELLED)
     assert not can_move(S.SUBMITTING, S.CANCELLED) and not can_move(S.SUBMITTED, S.CANCELLED)
+    assert not can_move(S.SUBMIT_UNKNOWN, S.CANCELLED)
+
+
+def test_resting_orders_only_fail_through_a_step():
+    """Nothing fails an order that is only waiting: failures come from a step or a follow-up."""
+    for resting in (S.RECEIVED, S.PREVIEWED, S.SUBMIT_UNKNOWN):
+        assert not can_move(resting, S.FAILED)
+    assert can_move(S.PREVIEWING, S.FAILED) and can_move(S.SUBMITTING, S.FAILED)
+    assert can_move(S.SUBMITTED, S.FAILED)
 
 
 @pytest.mark.parametrize(
@@ -55,14 +64,16 @@ def test_full_jitter_stays_under_the_exponential_ceiling():
     rand = random.Random(1)
     for attempt in range(1, 12):
         ceiling = min(30.0, 1.0 * 2 ** (attempt - 1))
-        delays = [backoff_delay_s(attempt, 1.0, 30.0, rand=rand) for _ in range(200)]
+        delays = [backoff_delay_s(attempt, base_s=1.0, cap_s=30.0, rand=rand) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8
 
 
 def test_retry_after_is_a_floor():
     """A Retry-After larger than the jittered delay wins."""
-    assert backoff_delay_s(1, 0.1, 1.0, retry_after_s=7.0, rand=random.Random(0)) == 7.0
+    assert (
+        backoff_delay_s(1, base_s=0.1, cap_s=1.0, retry_after_s=7.0, rand=random.Random(0)) == 7.0
+    )
 
 
 def test_budget_in_attempts_and_age():

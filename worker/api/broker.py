@@ -93,7 +93,7 @@ class Broker:
             if order_ids:
                 self.dispatcher().run(callers=callers)
             if delivery_ids:
-                enqueue_deliveries(app, delivery_ids, self.settings.webhook_chunk_size)
+                enqueue_deliveries(app, delivery_ids, chunk_size=self.settings.webhook_chunk_size)
         except Exception as exc:  # any broker error: the sweeper will enqueue them when due
             self._paused_until = time.monotonic() + PAUSE_S
             self._failed()

@@ -81,6 +81,26 @@ def _body_components() -> dict[str, Any]:
     return components
 
 
+def _global_errors(document: dict[str, Any]) -> None:
+    """Declare the answers the middleware gives on every route, whatever the route declares.
+
+    A NUL byte in the path or query (or malformed JSON) is a 400 anywhere; any body can be 413.
+    """
+    error_ref = {"$ref": REF.format(model="ErrorBody")}
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            codes = [400, 413] if "requestBody" in operation else [400]
+            for code in codes:
+                responses.setdefault(
+                    str(code),
+                    {
+                        "description": ERROR_TEXT[code],
+                        "content": {"application/json": {"schema": error_ref}},
+                    },
+                )
+
+
 def install_openapi(app: FastAPI) -> None:
     """Build the document once, with the body schemas merged in."""
 
@@ -96,6 +116,8 @@ def install_openapi(app: FastAPI) -> None:
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in _body_components().items():
                 schemas.setdefault(name, schema)
+            schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template=REF))
+            _global_errors(document)
             app.openapi_schema = document
         return app.openapi_schema
 

@@ -15,7 +15,7 @@ import orjson
 from worker.states import TERMINAL
 
 
-class ApiError(RuntimeError):
+class ApiCallError(RuntimeError):
     """The API answered an error; the message is the API's."""
 
     def __init__(self, status_code: int, message: str, body: Any = None) -> None:
@@ -28,7 +28,12 @@ class ApiClient:
     """Calls ``/v1`` with a caller's key."""
 
     def __init__(
-        self, base_url: str, key: str, timeout_s: float = 60.0, http: httpx.Client | None = None
+        self,
+        base_url: str,
+        key: str,
+        *,
+        timeout_s: float = 60.0,
+        http: httpx.Client | None = None,
     ) -> None:
         self._http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
         self._http.headers["Authorization"] = f"Bearer {key}"
@@ -38,7 +43,7 @@ class ApiClient:
         body = orjson.loads(response.content) if response.content else None
         if response.status_code >= 400:
             message = body.get("message") if isinstance(body, dict) else response.text
-            raise ApiError(response.status_code, str(message), body)
+            raise ApiCallError(response.status_code, str(message), body)
         return body
 
     def submit_batch(self, payloads: list[dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
@@ -50,6 +55,13 @@ class ApiClient:
                 headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
             )
         )
+
+    def create_webhook_endpoint(
+        self, url: str, *, event_types: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Register a webhook endpoint; the answer carries its secret (shown once)."""
+        body = {"url": url, "event_types": event_types}
+        return dict(self._call("POST", "/v1/webhook-endpoints", json=body))
 
     def order(self, order_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/orders/{order_id}"))

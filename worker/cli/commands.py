@@ -24,6 +24,9 @@ class Pool(StrEnum):
 
 app = typer.Typer(help="The partner order worker.", no_args_is_help=True, add_completion=False)
 app.add_typer(keys_app, name="keys")
+# The client commands' common options (calling our own API).
+API_URL = typer.Option(None, "--api-url", help="Intake API (default ORDERS_API_URL).")
+API_KEY = typer.Option(None, "--key", help="Caller API key (default ORDERS_API_KEY).")
 
 
 def _settings() -> Settings:
@@ -66,6 +69,7 @@ def worker(
     concurrency: int = typer.Option(
         4, help="Order processes (prefork; two per core measured best) or threads."
     ),
+    # prefork: the work is CPU-bound in aggregate; one GIL per process uses every core.
     pool: Pool = typer.Option(Pool.prefork, help="Celery pool (gevent/eventlet not supported)."),
     queues: str = typer.Option(
         "orders,webhooks",
@@ -198,21 +202,20 @@ def main() -> None:  # pragma: no cover - console entry point
 @app.command()
 def submit(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines or CSV."),
-    api_url: str | None = typer.Option(None, help="Intake API (default ORDERS_API_URL)."),
-    key: str | None = typer.Option(None, help="Caller API key (default ORDERS_API_KEY)."),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
     batch_size: int = typer.Option(1000, min=1, max=10000),
     follow: bool = typer.Option(True, help="Follow the orders until they settle."),
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli.output import ApiError, client_from, console, status_table, submit_file
+    from worker.cli.output import client_from, console, exit_on_error, status_table, submit_file
 
     client = client_from(api_url, key)
-    try:
-        counts = submit_file(client, file, batch_size, follow, timeout_s)
-    except (ApiError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with exit_on_error(ValueError):
+        counts = submit_file(
+            client, file, batch_size=batch_size, follow=follow, timeout_s=timeout_s
+        )
     console.print(status_table(counts))
 
 
@@ -221,24 +224,21 @@ def status(
     order_id: str | None = typer.Argument(None, help="One order: its view and history."),
     batch: str | None = typer.Option(None, help="Counts for one batch."),
     status_filter: str | None = typer.Option(None, "--status", help="Only this status."),
-    api_url: str | None = typer.Option(None),
-    key: str | None = typer.Option(None),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
 ) -> None:
     """Show one order with its history, or counts by status (optionally for one batch)."""
     from collections import Counter
 
-    from worker.cli.output import ApiError, client_from, console, show_order, status_table
+    from worker.cli.output import client_from, console, exit_on_error, show_order, status_table
 
     client = client_from(api_url, key)
-    try:
+    with exit_on_error():
         if order_id:
             show_order(client, order_id)
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
-    except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -255,14 +255,14 @@ def retry(
         False, "--operator", help="Any caller's orders, through the operator API (operator key)."
     ),
     caller_id: str | None = typer.Option(None, "--caller", help="With --operator: one caller."),
-    api_url: str | None = typer.Option(None),
-    key: str | None = typer.Option(None),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
 ) -> None:
     """Schedule a retry of one order, or of all orders matching the filter."""
-    from worker.cli.output import ApiError, client_from
+    from worker.cli.output import client_from, exit_on_error
 
     client = client_from(api_url, key)
-    try:
+    with exit_on_error():
         if order_id:
             answer = client.retry_answer(order_id, operator=operator, at=at)
         else:
@@ -272,9 +272,6 @@ def retry(
             if operator:
                 filters["caller_id"] = caller_id
             answer = client.retry_answer(operator=operator, **filters)
-    except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     if dry_run and not order_id:
         typer.echo(f"would retry: {answer['matched']} (dry run: nothing scheduled)")
         for sample_id in answer.get("sample") or []:
@@ -292,21 +289,18 @@ def resolve(
     not_created: bool = typer.Option(
         False, "--not-created", help="Not created upstream: re-submit it."
     ),
-    api_url: str | None = typer.Option(None),
-    key: str | None = typer.Option(None, help="An operator key (default ORDERS_API_KEY)."),
+    api_url: str | None = API_URL,
+    key: str | None = typer.Option(None, "--key", help="An operator key (default ORDERS_API_KEY)."),
 ) -> None:
     """Decide a held ambiguous submit (operator key): found upstream, or not created."""
-    from worker.cli.output import ApiError, client_from
+    from worker.cli.output import client_from, exit_on_error
 
     if (upstream_id is None) == (not not_created):
         typer.echo("give exactly one of --upstream-id ID or --not-created", err=True)
         raise typer.Exit(2)
     client = client_from(api_url, key)
-    try:
+    with exit_on_error():
         view = client.resolve(order_id, upstream_id=upstream_id)
-    except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{view['id']}: {view['status']} ({view['reason']})")
 
 

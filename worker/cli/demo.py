@@ -172,7 +172,7 @@ def run_demo(count: int, timeout_s: float) -> int:
         with transaction(settings.database_url) as session:
             _caller, key = create_caller(session, f"demo-{int(time.time())}")
         client = ApiClient(api_url, key)
-        _Receiver.secret = _register_receiver(client, receiver, api_url, key)
+        _Receiver.secret = _register_receiver(client, receiver)
         threading.Thread(target=receiver.serve_forever, daemon=True).start()
         serving = True
         payloads = sample_orders(count)
@@ -189,7 +189,9 @@ def run_demo(count: int, timeout_s: float) -> int:
             f"batch {answer['batch_id']}: {len(accepted)} accepted in "
             f"{time.monotonic() - started:.2f} s; following them..."
         )
-        counts = follow_batches(client, [answer["batch_id"]], len(accepted), timeout_s)
+        counts = follow_batches(
+            client, [answer["batch_id"]], total=len(accepted), timeout_s=timeout_s
+        )
         elapsed = time.monotonic() - started
         console.print(status_table(counts))
         console.print(
@@ -214,15 +216,9 @@ def run_demo(count: int, timeout_s: float) -> int:
                 proc.kill()
 
 
-def _register_receiver(
-    client: ApiClient, receiver: ThreadingHTTPServer, api_url: str, key: str
-) -> str:
+def _register_receiver(client: ApiClient, receiver: ThreadingHTTPServer) -> str:
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks"
-    response = httpx.post(
-        f"{api_url}/v1/webhook-endpoints",
-        json={"url": url, "event_types": ["order.complete", "order.failed", "order.rejected"]},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=10,
+    endpoint = client.create_webhook_endpoint(
+        url, event_types=["order.complete", "order.failed", "order.rejected"]
     )
-    response.raise_for_status()
-    return str(response.json()["secret"])
+    return str(endpoint["secret"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cli.api_client import ApiClient, ApiError, read_orders, settled
+from worker.cli.api_client import ApiCallError, ApiClient, read_orders, settled
 from worker.ids import sha256_hex
 from worker.settings import get_settings
 
@@ -27,8 +29,18 @@ def client_from(api_url: str | None, key: str | None) -> ApiClient:
     return ApiClient(api_url or settings.api_url, key)
 
 
+@contextmanager
+def exit_on_error(*also: type[Exception]) -> Iterator[None]:
+    """An error answer from the API (or one of ``also``): one line on stderr, exit code 1."""
+    try:
+        yield
+    except (ApiCallError, *also) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def submit_file(
-    client: ApiClient, path: Path, batch_size: int, follow: bool, timeout_s: float
+    client: ApiClient, path: Path, *, batch_size: int, follow: bool, timeout_s: float
 ) -> Counter[str]:
     """Send the file's orders in batches, then follow them until settled; return status counts.
 
@@ -45,7 +57,7 @@ def submit_file(
             chunk = payloads[start : start + batch_size]
             try:
                 answer = client.submit_batch(chunk, f"submit-{digest}-{start}")
-            except ApiError as exc:
+            except ApiCallError as exc:
                 if exc.status_code != 422:
                     raise
                 # No line of this chunk was valid: report them all and go on with the next.
@@ -67,7 +79,7 @@ def submit_file(
     console.print(f"{accepted} accepted, {len(errors)} rejected, batches: {', '.join(batch_ids)}")
     if not follow or not accepted:
         return Counter({"rejected_at_intake": len(errors)})
-    return follow_batches(client, batch_ids, accepted, timeout_s)
+    return follow_batches(client, batch_ids, total=accepted, timeout_s=timeout_s)
 
 
 NO_PROGRESS_HINT = "no progress — is a worker running? see `orders health`"
@@ -76,9 +88,9 @@ NO_PROGRESS_HINT = "no progress — is a worker running? see `orders health`"
 def follow_batches(
     client: ApiClient,
     batch_ids: list[str],
+    *,
     total: int,
     timeout_s: float,
-    *,
     stall_hint_s: float = 30.0,
 ) -> Counter[str]:
     """Poll the batches until every order is settled (or the timeout); show progress.
@@ -147,4 +159,11 @@ def _progress() -> Progress:
     )
 
 
-__all__ = ["ApiError", "client_from", "follow_batches", "show_order", "status_table", "submit_file"]
+__all__ = [
+    "client_from",
+    "exit_on_error",
+    "follow_batches",
+    "show_order",
+    "status_table",
+    "submit_file",
+]

@@ -26,6 +26,7 @@ class RetryDecision:
 
 def backoff_delay_s(
     attempt: int,
+    *,
     base_s: float,
     cap_s: float,
     retry_after_s: float | None = None,
@@ -45,6 +46,7 @@ def backoff_delay_s(
 def decide_retry(
     policy: RetryPolicy,
     attempts: int,
+    *,
     age_s: float,
     retry_after_s: float | None = None,
     rand: random.Random | None = None,
@@ -52,7 +54,9 @@ def decide_retry(
     """Decide what follows the failed attempt number ``attempts`` of an order ``age_s`` old."""
     if attempts >= policy.max_attempts:
         return RetryDecision(give_up=True)
-    delay = backoff_delay_s(attempts, policy.base_s, policy.cap_s, retry_after_s, rand)
+    delay = backoff_delay_s(
+        attempts, base_s=policy.base_s, cap_s=policy.cap_s, retry_after_s=retry_after_s, rand=rand
+    )
     if age_s + delay > policy.max_age_s:
         return RetryDecision(give_up=True)
     return RetryDecision(give_up=False, delay_s=delay)

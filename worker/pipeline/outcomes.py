@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.upstream_responses import (
+    LimioOrderObject,
+    OrderSummary,
+    PreviewResponse,
+    SubmitResponse,
+)
 from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
 from worker.models import Order
-from worker.pipeline.backoff import RetryPolicy, decide_retry
+from worker.pipeline.backoff import RetryDecision, RetryPolicy, decide_retry
 from worker.repository import Move
 from worker.states import Status, upstream_status_outcome
 
@@ -46,6 +52,8 @@ def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, 
     then (a broker countdown), a long one waits for the sweep (invariant 4).
     """
     at = now + timedelta(seconds=delay_s)
+    # Invariant 4: only short waits ride the broker (as a dispatch tick); longer ones are
+    # due_at alone, and the sweep dispatches them when due.
     countdown = delay_s if delay_s <= timing.countdown_max_s else None
     return {"next_attempt_at": at, "due_at": at, "lease_owner": None}, countdown
 
@@ -53,28 +61,49 @@ def _schedule(now: datetime, delay_s: float, timing: Timing) -> tuple[dict[str, 
 _DONE: dict[str, Any] = {"next_attempt_at": None, "due_at": None, "lease_owner": None}
 
 
-def upstream_fields(answer: dict[str, Any]) -> dict[str, Any]:
-    """Order columns from a submit answer or a stored upstream order object."""
+def upstream_fields(answer: SubmitResponse | OrderSummary) -> dict[str, Any]:
+    """Order columns from a submit answer or an upstream order (stored object or summary)."""
     fields = {
-        "upstream_id": answer.get("id"),
-        "upstream_reference": answer.get("order_reference"),
-        "upstream_status": answer.get("status") or answer.get("orderState"),
-        "subscription_reference": answer.get("subscriptionReference"),
-        "upstream_owner": answer.get("owner"),
+        "upstream_id": answer.id,
+        "upstream_reference": answer.order_reference,
+        "upstream_status": answer.state,
+        "subscription_reference": answer.subscriptionReference,
+        "upstream_owner": answer.owner,
     }
-    return {k: (str(v) if v is not None else None) for k, v in fields.items() if v is not None}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def retry_verdict(
+    order: Order,
+    error: UpstreamError,
+    *,
+    now: datetime,
+    timing: Timing,
+    rand: random.Random | None = None,
+) -> tuple[int, RetryDecision]:
+    """The order's failure count after ``error``, and whether (and when) to try again."""
+    failures = order.failures + 1
+    age_s = (now - order.budget_from).total_seconds()
+    verdict = decide_retry(
+        timing.policy, failures, age_s=age_s, retry_after_s=error.retry_after_s, rand=rand
+    )
+    return failures, verdict
 
 
 def on_failure(
     order: Order,
+    error: UpstreamError,
+    *,
     frm: Status,
     retry_to: Status,
-    error: UpstreamError,
     now: datetime,
     timing: Timing,
     rand: random.Random | None = None,
 ) -> Decision:
-    """A failed preview or submit: reject, fail, hold as unknown, or schedule a retry."""
+    """A failed preview or submit: reject, fail, hold as unknown, or schedule a retry.
+
+    ``retry_to`` is where a retry waits: ``received`` (preview again) or ``previewed``.
+    """
 
     def move(to: Status, values: dict[str, Any]) -> Move:
         return Move(
@@ -88,6 +117,7 @@ def on_failure(
         )
 
     if isinstance(error, AmbiguousError):
+        # Hold, never resubmit: the upstream may have created the order; reconcile looks first.
         return Decision(
             move(
                 S.SUBMIT_UNKNOWN,
@@ -98,19 +128,18 @@ def on_failure(
         return Decision(move(S.REJECTED, dict(_DONE)))
     if isinstance(error, AuthError):
         return Decision(move(S.FAILED, dict(_DONE)))
-    failures = order.failures + 1
-    age_s = (now - order.budget_from).total_seconds()
-    verdict = decide_retry(timing.policy, failures, age_s, error.retry_after_s, rand)
+    failures, verdict = retry_verdict(order, error, now=now, timing=timing, rand=rand)
     if verdict.give_up:
         return Decision(move(S.FAILED, {**_DONE, "failures": failures}))
     values, countdown = _schedule(now, verdict.delay_s, timing)
     return Decision(move(retry_to, {**values, "failures": failures}), countdown)
 
 
-def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) -> Decision:
+def on_preview_ok(order: Order, preview: PreviewResponse, *, lease_until: datetime) -> Decision:
     """Preview stored; the order goes straight on to ``submitting`` under the same lease."""
     values = {
-        "preview": preview,
+        # As received: fields the upstream did not send are not invented (exclude_unset).
+        "preview": preview.model_dump(mode="json", exclude_unset=True),
         "due_at": lease_until,
         "reason": None,
         "message": None,
@@ -121,9 +150,12 @@ def on_preview_ok(order: Order, preview: dict[str, Any], lease_until: datetime) 
 
 
 def on_submit_ok(
-    order: Order, answer: dict[str, Any], now: datetime, timing: Timing, frm: Status
+    order: Order, answer: SubmitResponse, *, frm: Status, now: datetime, timing: Timing
 ) -> Decision:
-    """The upstream took the order: complete now, or follow it until it is."""
+    """The upstream took the order: complete now, or follow it until it is.
+
+    ``frm`` is ``submitting`` (a submit answer) or, in principle, any state a submit came from.
+    """
     fields = upstream_fields(answer)
     outcome = upstream_status_outcome(fields.get("upstream_status"))
     base = {**fields, "submitted_at": now, "reason": None, "message": None}
@@ -146,13 +178,10 @@ def on_submit_ok(
 
 
 def on_follow(
-    order: Order,
-    answer: dict[str, Any] | None,
-    error: UpstreamError | None,
-    now: datetime,
-    timing: Timing,
+    order: Order, result: LimioOrderObject | UpstreamError, *, now: datetime, timing: Timing
 ) -> Decision:
-    """A look at a submitted order upstream: complete, failed, or look again later."""
+    """A look at a submitted order upstream (its object, or the error reading it): complete,
+    failed, or look again later; past ``follow_max_age_s`` it is failed (``follow_timeout``)."""
     submitted_at = order.submitted_at or order.updated_at
     if (now - submitted_at).total_seconds() > timing.follow_max_age_s:
         return Decision(
@@ -165,8 +194,8 @@ def on_follow(
                 message="upstream never reported the order complete",
             )
         )
-    if answer is not None:
-        fields = upstream_fields(answer)
+    if not isinstance(result, UpstreamError):
+        fields = upstream_fields(result)
         fields.pop("upstream_id", None)
         outcome = upstream_status_outcome(fields.get("upstream_status"))
         if outcome is S.COMPLETE:
@@ -183,8 +212,8 @@ def on_follow(
                 )
             )
     delay = timing.follow_interval_s
-    if error is not None and error.retry_after_s:
-        delay = max(delay, error.retry_after_s)
+    if isinstance(result, UpstreamError) and result.retry_after_s:
+        delay = max(delay, result.retry_after_s)
     values, countdown = _schedule(now, delay, timing)
     # Same status: a reschedule, not a transition (the pipeline releases the lease).
     return Decision(Move(order.id, S.SUBMITTED, S.SUBMITTED, values), countdown)

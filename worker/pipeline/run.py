@@ -100,6 +100,7 @@ class Pipeline:
         settings: Settings,
         upstream: UpstreamClient,
         executor: Executor,
+        *,
         events: EventSink | None = None,
         rand: random.Random | None = None,
     ) -> None:
@@ -126,15 +127,21 @@ class Pipeline:
                 events += repo.claim(
                     session,
                     by_status.get(frm, []),
-                    frm,
-                    to,
-                    run.owner,
-                    now,
-                    run.lease_until,
-                    self.actor,
+                    frm=frm,
+                    to=to,
+                    now=now,
+                    owner=run.owner,
+                    lease_until=run.lease_until,
+                    actor=self.actor,
                 )
             follow, unknown = (
-                repo.lease(session, by_status.get(st, []), st, run.owner, run.lease_until)
+                repo.lease(
+                    session,
+                    by_status.get(st, []),
+                    status=st,
+                    owner=run.owner,
+                    lease_until=run.lease_until,
+                )
                 for st in (S.SUBMITTED, S.SUBMIT_UNKNOWN)
             )
             self._record(session, events, run.result)
@@ -147,7 +154,11 @@ class Pipeline:
         self._follow([orders[i] for i in follow], run)
         if unknown:
             decisions = reconcile_decisions(
-                [orders[i] for i in unknown], self.upstream, self.settings, utcnow(), self.timing
+                [orders[i] for i in unknown],
+                self.upstream,
+                settings=self.settings,
+                now=utcnow(),
+                timing=self.timing,
             )
             self._apply(decisions, run)
         return run.result
@@ -156,13 +167,12 @@ class Pipeline:
         outcomes = self._call_all(
             lambda o: self.upstream.preview(upstream_payload(o)), orders, ambiguous=False
         )
-        now = utcnow()
-        decisions = [
-            on_preview_ok(order, answer, run.lease_until)
-            if error is None
-            else on_failure(order, S.PREVIEWING, S.RECEIVED, error, now, self.timing, self._rand)
-            for order, answer, error in outcomes
-        ]
+        decisions = self._decide(
+            outcomes,
+            lambda order, answer, _: on_preview_ok(order, answer, lease_until=run.lease_until),
+            frm=S.PREVIEWING,
+            retry_to=S.RECEIVED,
+        )
         moved = self._apply(decisions, run)
         return [o for o, _, error in outcomes if error is None and o.id in moved]
 
@@ -170,13 +180,14 @@ class Pipeline:
         outcomes = self._call_all(
             lambda o: self.upstream.submit(upstream_payload(o)), orders, ambiguous=True
         )
-        now = utcnow()
-        decisions = [
-            on_submit_ok(order, answer, now, self.timing, S.SUBMITTING)
-            if error is None
-            else on_failure(order, S.SUBMITTING, S.PREVIEWED, error, now, self.timing, self._rand)
-            for order, answer, error in outcomes
-        ]
+        decisions = self._decide(
+            outcomes,
+            lambda order, answer, now: on_submit_ok(
+                order, answer, frm=S.SUBMITTING, now=now, timing=self.timing
+            ),
+            frm=S.SUBMITTING,
+            retry_to=S.PREVIEWED,
+        )
         self._apply(decisions, run)
 
     def _follow(self, orders: list[Order], run: _Run) -> None:
@@ -184,27 +195,58 @@ class Pipeline:
             lambda o: self.upstream.get_order(o.upstream_id or ""), orders, ambiguous=False
         )
         now = utcnow()
-        decisions = [on_follow(o, answer, error, now, self.timing) for o, answer, error in outcomes]
+        decisions = [
+            on_follow(o, error or answer, now=now, timing=self.timing)
+            for o, answer, error in outcomes
+        ]
         self._apply(decisions, run)
 
-    def _call_all(
-        self, call: Callable[[Order], dict[str, Any]], orders: list[Order], *, ambiguous: bool
-    ) -> list[tuple[Order, dict[str, Any], UpstreamError | None]]:
-        """Run ``call`` for every order concurrently; never raises for one order's failure."""
+    def _decide(
+        self,
+        outcomes: list[tuple[Order, Any, UpstreamError | None]],
+        on_ok: Callable[[Order, Any, datetime], Decision],
+        *,
+        frm: Status,
+        retry_to: Status,
+    ) -> list[Decision]:
+        """``on_ok`` for each answer, ``on_failure`` (retry waiting in ``retry_to``) for errors."""
+        now = utcnow()
+        return [
+            on_ok(order, answer, now)
+            if error is None
+            else on_failure(
+                order,
+                error,
+                frm=frm,
+                retry_to=retry_to,
+                now=now,
+                timing=self.timing,
+                rand=self._rand,
+            )
+            for order, answer, error in outcomes
+        ]
 
-        def one(order: Order) -> tuple[Order, dict[str, Any], UpstreamError | None]:
+    def _call_all(
+        self, call: Callable[[Order], T], orders: list[Order], *, ambiguous: bool
+    ) -> list[tuple[Order, Any, UpstreamError | None]]:
+        """Run ``call`` for every order concurrently; never raises for one order's failure.
+
+        Each result is ``(order, answer, None)`` or ``(order, None, error)``.
+        """
+
+        def one(order: Order) -> tuple[Order, T | None, UpstreamError | None]:
             try:
                 return order, call(order), None
             except UpstreamError as exc:
-                return order, {}, exc
+                return order, None, exc
             except Exception as exc:  # a bug or a broken answer: never a blind re-submit
                 log.exception("upstream_call_crashed", order_id=order.id)
                 cls = AmbiguousError if ambiguous else RetryableError
-                return order, {}, cls("internal_error", f"{type(exc).__name__}: {exc}")
+                return order, None, cls("internal_error", f"{type(exc).__name__}: {exc}")
 
         if not orders:
             return []
-        if len(orders) == 1:
+        if len(orders) == 1:  # no thread hop for a single order (follow-ups, retries)
             return [one(orders[0])]
         return list(self.executor.map(one, orders))
 
@@ -221,11 +263,18 @@ class Pipeline:
                 if move.frm == move.to == S.SUBMITTED:
                     # A reschedule of the follow-up: same status, no history row.
                     values = _no_lease(move.values)
-                    if repo.release(session, move.order_id, run.owner, now, **values):
+                    if repo.release(session, move.order_id, now=now, owner=run.owner, **values):
                         won.add(move.order_id)
                 else:
                     moves.append(move)
-            events = repo.apply_moves_bulk(session, moves, now, run.owner, run.attempts, self.actor)
+            events = repo.apply_moves_bulk(
+                session,
+                moves,
+                now=now,
+                owner=run.owner,
+                attempts=run.attempts,
+                actor=self.actor,
+            )
             won.update(e["order_id"] for e in events)
             self._record(session, events, run.result)
         for decision in decisions:

@@ -9,7 +9,6 @@ each pick-up is a compare-and-set on ``due_at``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,15 +29,7 @@ RECOVERY: dict[Status, tuple[Status, str]] = {
 }
 
 
-@dataclass(slots=True)
-class SweepResult:
-    recovered: int = 0
-    orders: list[str] | None = None
-    deliveries: list[str] | None = None
-    purged_keys: int = 0
-
-
-def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
+def recover_expired_leases(session: Session, *, now: datetime, limit: int) -> int:
     """Move in-flight orders whose lease expired to a safe resting state, with history."""
     rows = session.execute(
         select(Order.id, Order.status, Order.lease_owner)
@@ -52,7 +43,7 @@ def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
         move = Move(
             order_id, S(status), to, values, reason=reason, message=f"lease of {owner} expired"
         )
-        recovered += bool(repo.apply_moves(session, [move], now, owner=owner, actor="sweeper"))
+        recovered += bool(repo.apply_moves(session, [move], now=now, owner=owner, actor="sweeper"))
     # Leases without a status change (follow-up, reconcile lookups) are simply released.
     session.execute(
         update(Order)
@@ -67,7 +58,9 @@ def recover_expired_leases(session: Session, now: datetime, limit: int) -> int:
     return recovered
 
 
-def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: int) -> list[str]:
+def take_due_deliveries(
+    session: Session, *, now: datetime, grace_s: float, limit: int
+) -> list[str]:
     """Claim due pending webhook deliveries the same way."""
     due = (
         select(WebhookDelivery.id)
@@ -85,7 +78,7 @@ def take_due_deliveries(session: Session, now: datetime, grace_s: float, limit: 
     return list(session.execute(stmt).scalars())
 
 
-def purge_idempotency_keys(session: Session, now: datetime) -> int:
+def purge_idempotency_keys(session: Session, *, now: datetime) -> int:
     """Forget idempotency keys past their retention."""
     stmt = delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]

@@ -48,8 +48,10 @@ def configure(broker_url: str, settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
+        # A message is gone only once its run finished: a killed worker's chunk is redelivered.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # One message at a time per process: chunks wait in Redis, not behind a busy process.
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE_ORDERS,
         task_routes={

@@ -163,5 +163,5 @@ class Dispatcher:
             self.redis.srem(CALLERS_KEY, *idle)
         ids = [i for i in chosen if i in claimed]
         if ids:
-            enqueue_orders(self.celery, ids, chunk)
+            enqueue_orders(self.celery, ids, chunk_size=chunk)
         return PassResult(len(ids), depth, target)

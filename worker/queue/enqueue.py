@@ -16,7 +16,7 @@ def chunks(ids: Sequence[str], size: int) -> Iterable[list[str]]:
 
 
 def enqueue_orders(
-    app: Celery, ids: Sequence[str], chunk_size: int, countdown_s: float | None = None
+    app: Celery, ids: Sequence[str], *, chunk_size: int, countdown_s: float | None = None
 ) -> int:
     """Send ``orders.process`` for ``ids`` in chunks; returns the number of messages.
 
@@ -38,7 +38,11 @@ def enqueue_orders(
 
 
 def enqueue_deliveries(
-    app: Celery, delivery_ids: Sequence[str], chunk_size: int, countdown_s: float | None = None
+    app: Celery,
+    delivery_ids: Sequence[str],
+    *,
+    chunk_size: int,
+    countdown_s: float | None = None,
 ) -> int:
     """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks (``ORDERS_WEBHOOK_CHUNK_SIZE``:
     a chunk's deliveries are attempted at once, so a task lasts at most about two deadlines)."""

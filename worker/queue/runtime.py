@@ -20,7 +20,7 @@ from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
 from worker.queue.dispatcher import Dispatcher
 from worker.settings import Settings, get_settings
-from worker.upstream.client import UpstreamClient, fetch_token
+from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
 from worker.upstream.token import TokenCache
 from worker.webhooks.outbox import record_deliveries
 
@@ -66,8 +66,15 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
         with token_http.new_http_client() as http:
             return fetch_token(settings, http)
 
-    tokens = TokenCache(client, token_key(settings), fetch, settings.token_refresh_margin_s)
+    tokens = TokenCache(
+        client,
+        token_key(settings),
+        fetch,
+        margin_s=settings.token_refresh_margin_s,
+        lock_timeout_s=token_lock_timeout_s(settings),
+    )
     upstream = UpstreamClient(settings, tokens, ssl_context)
+    # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
     celery = configure(redis_url, settings)

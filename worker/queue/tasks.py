@@ -37,10 +37,12 @@ from worker.webhooks.delivery import Deliverer
 from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
 log = structlog.get_logger(__name__)
+# Bounds one sweep's transactions; whatever is left is taken by the next sweep seconds later.
 SWEEP_LIMIT = 5000
 
 
 def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
+    # Delays rounded to 0.1 s: one message per chunk of a delay group, not one per order.
     by_delay: dict[float, list[str]] = defaultdict(list)
     for item_id, delay in pairs:
         by_delay[round(delay, 1)].append(item_id)
@@ -62,7 +64,7 @@ def process_orders(self: Task, order_ids: list[str]) -> int:
         # follow-ups go out through the same fair share as new orders.
         app.send_task(TASK_DISPATCH, args=[ids], queue=QUEUE_ORDERS, countdown=delay or None)
     if result.deliveries:
-        enqueue_deliveries(rt.celery, result.deliveries, rt.settings.webhook_chunk_size)
+        enqueue_deliveries(rt.celery, result.deliveries, chunk_size=rt.settings.webhook_chunk_size)
     # This process has room again: refill the queue from the backlog.
     rt.dispatcher.run()
     return result.moved
@@ -85,10 +87,10 @@ def sweep() -> dict[str, int]:
     now = utcnow()
     grace = rt.settings.enqueue_grace_s
     with transaction(rt.settings.database_url) as session:
-        recovered = sweeper.recover_expired_leases(session, now, SWEEP_LIMIT)
+        recovered = sweeper.recover_expired_leases(session, now=now, limit=SWEEP_LIMIT)
     with transaction(rt.settings.database_url) as session:
-        deliveries = sweeper.take_due_deliveries(session, now, grace, SWEEP_LIMIT)
-        purged = sweeper.purge_idempotency_keys(session, now)
+        deliveries = sweeper.take_due_deliveries(session, now=now, grace_s=grace, limit=SWEEP_LIMIT)
+        purged = sweeper.purge_idempotency_keys(session, now=now)
     with transaction(rt.settings.database_url) as session:
         retention.purge(
             session,
@@ -100,7 +102,7 @@ def sweep() -> dict[str, int]:
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     orders = rt.dispatcher.run(rebuild=True).sent
     if deliveries:
-        enqueue_deliveries(rt.celery, deliveries, rt.settings.webhook_chunk_size)
+        enqueue_deliveries(rt.celery, deliveries, chunk_size=rt.settings.webhook_chunk_size)
     if recovered or orders or deliveries:
         log.info(
             "swept",
@@ -145,7 +147,9 @@ def deliver(delivery_ids: list[str]) -> int:
     rt = get_runtime()
     requeue = _get_deliverer().run(delivery_ids)
     for delay, ids in _requeue(requeue).items():
-        enqueue_deliveries(rt.celery, ids, rt.settings.webhook_chunk_size, countdown_s=delay)
+        enqueue_deliveries(
+            rt.celery, ids, chunk_size=rt.settings.webhook_chunk_size, countdown_s=delay
+        )
     return len(delivery_ids)
 
 

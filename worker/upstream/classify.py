@@ -67,13 +67,13 @@ def error_for_exception(exc: Exception, *, idempotent: bool) -> UpstreamError:
         )
         return RetryableError(reason, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, httpx.TimeoutException):
-        reason, cls = "upstream_timeout", RetryableError
+        reason = "upstream_timeout"
     elif isinstance(exc, httpx.TransportError):
-        reason, cls = "upstream_disconnect", RetryableError
+        reason = "upstream_disconnect"
     else:
-        reason, cls = "upstream_invalid_response", RetryableError
+        reason = "upstream_invalid_response"
     if not idempotent:
         return AmbiguousError(
             reason.replace("upstream_", "submit_"), f"{type(exc).__name__}: {exc}"
         )
-    return cls(reason, f"{type(exc).__name__}: {exc}")
+    return RetryableError(reason, f"{type(exc).__name__}: {exc}")

@@ -1,5 +1,9 @@
 """Calls to the upstream: preview, submit, read an order, list orders, fetch a token.
 
+Every answer is parsed into its ``schemas.upstream_responses`` model (lenient: unknown fields
+kept, undocumented ones optional); an answer that does not fit is a failed call like any other
+(ambiguous for a submit).
+
 One small ``httpx.Client`` per thread (a shared pool scans all its connections per request,
 which collapses under concurrency), all sharing one SSL context and one token cache.
 """
@@ -8,16 +12,27 @@ from __future__ import annotations
 
 import ssl
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from schemas.upstream_responses import (
+    LimioOrderObject,
+    OrderListPage,
+    PreviewResponse,
+    SubmitResponse,
+    TokenResponse,
+)
 from worker.errors import AuthError, RetryableError, UpstreamError
 from worker.settings import Settings
 from worker.upstream.auth import SharedTokenAuth
 from worker.upstream.classify import error_for_exception, error_for_status
 from worker.upstream.token import TokenCache
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_TOKEN_LIFETIME_S = 3600.0
 
 # Below uvicorn's 5 s keep-alive, so we never reuse a connection the server is closing.
 KEEPALIVE_EXPIRY_S = 3.0
@@ -31,6 +46,21 @@ def timeouts(settings: Settings) -> httpx.Timeout:
         write=settings.upstream_write_timeout_s,
         pool=settings.upstream_pool_timeout_s,
     )
+
+
+def token_lock_timeout_s(settings: Settings) -> float:
+    """How long the token refresher's Redis lock lives: longer than a worst-case token fetch.
+
+    A fetch may wait for a pooled connection, connect, write and read, each up to its timeout;
+    a lock shorter than that lets a second process fetch while the first is still waiting.
+    """
+    worst_fetch_s = (
+        settings.upstream_pool_timeout_s
+        + settings.upstream_connect_timeout_s
+        + settings.upstream_write_timeout_s
+        + settings.upstream_read_timeout_s
+    )
+    return worst_fetch_s + 5.0  # a margin for Redis round trips and scheduling
 
 
 def fetch_token(settings: Settings, client: httpx.Client) -> tuple[str, float]:
@@ -60,9 +90,10 @@ def fetch_token(settings: Settings, client: httpx.Client) -> tuple[str, float]:
             retry_after_s=error.retry_after_s,
         )
     try:
-        return str(body["access_token"]), float(body.get("expires_in") or 3600)
-    except (TypeError, KeyError, ValueError) as exc:
+        token = TokenResponse.model_validate(body)
+    except ValidationError as exc:
         raise RetryableError("token_invalid_response", "token answer lacks access_token") from exc
+    return token.access_token, token.expires_in or DEFAULT_TOKEN_LIFETIME_S
 
 
 def _json(response: httpx.Response) -> Any:
@@ -75,8 +106,17 @@ def _json(response: httpx.Response) -> Any:
 class UpstreamClient:
     """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure."""
 
-    def __init__(self, settings: Settings, tokens: TokenCache | None, ssl_context: ssl.SSLContext):
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenCache | None,
+        ssl_context: ssl.SSLContext,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the network (tests: ``httpx.MockTransport``)."""
         self._settings = settings
+        self._transport = transport
         self._tokens = tokens
         self._ssl = ssl_context
         self._timeout = timeouts(settings)
@@ -90,6 +130,8 @@ class UpstreamClient:
             verify=self._ssl,
             timeout=self._timeout,
             auth=auth,
+            transport=self._transport,
+            # One per thread and a thread makes one call at a time: a few connections suffice.
             limits=httpx.Limits(
                 max_connections=4, max_keepalive_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S
             ),
@@ -105,12 +147,24 @@ class UpstreamClient:
                 self._clients.append(client)
         return client
 
-    def _call(self, method: str, path: str, payload: Any = None, *, idempotent: bool) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        payload: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool,
+    ) -> M:
+        """One request; the answer parsed into ``model``, or an ``UpstreamError`` raised."""
         url = f"{self._settings.upstream_url}{path}"
         content = orjson.dumps(payload) if payload is not None else None
         headers = {"content-type": "application/json"} if content is not None else None
         try:
-            response = self._client().request(method, url, content=content, headers=headers)
+            response = self._client().request(
+                method, url, content=content, headers=headers, params=params
+            )
         except UpstreamError:
             raise
         except httpx.HTTPError as exc:
@@ -123,24 +177,34 @@ class UpstreamClient:
             raise error_for_exception(
                 ValueError("answer is not a JSON object"), idempotent=idempotent
             )
-        return body
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise error_for_exception(exc, idempotent=idempotent) from exc
 
-    def preview(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def preview(self, payload: dict[str, Any]) -> PreviewResponse:
         """``POST /api/partner/order/preview``: safe to repeat."""
-        return self._call("POST", self._settings.upstream_preview_path, payload, idempotent=True)
+        path = self._settings.upstream_preview_path
+        return self._call("POST", path, PreviewResponse, payload=payload, idempotent=True)
 
-    def submit(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, payload: dict[str, Any]) -> SubmitResponse:
         """``POST /api/partner/order``: NOT safe to repeat; transport failures are ambiguous."""
-        return self._call("POST", self._settings.upstream_submit_path, payload, idempotent=False)
+        path = self._settings.upstream_submit_path
+        return self._call("POST", path, SubmitResponse, payload=payload, idempotent=False)
 
-    def get_order(self, upstream_id: str) -> dict[str, Any]:
+    def get_order(self, upstream_id: str) -> LimioOrderObject:
         """``GET /api/objects/limio/orders/{id}``: the stored order object."""
-        return self._call("GET", f"/api/objects/limio/orders/{upstream_id}", idempotent=True)
+        path = f"/api/objects/limio/orders/{upstream_id}"
+        return self._call("GET", path, LimioOrderObject, idempotent=True)
 
-    def list_orders(self, limit: int = 100, query_more: str | None = None) -> dict[str, Any]:
+    def list_orders(self, *, limit: int = 100, query_more: str | None = None) -> OrderListPage:
         """``GET /api/objects/limio/orders``: one page of order summaries, newest first."""
-        params = f"?limit={limit}" + (f"&queryMore={query_more}" if query_more else "")
-        return self._call("GET", f"/api/objects/limio/orders{params}", idempotent=True)
+        # httpx encodes the cursor: a standard-base64 cursor carries "+", "/" and "=".
+        params: dict[str, Any] = {"limit": limit}
+        if query_more:
+            params["queryMore"] = query_more
+        path = "/api/objects/limio/orders"
+        return self._call("GET", path, OrderListPage, params=params, idempotent=True)
 
     def close(self) -> None:
         with self._clients_lock:

@@ -1,14 +1,15 @@
 """One upstream access token shared by every worker process, through Redis.
 
 The token lives under one key with its expiry. A caller refreshes it when less than the margin
-remains, holding a Redis lock so that one process fetches while the others keep using the
-still-valid token or wait briefly. A 401 deletes exactly the token that was refused.
+remains, holding a Redis lock (``redis.Redis.lock``) so that one process fetches while the
+others keep using the still-valid token or wait for the lock. A 401 deletes exactly the token
+that was refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import redis
 
 from worker.errors import RetryableError
 
-# Delete the key only if it still holds the token we were refused with (or the lock we own).
+# Delete the token only if it is still the one we were refused with (a newer one stays).
 _DELETE_IF_EQUALS = """
 local raw = redis.call('GET', KEYS[1])
 if raw and string.find(raw, ARGV[1], 1, true) then return redis.call('DEL', KEYS[1]) end
@@ -52,9 +53,11 @@ class TokenCache:
         client: redis.Redis,
         key: str,
         fetch: Fetcher,
+        *,
         margin_s: float = 60.0,
         lock_timeout_s: float = 15.0,
     ) -> None:
+        """``lock_timeout_s`` must exceed a worst-case ``fetch``, or two fetches may overlap."""
         self._redis = client
         self._key = key
         self._lock_key = key + ":lock"
@@ -81,19 +84,26 @@ class TokenCache:
         if shared is not None and shared.fresh(now, self._margin_s):
             self._local = shared
             return shared.value
-        lock_id = secrets.token_hex(8)
-        if self._redis.set(self._lock_key, lock_id, nx=True, px=int(self._lock_timeout_s * 1000)):
-            try:
-                shared = self._read()
-                if shared is not None and shared.fresh(time.time(), self._margin_s):
-                    self._local = shared
-                    return shared.value
-                return self._refresh()
-            finally:
-                self._delete_if(keys=[self._lock_key], args=[lock_id])
-        if shared is not None and shared.valid(now):
-            return shared.value
-        return self._wait_for_refresher()
+        lock = self._redis.lock(self._lock_key, timeout=self._lock_timeout_s, sleep=0.05)
+        if not lock.acquire(blocking=False):
+            # Another process is refreshing: a token that is still valid will do meanwhile.
+            if shared is not None and shared.valid(now):
+                return shared.value
+            if not lock.acquire(blocking=True, blocking_timeout=self._lock_timeout_s):
+                raise RetryableError(
+                    "token_unavailable", "no upstream token became available in time"
+                )
+        try:
+            # Whoever held the lock before us has usually stored a fresh token by now.
+            shared = self._read()
+            if shared is not None and shared.fresh(time.time(), self._margin_s):
+                self._local = shared
+                return shared.value
+            return self._refresh()
+        finally:
+            # It may have expired during a very slow fetch; another process may hold it now.
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
 
     def _refresh(self) -> str:
         value, expires_in_s = self._fetch()
@@ -104,18 +114,6 @@ class TokenCache:
         self._redis.set(self._key, raw, px=max(1, int(expires_in_s * 1000)))
         self._local = token
         return value
-
-    def _wait_for_refresher(self) -> str:
-        deadline = time.monotonic() + self._lock_timeout_s
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            shared = self._read()
-            if shared is not None and shared.valid(time.time()):
-                self._local = shared
-                return shared.value
-            if not self._redis.exists(self._lock_key):
-                return self._get_locked()
-        raise RetryableError("token_unavailable", "no upstream token became available in time")
 
     def invalidate(self, value: str) -> None:
         """Forget ``value`` here and in Redis, unless another token has replaced it already."""

@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from schemas.webhooks import WebhookEvent
 from worker.ids import new_id, utcnow
 from worker.models import Order, OrderLike, WebhookDelivery, WebhookEndpoint
 from worker.repository import Event
 from worker.states import Status
-from worker.views import iso, order_view
+from worker.views import order_view
 
 
 def event_type(status: str) -> str:
@@ -68,7 +69,8 @@ def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
         etype = event_type(event["to_status"])
         view = order_view(order)
         view["status"] = event["to_status"]
-        payload = {"type": etype, "timestamp": iso(event["at"]), "data": view}
+        # The body is built through the published contract, so it cannot drift from it.
+        payload = WebhookEvent(type=etype, timestamp=event["at"], data=view).model_dump(mode="json")
         for endpoint_id, types in by_caller[order.caller_id]:
             if wants(types, etype):
                 rows.append(

@@ -1,0 +1,123 @@
+"""The upstream client against ``httpx.MockTransport``: query encoding and parsed answers."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from schemas.upstream_responses import OrderListPage, SubmitResponse
+from worker.errors import AmbiguousError, RetryableError
+from worker.settings import Settings
+from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _client(handler: Handler) -> UpstreamClient:
+    settings = Settings(upstream_url="http://upstream.test")
+    context = ssl.create_default_context()
+    return UpstreamClient(settings, None, context, transport=httpx.MockTransport(handler))
+
+
+def test_query_more_cursor_is_url_encoded_and_round_trips():
+    """A standard-base64 cursor with ``+``, ``/`` and ``=`` reaches the upstream intact."""
+    cursor = "DnF1ZXJ5+VGhlbk/ZldGNo=="
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"items": [], "queryMore": None})
+
+    page = _client(handler).list_orders(limit=100, query_more=cursor)
+    [request] = seen
+    assert request.url.path == "/api/objects/limio/orders"
+    assert request.url.query == b"limit=100&queryMore=DnF1ZXJ5%2BVGhlbk%2FZldGNo%3D%3D"
+    assert request.url.params["queryMore"] == cursor
+    assert isinstance(page, OrderListPage) and page.items == []
+
+
+def test_first_page_sends_no_cursor():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"orders": [{"id": "order-1", "external_id": "E"}]})
+
+    page = _client(handler).list_orders(limit=10)
+    assert seen[0].url.query == b"limit=10"
+    assert [(o.id, o.external_id) for o in page.items] == [("order-1", "E")]
+
+
+def test_submit_answer_is_parsed_into_its_model():
+    """The submit answer comes back as ``SubmitResponse``; unknown fields are kept."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"id": "order-1", "status": "submitted", "order_reference": 12, "traceId": "t"}
+        return httpx.Response(200, json=body)
+
+    answer = _client(handler).submit({"order_type": "new"})
+    assert isinstance(answer, SubmitResponse)
+    assert (answer.id, answer.state, answer.order_reference) == ("order-1", "submitted", "12")
+    assert answer.model_extra == {"traceId": "t"}
+
+
+def test_a_submit_answer_that_does_not_fit_is_ambiguous_not_a_success():
+    """A 2xx whose fields have impossible types may hide a created order: never re-sent."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": {"nested": True}, "status": ["complete"]})
+
+    with pytest.raises(AmbiguousError) as caught:
+        _client(handler).submit({"order_type": "new"})
+    assert caught.value.reason == "submit_invalid_response"
+
+
+def test_an_order_object_without_id_is_a_retryable_failure():
+    """A stored order object must carry its id; without it the follow-up tries again later."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"orderState": "complete"})
+
+    with pytest.raises(RetryableError) as caught:
+        _client(handler).get_order("order-1")
+    assert caught.value.reason == "upstream_invalid_response"
+
+
+def test_token_answer_without_expiry_lives_an_hour():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "eyJ.a.b", "token_type": "Bearer"})
+
+    settings = Settings(upstream_url="http://upstream.test")
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        assert fetch_token(settings, http) == ("eyJ.a.b", 3600.0)
+
+
+def test_token_answer_without_a_token_is_retryable():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"token_type": "Bearer", "expires_in": 60})
+
+    settings = Settings(upstream_url="http://upstream.test")
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(RetryableError, match="access_token"),
+    ):
+        fetch_token(settings, http)
+
+
+def test_token_lock_outlives_a_worst_case_token_fetch():
+    """The refresher's lock must not expire while its fetch may still be running (~25 s)."""
+    settings = Settings(
+        upstream_pool_timeout_s=5, upstream_connect_timeout_s=5, upstream_read_timeout_s=15
+    )
+    worst = (
+        settings.upstream_pool_timeout_s
+        + settings.upstream_connect_timeout_s
+        + settings.upstream_write_timeout_s
+        + settings.upstream_read_timeout_s
+    )
+    assert token_lock_timeout_s(settings) > worst >= 25
+    slow = Settings(upstream_connect_timeout_s=10, upstream_read_timeout_s=60)
+    assert token_lock_timeout_s(slow) > 70
