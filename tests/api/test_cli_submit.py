@@ -76,6 +76,6 @@ def test_follow_says_when_nothing_moves(client, alpha, tmp_path, capsys):
     path.write_bytes(orjson.dumps(order("S-1")))
     api = _client(client, alpha)
     answer = api.submit_batch(read_orders(path), "stall-1")
-    counts = follow_batches(api, [answer["batch_id"]], 1, timeout_s=2.5, stall_hint_s=1.0)
+    counts = follow_batches(api, [answer["batch_id"]], total=1, timeout_s=2.5, stall_hint_s=1.0)
     assert counts == {"received": 1}
     assert capsys.readouterr().err.count(NO_PROGRESS_HINT) == 1

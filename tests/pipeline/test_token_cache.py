@@ -8,7 +8,7 @@ import time
 import pytest
 
 from worker.errors import RetryableError
-from worker.queue.runtime import token_key
+from worker.upstream.shared import token_key
 from worker.upstream.token import TokenCache
 
 

@@ -6,16 +6,14 @@ one order object by id, with the fleet's shared token in Redis (``worker.upstrea
 
 from __future__ import annotations
 
-import ssl
 import threading
-from typing import Any
 
 import redis
 
-from worker.queue.runtime import token_key
+from schemas.upstream_responses import LimioOrderObject
 from worker.settings import Settings
-from worker.upstream.client import UpstreamClient, fetch_token
-from worker.upstream.token import TokenCache
+from worker.upstream.client import UpstreamClient
+from worker.upstream.shared import shared_upstream
 
 
 class UpstreamLookup:
@@ -35,20 +33,10 @@ class UpstreamLookup:
                 self._redis = redis.Redis.from_url(
                     self._redis_url, socket_timeout=5, socket_connect_timeout=5
                 )
-                context = ssl.create_default_context()
-                token_http = UpstreamClient(settings, None, context)
-
-                def fetch() -> tuple[str, float]:
-                    with token_http.new_http_client() as http:
-                        return fetch_token(settings, http)
-
-                tokens = TokenCache(
-                    self._redis, token_key(settings), fetch, settings.token_refresh_margin_s
-                )
-                self._client = UpstreamClient(settings, tokens, context)
+                _, self._client = shared_upstream(settings, self._redis)
             return self._client
 
-    def get(self, upstream_id: str) -> dict[str, Any]:
+    def get(self, upstream_id: str) -> LimioOrderObject:
         """``GET /api/objects/limio/orders/{upstream_id}`` (blocking)."""
         return self._upstream().get_order(upstream_id)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from schemas.upstream_responses import LimioOrderObject
 from worker import repository as repo
 from worker.db import read_session, transaction
 from worker.errors import InvalidInput, OrderNotFound, PermanentError, WrongState
@@ -33,7 +34,7 @@ from worker.views import order_view
 from worker.webhooks.outbox import record_deliveries
 
 S = Status
-UpstreamLookup = Callable[[str], dict[str, Any]]
+UpstreamLookup = Callable[[str], LimioOrderObject]
 """Reads one upstream order object by id (``UpstreamClient.get_order``)."""
 
 
@@ -47,7 +48,7 @@ def found_move(order: Order, obj: dict[str, Any], *, upstream_id: str, now: date
     if not is_held(order):
         raise WrongState(f"order {order.id} is {order.status} and not held for a decision")
     sent = sent_external_id(order)
-    seen = obj.get("external_id")
+    seen = obj.external_id
     if seen != sent:
         message = (
             f"upstream order {upstream_id} has external_id {seen!r}, "
@@ -104,7 +105,7 @@ def resolve_held(
     with read_session(db_url) as session:
         if session.get(Order, order_id) is None:
             raise OrderNotFound(order_id)
-    obj: dict[str, Any] | None = None
+    obj: LimioOrderObject | None = None
     if upstream_id is not None:
         try:
             obj = lookup(upstream_id)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,12 +14,12 @@ import redis
 from celery import Celery
 
 from worker.embedded_redis import resolve_redis_url
-from worker.ids import sha256_hex
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
 from worker.queue.dispatcher import Dispatcher
 from worker.settings import Settings, get_settings
-from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
+from worker.upstream.client import UpstreamClient
+from worker.upstream.shared import shared_upstream
 from worker.upstream.token import TokenCache
 from worker.webhooks.outbox import record_deliveries
 
@@ -48,32 +47,12 @@ _runtime: Runtime | None = None
 _pid: int | None = None
 
 
-def token_key(settings: Settings) -> str:
-    """The Redis key of the shared token for this upstream and client id."""
-    digest = sha256_hex(f"{settings.upstream_url}|{settings.upstream_client_id}")[:16]
-    return f"orders:upstream-token:{digest}"
-
-
 def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     """Wire the process's objects together."""
     client = redis.Redis.from_url(
         redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
     )
-    ssl_context = ssl.create_default_context()
-    token_http = UpstreamClient(settings, None, ssl_context)
-
-    def fetch() -> tuple[str, float]:
-        with token_http.new_http_client() as http:
-            return fetch_token(settings, http)
-
-    tokens = TokenCache(
-        client,
-        token_key(settings),
-        fetch,
-        margin_s=settings.token_refresh_margin_s,
-        lock_timeout_s=token_lock_timeout_s(settings),
-    )
-    upstream = UpstreamClient(settings, tokens, ssl_context)
+    tokens, upstream = shared_upstream(settings, client)
     # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
