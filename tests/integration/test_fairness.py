@@ -1,0 +1,103 @@
+"""Fair share on real worker processes: a small caller is not stuck behind a big backlog, the
+broker stays short, and a Redis flush in the middle loses nothing (invariant 13)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from api_stub.testing import stub_process
+from tests.conftest import settings_from
+from tests.helpers import add_orders, new_payload
+from tests.integration.conftest import Cluster
+from worker.db import transaction
+from worker.ids import new_id, sha256_hex, utcnow
+from worker.models import Caller, Order
+from worker.queue.dispatcher import Dispatcher
+from worker.states import TERMINAL
+
+pytestmark = pytest.mark.slow
+FINAL = [str(s) for s in TERMINAL]
+
+
+def _caller(db_url: str, name: str) -> str:
+    caller_id = new_id("clr")
+    with transaction(db_url) as session:
+        session.add(
+            Caller(
+                id=caller_id,
+                name=name,
+                key_hash=sha256_hex(caller_id),
+                key_prefix="test",
+                created_at=utcnow(),
+            )
+        )
+    return caller_id
+
+
+def _final(db_url: str, ids: list[str]) -> int:
+    with transaction(db_url) as session:
+        stmt = select(func.count()).where(Order.id.in_(ids), Order.status.in_(FINAL))
+        return int(session.scalar(stmt) or 0)
+
+
+@pytest.fixture
+def busy_cluster(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Cluster]:
+    """The cluster against a stub that takes 16 calls at once, 50 ms each (160 orders/s)."""
+    args = ["--seed", "11", "--latency-ms", "50", "--capacity", "16"]
+    with stub_process(args) as stub_url:
+        cluster_env["ORDERS_UPSTREAM_URL"] = stub_url
+        cluster_env["ORDERS_UPSTREAM_MAX_IN_FLIGHT"] = "16"
+        c = Cluster(cluster_env, stub_url, tmp_path)
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster, env) -> None:
+    """B's 10 orders, posted after A's 1,500, are all final within seconds while most of A's
+    are still waiting; the broker holds a few chunks throughout; a flush loses nothing."""
+    c = busy_cluster
+    db = c.db_url
+    big, small = _caller(db, "big"), _caller(db, "small")
+    c.worker(concurrency=2)
+    c.beat()
+    settings = settings_from(env, chunk_size=50)
+    client = redis.Redis.from_url(env["ORDERS_REDIS_URL"])
+    dispatcher = Dispatcher(settings, client, c.celery)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], int(client.llen("orders")))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    a_ids = add_orders(db, big, [new_payload(i) for i in range(1500)], grace_s=0)
+    dispatcher.run(callers=[big])
+    time.sleep(1.0)
+    b_ids = add_orders(db, small, [new_payload(i) for i in range(10)], grace_s=0)
+    accepted = time.monotonic()
+    dispatcher.run(callers=[small])
+    c.wait_for(lambda: _final(db, b_ids) == 10, timeout_s=30)
+    b_s = time.monotonic() - accepted
+    a_left = 1500 - _final(db, a_ids)
+    assert a_left > 500, f"A nearly done ({a_left} left): the test did not overlap"
+    assert b_s < 6.0, f"B took {b_s:.1f} s behind A's backlog"
+    client.flushdb()  # queue, caller list, token: all gone mid-run
+    orders = c.wait_settled(a_ids + b_ids, timeout_s=120)
+    stop.set()
+    sampler.join()
+    assert {o.status for o in orders.values()} == {"complete"}
+    assert c.stub.orders()["duplicates"] == {}
+    # 2 worker processes x 2 chunks, plus a tick or a sweep message in passing.
+    assert peak[0] <= 8, f"the broker held {peak[0]} messages"
+    client.close()
