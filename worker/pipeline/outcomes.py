@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
+from worker.errors import (
+    AmbiguousError,
+    AuthError,
+    PermanentError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from worker.models import Order
 from worker.pipeline.backoff import RetryPolicy, decide_retry
 from worker.repository import Move
@@ -96,8 +102,16 @@ def on_failure(
         return Decision(move(S.REJECTED, dict(_DONE)))
     if isinstance(error, AuthError):
         return Decision(move(S.FAILED, dict(_DONE)))
-    failures = order.failures + 1
     age_s = (now - order.budget_from).total_seconds()
+    if isinstance(error, UpstreamUnavailable):
+        # The upstream's trouble, not the order's: wait (jittered, so the fleet comes back
+        # spread out) without spending an attempt; only the age bound still applies.
+        delay_s = (error.retry_after_s or 1.0) * (1 + 0.5 * (rand or random).random())
+        if age_s + delay_s > timing.policy.max_age_s:
+            return Decision(move(S.FAILED, dict(_DONE)))
+        values, countdown = _schedule(now, delay_s, timing)
+        return Decision(move(retry_to, values), countdown)
+    failures = order.failures + 1
     verdict = decide_retry(timing.policy, failures, age_s, error.retry_after_s, rand)
     if verdict.give_up:
         return Decision(move(S.FAILED, {**_DONE, "failures": failures}))

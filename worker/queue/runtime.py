@@ -14,6 +14,8 @@ import redis
 from celery import Celery
 
 from worker.embedded_redis import resolve_redis_url
+from worker.flow.gate import Gate
+from worker.flow.setup import build_gate
 from worker.ids import sha256_hex
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
@@ -32,8 +34,10 @@ class Runtime:
     upstream: UpstreamClient
     executor: ThreadPoolExecutor
     pipeline: Pipeline
+    gate: Gate
 
     def close(self) -> None:
+        self.gate.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.upstream.close()
         self.redis.close()
@@ -62,12 +66,12 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
             return fetch_token(settings, http)
 
     tokens = TokenCache(client, token_key(settings), fetch, settings.token_refresh_margin_s)
-    upstream = UpstreamClient(settings, tokens, ssl_context)
+    gate = build_gate(settings, client)
+    upstream = UpstreamClient(settings, tokens, ssl_context, gate)
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
-    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
-    return Runtime(
-        settings, client, configure(redis_url, settings), tokens, upstream, executor, pipeline
-    )
+    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries, gate=gate)
+    celery = configure(redis_url, settings)
+    return Runtime(settings, client, celery, tokens, upstream, executor, pipeline, gate)
 
 
 def get_runtime() -> Runtime:

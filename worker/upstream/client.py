@@ -14,6 +14,7 @@ import httpx
 import orjson
 
 from worker.errors import AuthError, RetryableError, UpstreamError
+from worker.flow.gate import Gate
 from worker.settings import Settings
 from worker.upstream.auth import SharedTokenAuth
 from worker.upstream.classify import error_for_exception, error_for_status
@@ -73,12 +74,23 @@ def _json(response: httpx.Response) -> Any:
 
 
 class UpstreamClient:
-    """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure."""
+    """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure.
 
-    def __init__(self, settings: Settings, tokens: TokenCache | None, ssl_context: ssl.SSLContext):
+    With a ``gate`` every API call holds a permit of the fleet-wide budget (the token request
+    is not an API call and never waits for one).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenCache | None,
+        ssl_context: ssl.SSLContext,
+        gate: Gate | None = None,
+    ):
         self._settings = settings
         self._tokens = tokens
         self._ssl = ssl_context
+        self._gate = gate
         self._timeout = timeouts(settings)
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
@@ -106,6 +118,11 @@ class UpstreamClient:
         return client
 
     def _call(self, method: str, path: str, payload: Any = None, *, idempotent: bool) -> Any:
+        if self._gate is None:
+            return self._request(method, path, payload, idempotent=idempotent)
+        return self._gate.call(lambda: self._request(method, path, payload, idempotent=idempotent))
+
+    def _request(self, method: str, path: str, payload: Any, *, idempotent: bool) -> Any:
         url = f"{self._settings.upstream_url}{path}"
         content = orjson.dumps(payload) if payload is not None else None
         headers = {"content-type": "application/json"} if content is not None else None
