@@ -1,7 +1,8 @@
 """The fake upstream as a Starlette app: OAuth token, preview, submit, order objects.
 
-Every call goes through :meth:`UpstreamApi._serve`: count it, add the configured latency
-(``/api`` only), then serve a fault if :func:`choose_fault` picks one, else the endpoint.
+Every call goes through :meth:`UpstreamApi._serve`: count it; for ``/api`` only, answer 502
+during an outage, refuse it beyond the capacity, else hold a slot (:mod:`api_stub.load`) and
+add the latency; then serve a fault if :func:`choose_fault` picks one, else the endpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import binascii
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs, unquote_plus
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,54 +24,24 @@ from starlette.routing import Route
 from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
+from api_stub.load import api_latency_s, retry_after_headers
+from api_stub.order_input import Problem, read_order
+from api_stub.paging import decode_cursor, encode_cursor
 from api_stub.pricing import build_preview
-from api_stub.responses import json_response
-from api_stub.state import StubState, Subscription
-from schemas.upstream import (
-    ROOT_FIELD,
-    OrderPayload,
-    OrderValidationError,
-    parse_order,
-    validation_errors,
-)
+from api_stub.responses import error_response, json_response
+from api_stub.state import StubState
 
 __all__ = ["UpstreamApi", "create_app"]
 
 Handler = Callable[[Request, bool], Awaitable[Response]]
 
-_NOT_FOUND: Final = {"message": "Not found."}
-_UNAUTHORIZED: Final = {"message": "Unauthorized"}
-_HELD_ANSWER: Final = {"message": "Gateway Timeout"}
-_FAULT_MESSAGES: Final = {
-    429: "Too Many Requests",
-    502: "Bad Gateway: the upstream returned an unexpected response",
-    503: "Service Unavailable",
-}
 _MAX_PAGE: Final = 1000
 
 
 def _fault_response(fault: Fault) -> Response:
     status = fault.status or 502
     headers = None if fault.retry_after_s is None else {"Retry-After": str(fault.retry_after_s)}
-    message = _FAULT_MESSAGES.get(status, f"Stub fault {status}")
-    return json_response(status, {"message": message}, headers)
-
-
-def _bad_request(errors: list[dict[str, str]]) -> Response:
-    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return json_response(400, {"message": message, "errors": errors})
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> int:
-    text = base64.urlsafe_b64decode(cursor.encode()).decode()
-    prefix, _, seq = text.partition(":")
-    if prefix != "seq":
-        raise ValueError(cursor)
-    return int(seq)
+    return error_response(status, headers=headers)
 
 
 class UpstreamApi:
@@ -84,8 +54,25 @@ class UpstreamApi:
         state = self.state
         config = state.config
         state.requests[endpoint] += 1
-        if endpoint != "token" and config.latency_ms:
-            await asyncio.sleep(config.latency_ms / 1000)
+        if endpoint == "token":
+            return await self._answer(endpoint, request, handler)
+        if config.outage:
+            state.outage_requests[endpoint] += 1
+            return error_response(502)
+        with state.load.admit(config.capacity) as others_in_flight:
+            if others_in_flight is None:
+                status = config.over_capacity_status
+                state.refused[str(status)] += 1
+                headers = retry_after_headers(config.capacity_retry_after_s)
+                return error_response(status, headers=headers)
+            latency_s = api_latency_s(config, others_in_flight)
+            if latency_s:
+                await asyncio.sleep(latency_s)
+            return await self._answer(endpoint, request, handler)
+
+    async def _answer(self, endpoint: str, request: Request, handler: Handler) -> Response:
+        state = self.state
+        config = state.config
         fault = choose_fault(config, state.script, state.rng, endpoint)
         if fault is None:
             return await handler(request, False)
@@ -95,35 +82,18 @@ class UpstreamApi:
         if fault.kind == "ambiguous":
             await handler(request, True)
         await asyncio.sleep(config.ambiguous_hold_s if fault.hold_s is None else fault.hold_s)
-        return json_response(504, _HELD_ANSWER)
+        return error_response(504)
 
     def _unauthorized(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.state.token_valid(token.strip()):
             return None
         self.state.counters["unauthorized"] += 1
-        return json_response(401, _UNAUTHORIZED)
+        return error_response(401)
 
-    async def _read_order(
-        self, request: Request
-    ) -> tuple[OrderPayload, dict[str, Any], Subscription | None] | Response:
-        try:
-            payload = orjson.loads(await request.body())
-            order = parse_order(payload)
-        except orjson.JSONDecodeError:
-            self.state.counters["rejected_400"] += 1
-            return _bad_request([{"field": ROOT_FIELD, "message": "Malformed JSON body"}])
-        except OrderValidationError as exc:
-            self.state.counters["rejected_400"] += 1
-            return _bad_request(validation_errors(exc))
-        subscription = None
-        reference = order.subscription_reference()
-        if reference is not None:
-            subscription = self.state.find_subscription(reference)
-            if subscription is None:
-                self.state.counters["rejected_404"] += 1
-                return json_response(404, _NOT_FOUND)
-        return order, payload, subscription
+    def _problem_response(self, problem: Problem, *, status: int) -> Response:
+        self.state.counters[f"rejected_{status}"] += 1
+        return error_response(status, problem.detail if status != 404 else None)
 
     async def token(self, request: Request) -> Response:
         """``POST /oauth2/token``: client credentials in the form body or HTTP Basic."""
@@ -168,10 +138,11 @@ class UpstreamApi:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        parsed = await self._read_order(request)
-        if isinstance(parsed, Response):
-            return parsed
-        return json_response(200, build_preview(parsed[1]))
+        read = read_order(await request.body(), self.state)
+        if isinstance(read, Problem):
+            # Preview documents 200/401/502 only; its 502 text covers invalid field values.
+            return self._problem_response(read, status=502)
+        return json_response(200, build_preview(read.payload))
 
     async def submit(self, request: Request) -> Response:
         """``POST /api/order``, ``/api/partner/order`` and ``/api/admin/order``."""
@@ -181,12 +152,17 @@ class UpstreamApi:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        parsed = await self._read_order(request)
-        if isinstance(parsed, Response):
-            return parsed
-        order, payload, subscription = parsed
+        read = read_order(await request.body(), self.state)
+        if isinstance(read, Problem):
+            payload_status = int(self.state.config.payload_errors)
+            status = payload_status if read.kind == "payload" else 404
+            return self._problem_response(read, status=status)
         stored = self.state.create_order(
-            order, payload, endpoint=request.url.path, subscription=subscription, ambiguous=held
+            read.order,
+            read.payload,
+            endpoint=request.url.path,
+            subscription=read.subscription,
+            ambiguous=held,
         )
         return json_response(200, stored.submit_response(time.time()))
 
@@ -200,7 +176,7 @@ class UpstreamApi:
             return denied
         stored = self.state.orders.get(request.path_params["order_id"])
         if stored is None:
-            return json_response(404, _NOT_FOUND)
+            return error_response(404)
         return json_response(200, stored.object_view(time.time()))
 
     async def list_orders(self, request: Request) -> Response:
@@ -215,13 +191,14 @@ class UpstreamApi:
         try:
             limit = min(max(int(request.query_params.get("limit", "10")), 1), _MAX_PAGE)
             cursor = request.query_params.get("queryMore")
-            end = len(orders) if not cursor else min(_decode_cursor(cursor) - 1, len(orders))
-        except (ValueError, binascii.Error):
-            return _bad_request([{"field": "limit/queryMore", "message": "Invalid paging value"}])
+            end = len(orders) if not cursor else min(decode_cursor(cursor) - 1, len(orders))
+        except ValueError as exc:
+            # The objects API documents 200/401/502 only.
+            return error_response(502, f"limit/queryMore: invalid paging value ({exc})")
         start = max(end - limit, 0)
         now = time.time()
         items = [stored.summary(now) for stored in reversed(orders[start:end])]
-        next_cursor = _encode_cursor(orders[start].seq) if start > 0 else None
+        next_cursor = encode_cursor(orders[start].seq) if start > 0 else None
         return json_response(
             200, {"items": items, "totalSize": len(orders), "queryMore": next_cursor}
         )

@@ -1,10 +1,10 @@
-"""Settings of the upstream stub: latency, token lifetime, faults, known subscriptions."""
+"""Settings of the upstream stub: latency, token lifetime, faults, capacity, subscriptions."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +38,17 @@ class StubConfig(BaseModel):
         ambiguous_hold_s: How long an ambiguous or timed-out request is held before a 504.
         subscriptions: Subscription ids that exist from the start.
         seed: Seed of the random generator (faults and ids); ``None`` for a random one.
+        payload_errors: Status of a submit whose payload is malformed or invalid: ``"400"``
+            (documented "Invalid order payload.") or ``"502"`` (the documented 502 "typically
+            indicates an issue with the request payload"). Preview always answers 502.
+        capacity: Most ``/api`` calls in flight at once (0: no limit); a call beyond it is
+            refused at once. The token endpoint has no capacity.
+        over_capacity_status: Status of that refusal, 429 or 503.
+        capacity_retry_after_s: ``Retry-After`` of that refusal, rounded up to whole seconds;
+            0 sends none.
+        outage: Every ``/api`` call answers 502 at once and changes nothing; tokens still work.
+        latency_per_in_flight_ms: Added to ``latency_ms`` for each other ``/api`` call in
+            flight when a call is admitted, so latency grows with load.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +65,22 @@ class StubConfig(BaseModel):
     ambiguous_hold_s: float = Field(default=30.0, ge=0)
     subscriptions: list[str] = Field(default_factory=lambda: list(DEMO_SUBSCRIPTIONS))
     seed: int | None = None
+    payload_errors: Literal["400", "502"] = "400"
+    capacity: int = Field(default=0, ge=0)
+    over_capacity_status: Literal[429, 503] = 429
+    capacity_retry_after_s: float = Field(default=1.0, ge=0)
+    outage: bool = False
+    latency_per_in_flight_ms: float = Field(default=0.0, ge=0)
+
+    @field_validator("payload_errors", mode="before")
+    @classmethod
+    def _status_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("over_capacity_status", mode="before")
+    @classmethod
+    def _status_as_number(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @field_validator("fail_rates")
     @classmethod

@@ -6,8 +6,16 @@ Shapes:
 * ``GET|POST|DELETE /_stub/script``: ``POST {"endpoint", "faults": [...], "replace"?}``;
   answers ``{"pending": {endpoint: [{"fault", "times"}]}}``.
 * ``GET /_stub/orders``: ``{"count", "orders": [...], "duplicates": {external_id: n}}``.
-* ``GET /_stub/stats``: counters (see :meth:`StubState.stats`).
-* ``POST /_stub/reset``: optional ``{"config": {...}}`` (a full config, defaults filled in).
+* ``GET /_stub/stats``: ``{"tokens_issued", "tokens_active", "token_denied", "unauthorized",
+  "orders_created", "rejected": {"400", "404", "502"}, "requests": {endpoint: n},
+  "outage_requests": {endpoint: n}, "refused": {"429"|"503": n}, "in_flight",
+  "peak_in_flight", "faults": {label: n}, "process": {"pid", "cpu_s"}}``. ``requests`` counts
+  every call received, refused ones included; ``outage_requests`` those answered by the
+  outage switch; ``refused`` the over-capacity refusals by status.
+* ``POST /_stub/stats/reset``: zero the counters and restart the peak from the calls in
+  flight now; orders, tokens, script and config stay. Answers the fresh stats.
+* ``POST /_stub/reset``: optional ``{"config": {...}}`` (a full config, defaults filled in);
+  forgets everything ``stats/reset`` does, and orders, tokens and script.
 * ``POST /_stub/tokens/expire``: ``{"expired": n}``.
 """
 
@@ -100,6 +108,10 @@ def control_routes(state: StubState) -> list[Route]:
     async def stats(request: Request) -> Response:
         return json_response(200, state.stats())
 
+    async def reset_stats(request: Request) -> Response:
+        state.reset_stats()
+        return json_response(200, state.stats())
+
     async def reset(request: Request) -> Response:
         body = await _body(request)
         config = StubConfig.model_validate(body["config"]) if "config" in body else None
@@ -117,6 +129,7 @@ def control_routes(state: StubState) -> list[Route]:
         Route("/_stub/script", _guard(delete_script), methods=["DELETE"]),
         Route("/_stub/orders", _guard(orders), methods=["GET"]),
         Route("/_stub/stats", _guard(stats), methods=["GET"]),
+        Route("/_stub/stats/reset", _guard(reset_stats), methods=["POST"]),
         Route("/_stub/reset", _guard(reset), methods=["POST"]),
         Route("/_stub/tokens/expire", _guard(expire_tokens), methods=["POST"]),
     ]

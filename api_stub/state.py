@@ -1,4 +1,4 @@
-"""In-memory state of the stub: tokens, subscriptions, orders, counters, fault script.
+"""In-memory state of the stub: tokens, subscriptions, orders, counters, load, fault script.
 
 Only the event loop of the serving process touches it, so it needs no locks.
 """
@@ -16,7 +16,9 @@ from typing import Any, Final
 
 from api_stub.config import StubConfig
 from api_stub.faults import FaultScript
+from api_stub.load import LoadGauge
 from api_stub.records import STATE_COMPLETE, STATE_FAILED, StoredOrder
+from api_stub.tokens import TokenStore
 from schemas.upstream import OrderPayload
 
 __all__ = ["StubState", "Subscription"]
@@ -46,6 +48,9 @@ class StubState:
 
     def __init__(self, config: StubConfig) -> None:
         self.config = config
+        self.tokens = TokenStore()
+        # Outlives resets: calls in flight during a reset still leave through it.
+        self.load = LoadGauge()
         self.reset()
 
     def reset(self, config: StubConfig | None = None) -> None:
@@ -53,16 +58,23 @@ class StubState:
         if config is not None:
             self.config = config
         self.rng = random.Random(self.config.seed)
-        self.tokens: dict[str, float] = {}
+        self.tokens.forget()
         self.orders: dict[str, StoredOrder] = {}
         self.order_list: list[StoredOrder] = []
         self.subscriptions: dict[str, Subscription] = {}
         self.by_reference: dict[str, Subscription] = {}
         self.script = FaultScript()
+        self.reset_stats()
+        self._add_demo_subscriptions()
+
+    def reset_stats(self) -> None:
+        """Zero every counter and restart the in-flight peak; orders, tokens and script stay."""
         self.requests: Counter[str] = Counter()
+        self.outage_requests: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
-        self._add_demo_subscriptions()
+        self.load.reset_peak()
 
     def configure(self, config: StubConfig) -> None:
         """Switch to ``config``, reseeding when the seed changed; state is kept."""
@@ -88,31 +100,20 @@ class StubState:
 
     def issue_token(self) -> str:
         """Mint a bearer token that stops working ``token_ttl_s`` from now."""
-        token = f"stub.{self._hex32()}{self._hex32()}"
-        self.tokens[token] = time.monotonic() + self.config.token_ttl_s
+        config = self.config
+        token = self.tokens.issue(
+            client_id=config.client_id, ttl_s=config.token_ttl_s, jti=self._hex32()
+        )
         self.counters["tokens_issued"] += 1
         return token
 
     def token_valid(self, token: str) -> bool:
         """Whether ``token`` was issued here and has not expired."""
-        expires_at = self.tokens.get(token)
-        return expires_at is not None and time.monotonic() < expires_at
-
-    def active_tokens(self) -> int:
-        """How many issued tokens still work."""
-        now = time.monotonic()
-        return sum(1 for expires_at in self.tokens.values() if now < expires_at)
+        return self.tokens.valid(token)
 
     def expire_tokens(self) -> int:
         """Make every issued token expire now; return how many were still valid."""
-        active = self.active_tokens()
-        now = time.monotonic()
-        self.tokens = dict.fromkeys(self.tokens, now)
-        return active
-
-    def find_subscription(self, ref: str) -> Subscription | None:
-        """The subscription whose id or 12-character reference is ``ref``."""
-        return self.subscriptions.get(ref) or self.by_reference.get(ref)
+        return self.tokens.expire_all()
 
     def create_order(
         self,
@@ -160,18 +161,21 @@ class StubState:
         return {external_id: count for external_id, count in seen.items() if count > 1}
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the control API."""
+        """Counters for the control API (see :mod:`api_stub.control`)."""
         return {
             "tokens_issued": self.counters["tokens_issued"],
-            "tokens_active": self.active_tokens(),
+            "tokens_active": self.tokens.active(),
             "token_denied": self.counters["token_denied"],
             "unauthorized": self.counters["unauthorized"],
             "orders_created": self.counters["orders_created"],
             "rejected": {
-                "400": self.counters["rejected_400"],
-                "404": self.counters["rejected_404"],
+                status: self.counters[f"rejected_{status}"] for status in ("400", "404", "502")
             },
             "requests": dict(self.requests),
+            "outage_requests": dict(self.outage_requests),
+            "refused": dict(self.refused),
+            "in_flight": self.load.in_flight,
+            "peak_in_flight": self.load.peak,
             "faults": dict(self.faults),
             "process": {"pid": os.getpid(), "cpu_s": time.process_time()},
         }

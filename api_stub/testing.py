@@ -163,8 +163,52 @@ class StubControl:
         return dict(self._call("GET", "/_stub/orders"))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: tokens, requests per endpoint, faults per kind, 401s, rejections."""
+        """Counters: tokens, requests per endpoint, faults per kind, 401s, rejections, load.
+
+        Load keys: ``in_flight``, ``peak_in_flight``, ``refused`` (``{"429": n}``) and
+        ``outage_requests`` (``{endpoint: n}``); see :mod:`api_stub.control` for the rest.
+        """
         return dict(self._call("GET", "/_stub/stats"))
+
+    def reset_stats(self) -> dict[str, Any]:
+        """Zero the counters and restart the in-flight peak; return the fresh stats."""
+        return dict(self._call("POST", "/_stub/stats/reset"))
+
+    def set_capacity(
+        self,
+        capacity: int,
+        *,
+        over_capacity_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Refuse ``/api`` calls beyond ``capacity`` in flight (0: no limit); return the config.
+
+        Args:
+            capacity: Most calls in flight at once.
+            over_capacity_status: 429 or 503; unchanged if ``None``.
+            retry_after_s: ``Retry-After`` of a refusal (0: none); unchanged if ``None``.
+        """
+        fields: dict[str, Any] = {"capacity": capacity}
+        if over_capacity_status is not None:
+            fields["over_capacity_status"] = over_capacity_status
+        if retry_after_s is not None:
+            fields["capacity_retry_after_s"] = retry_after_s
+        return self.configure(**fields)
+
+    def set_outage(self, on: bool = True) -> dict[str, Any]:
+        """Switch the outage on (every ``/api`` call answers 502) or off; return the config."""
+        return self.configure(outage=on)
+
+    def set_latency(
+        self, latency_ms: float | None = None, *, per_in_flight_ms: float | None = None
+    ) -> dict[str, Any]:
+        """Set the base latency and its growth per call in flight; ``None`` leaves one as is."""
+        fields: dict[str, Any] = {}
+        if latency_ms is not None:
+            fields["latency_ms"] = latency_ms
+        if per_in_flight_ms is not None:
+            fields["latency_per_in_flight_ms"] = per_in_flight_ms
+        return self.configure(**fields)
 
     def reset(self, config: dict[str, Any] | None = None) -> None:
         """Forget orders, tokens, script and counters; replace the config if given."""

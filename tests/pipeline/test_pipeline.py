@@ -96,17 +96,20 @@ def test_persistent_502_fails_with_reason_then_operator_retry_completes(
 
 
 def test_permanent_error_rejects_with_upstream_message(runtime_factory, caller_id, stub, clean_db):
-    """A 404 (unknown subscription) is permanent: ``rejected`` with the upstream's message."""
+    """A submit 404 (unknown subscription) is permanent: ``rejected``, upstream message kept."""
     rt = runtime_factory()
     payload = {
         "order_type": "cancel_subscription",
         "external_id": "C-1",
-        "subscriptionId": "sub-ffffffffffffffffffffffffffffffff",
+        "subscriptionId": "sub-00000000000000000000000000000001",
     }
+    # Upstream preview answers an unknown subscription with a 502 (it documents no 404), so
+    # the subscription exists for the preview and the submit is scripted to find it gone.
+    stub.script("submit", [{"status": 404}])
     [oid] = add_orders(clean_db, caller_id, [payload])
     order = drive(rt, [oid])[oid]
     assert (order.status, order.reason) == ("rejected", "upstream_404")
-    assert order.message
+    assert order.message == "Not found."
     assert stub.orders()["count"] == 0
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from api_stub.testing import StubControl
+from api_stub.tokens import decode_claims
 from schemas.upstream import LimioOrderObject, PreviewResponse, SubmitResponse, TokenResponse
 from tests.stub.conftest import DEMO_SUB, PREVIEW_PATHS, SUBMIT_PATHS, new_payload
 
@@ -44,6 +45,36 @@ def test_token_with_basic_credentials(client: httpx.Client) -> None:
     )
     assert response.status_code == 200
     assert response.json()["access_token"]
+
+
+def test_token_is_a_signed_jwt_with_iat_and_exp(client: httpx.Client) -> None:
+    """The access token is header.claims.signature in base64url, with ``iat``/``exp`` claims."""
+    before = int(time.time())
+    token = client.post("/oauth2/token", data=FORM).json()["access_token"]
+    header_part, _, signature = token.split(".")
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in token.split("."))
+    header = base64.urlsafe_b64decode(header_part + "=" * (-len(header_part) % 4))
+    assert header == b'{"alg":"HS256","typ":"JWT"}'
+    claims = decode_claims(token)
+    assert before <= claims["iat"] <= time.time()
+    assert claims["exp"] - claims["iat"] in (3599, 3600)
+    assert claims["sub"] == "demo-client"
+    assert len(signature) == 43  # an HMAC-SHA256, unpadded
+
+
+def test_tampered_jwt_is_refused(client: httpx.Client) -> None:
+    """A token whose claims were edited (a later ``exp``) no longer matches its signature."""
+    token = client.post("/oauth2/token", data=FORM).json()["access_token"]
+    header, claims, signature = token.split(".")
+    forged_claims = base64.urlsafe_b64encode(
+        base64.urlsafe_b64decode(claims + "==").replace(b'"exp":', b'"exp":9')
+    )
+    forged = ".".join([header, forged_claims.decode().rstrip("="), signature])
+    for candidate, status in ((token, 200), (forged, 401), (f"{token}x", 401)):
+        response = client.get(
+            "/api/objects/limio/orders", headers={"Authorization": f"Bearer {candidate}"}
+        )
+        assert response.status_code == status
 
 
 @pytest.mark.parametrize(
@@ -138,20 +169,37 @@ def test_process_immediately_answers_complete(submit: Submit) -> None:
     assert submit(new_payload(process_immediately=True)).json()["status"] == "complete"
 
 
-@pytest.mark.parametrize("path", (*SUBMIT_PATHS, *PREVIEW_PATHS))
+@pytest.mark.parametrize("path", SUBMIT_PATHS)
 def test_invalid_payload_gets_400_naming_the_field(
     client: httpx.Client, auth: dict[str, str], path: str
 ) -> None:
-    """A payload missing a required field is refused with a message naming it."""
+    """A payload missing a required field is a 400 whose only key, ``message``, names it."""
     payload = new_payload()
     del payload["billingDetails"]
     payload["orderItems"] = [{"offer": {"version": "v"}}]
     response = client.post(path, json=payload, headers=auth)
     assert response.status_code == 400
-    assert "billingDetails" in response.json()["message"]
-    assert {"field": "orderItems.0.offer.id", "message": "Field required"} in response.json()[
-        "errors"
-    ]
+    body = response.json()
+    assert list(body) == ["message"]
+    assert body["message"].startswith("Invalid order payload: ")
+    assert "billingDetails: Field required" in body["message"]
+    assert "orderItems.0.offer.id: Field required" in body["message"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"order_type": "new", "country": "GB"}'])
+def test_payload_errors_502_mode_answers_submit_problems_with_502(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], body: bytes
+) -> None:
+    """With ``payload_errors="502"`` a bad submit payload gets the documented 502 body."""
+    control.configure(payload_errors="502")
+    response = client.post(SUBMIT_PATHS[0], content=body, headers=auth)
+    assert response.status_code == 502
+    assert list(response.json()) == ["message"]
+    assert response.json()["message"].startswith("Bad Gateway")
+    unknown = {"order_type": "cancel_subscription", "subscriptionId": "sub-unknown"}
+    assert client.post(SUBMIT_PATHS[0], json=unknown, headers=auth).status_code == 404
+    assert control.stats()["rejected"] == {"400": 0, "404": 1, "502": 1}
+    assert control.orders()["count"] == 0
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"order_type": "teleport"}'])
@@ -161,15 +209,41 @@ def test_malformed_bodies_get_400(client: httpx.Client, auth: dict[str, str], bo
     assert response.status_code == 400 and response.json()["message"]
 
 
-@pytest.mark.parametrize("path", (SUBMIT_PATHS[0], PREVIEW_PATHS[0]))
-def test_unknown_subscription_gets_404(
-    control: StubControl, client: httpx.Client, auth: dict[str, str], path: str
+def test_unknown_subscription_gets_404_on_submit(
+    control: StubControl, client: httpx.Client, auth: dict[str, str]
 ) -> None:
-    """A change order naming a subscription the stub does not know is a 404."""
+    """A change order naming a subscription the stub does not know is a submit 404."""
     payload = {"order_type": "cancel_subscription", "subscriptionId": "sub-unknown"}
-    response = client.post(path, json=payload, headers=auth)
+    response = client.post(SUBMIT_PATHS[0], json=payload, headers=auth)
     assert (response.status_code, response.json()) == (404, {"message": "Not found."})
     assert control.orders()["count"] == 0
+
+
+@pytest.mark.parametrize("path", PREVIEW_PATHS)
+def test_preview_of_unknown_subscription_is_a_502(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], path: str
+) -> None:
+    """Preview documents only 200/401/502: an unknown subscription is a 502, never a 404."""
+    payload = {"order_type": "change_offer", "forSubscription": {"id": "sub-unknown"}}
+    response = client.post(path, json=payload, headers=auth)
+    assert response.status_code == 502
+    assert list(response.json()) == ["message"]
+    assert response.json()["message"].startswith("Bad Gateway")
+    assert "sub-unknown" in response.json()["message"]
+    assert control.stats()["rejected"]["502"] == 1
+
+
+@pytest.mark.parametrize("path", PREVIEW_PATHS)
+@pytest.mark.parametrize("body", [b"{not json", b'{"order_type": "new", "country": "GB"}'])
+def test_preview_of_a_bad_payload_is_a_502_naming_the_field(
+    client: httpx.Client, auth: dict[str, str], path: str, body: bytes
+) -> None:
+    """Preview has no documented 400: payload problems answer 502 with the documented body."""
+    response = client.post(path, content=body, headers=auth)
+    assert response.status_code == 502
+    message = response.json()["message"]
+    assert message.startswith("Bad Gateway: an upstream service returned an unexpected response")
+    assert ("checkoutId: Field required" in message) or ("Malformed JSON" in message)
 
 
 def test_change_orders_reach_demo_and_created_subscriptions(submit: Submit) -> None:
@@ -185,6 +259,26 @@ def test_change_orders_reach_demo_and_created_subscriptions(submit: Submit) -> N
     assert record.status_code == 200
     assert record.json()["subscriptionReference"] == created["subscriptionReference"]
     assert record.json()["owner"] == created["owner"]
+
+
+@pytest.mark.parametrize("field", ["forSubscription", "subscriptionId"])
+def test_subscription_ids_are_not_references(
+    control: StubControl, client: httpx.Client, auth: dict[str, str], submit: Submit, field: str
+) -> None:
+    """``forSubscription.id`` and ``subscriptionId`` take the ``sub-…`` id, not the reference."""
+
+    def naming(value: str) -> dict[str, object]:
+        if field == "forSubscription":
+            return {"order_type": "change_offer", "forSubscription": {"id": value}}
+        return {"order_type": "cancel_subscription", "subscriptionId": value}
+
+    created = submit(new_payload()).json()
+    by_reference = naming(created["subscriptionReference"])
+    assert submit(by_reference).status_code == 404
+    assert client.post(PREVIEW_PATHS[0], json=by_reference, headers=auth).status_code == 502
+    [record] = control.orders()["orders"]
+    assert record["subscriptionId"].startswith("sub-")
+    assert submit(naming(record["subscriptionId"])).status_code == 200
 
 
 def test_order_object_turns_complete_after_delay(
@@ -245,4 +339,27 @@ def test_list_pages_newest_first(
         params = {"limit": 2, "queryMore": page["queryMore"]}
     assert seen == ids[::-1]
     bad = client.get("/api/objects/limio/orders", params={"queryMore": "%%%"}, headers=auth)
-    assert bad.status_code == 400
+    assert bad.status_code == 502 and list(bad.json()) == ["message"]
+
+
+def test_list_cursors_are_standard_base64_that_needs_url_encoding(
+    client: httpx.Client, auth: dict[str, str], submit: Submit
+) -> None:
+    """Cursors use ``+``, ``/`` and ``=``: sent URL-encoded they work, sent raw they fail."""
+    for n in range(12):
+        submit(new_payload(n))
+    cursors: list[str] = []
+    params: dict[str, str | int] = {"limit": 1}
+    while True:
+        page = client.get("/api/objects/limio/orders", params=params, headers=auth).json()
+        if page["queryMore"] is None:
+            break
+        cursors.append(page["queryMore"])
+        params = {"limit": 1, "queryMore": page["queryMore"]}
+    assert len(cursors) == 11
+    assert all(re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", cursor) for cursor in cursors)
+    assert all("+" in cursor and "/" in cursor for cursor in cursors)
+    assert any(cursor.endswith("=") for cursor in cursors)
+    assert base64.b64decode(cursors[0], validate=True)
+    raw = client.get(f"/api/objects/limio/orders?limit=1&queryMore={cursors[0]}", headers=auth)
+    assert raw.status_code == 502

@@ -37,7 +37,7 @@ def test_stats_count_requests_tokens_and_rejections(
     assert stats["tokens_issued"] == 1 and stats["tokens_active"] == 1
     assert stats["requests"] == {"token": 1, "submit": 3, "object": 1}
     assert (stats["unauthorized"], stats["orders_created"]) == (1, 1)
-    assert stats["rejected"] == {"400": 1, "404": 1}
+    assert stats["rejected"] == {"400": 1, "404": 1, "502": 0}
 
 
 def test_expire_tokens_makes_every_token_fail(
@@ -73,7 +73,8 @@ def test_reset_clears_state_but_keeps_config(
 
 def test_configure_is_partial_and_validated(control: StubControl) -> None:
     """PUT /_stub/config changes only the given fields and refuses invalid values."""
-    config = control.configure(fail_rates={502: 0.1}, retry_after_s=3)
+    assert control.configure(payload_errors=502)["payload_errors"] == "502"
+    config = control.configure(fail_rates={502: 0.1}, retry_after_s=3, payload_errors="400")
     assert (config["fail_rates"], config["retry_after_s"], config["token_ttl_s"]) == (
         {"502": 0.1},
         3,
@@ -84,6 +85,7 @@ def test_configure_is_partial_and_validated(control: StubControl) -> None:
         {"fail_rates": {200: 0.1}},
         {"latency_ms": -1},
         {"nope": 1},
+        {"payload_errors": "404"},
     ):
         with pytest.raises(httpx.HTTPStatusError) as info:
             control.configure(**bad)
@@ -113,12 +115,15 @@ def test_config_from_env() -> None:
             "STUB_FAIL_RATES": '{"502": 0.1, "429": 0.05}',
             "STUB_SUBSCRIPTIONS": "sub-a, sub-b",
             "STUB_RETRY_AFTER_S": "none",
+            "STUB_PAYLOAD_ERRORS": "502",
             "OTHER": "x",
         }
     )
     assert (config.latency_ms, config.token_ttl_s, config.retry_after_s) == (20.0, 1.5, None)
     assert (config.fail_rates, config.subscriptions) == ({502: 0.1, 429: 0.05}, ["sub-a", "sub-b"])
+    assert config.payload_errors == "502"
     assert StubConfig.from_env({}).subscriptions == list(DEMO_SUBSCRIPTIONS)
+    assert StubConfig.from_env({}).payload_errors == "400"
 
 
 def test_config_from_command_line() -> None:
@@ -129,12 +134,56 @@ def test_config_from_command_line() -> None:
     config = config_from_args(args, StubConfig(fail_rates={503: 0.1}, complete_after_s=1))
     assert (config.latency_ms, config.token_ttl_s, config.complete_after_s) == (5.0, 2.0, 1.0)
     assert config.fail_rates == {503: 0.1, 502: 0.2}
+    args = _parser().parse_args(["--payload-errors", "502"])
+    assert config_from_args(args, StubConfig()).payload_errors == "502"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--payload-errors", "404"])
+
+
+def test_load_options_from_command_line_and_env() -> None:
+    """Capacity, refusal, outage and load-latency options reach the config from both sources."""
+    args = _parser().parse_args(
+        [
+            "--capacity",
+            "3",
+            "--over-capacity-status",
+            "503",
+            "--capacity-retry-after-s",
+            "0.5",
+            "--latency-per-in-flight-ms",
+            "5",
+            "--outage",
+        ]
+    )
+    config = config_from_args(args, StubConfig())
+    assert (config.capacity, config.over_capacity_status, config.capacity_retry_after_s) == (
+        3,
+        503,
+        0.5,
+    )
+    assert (config.latency_per_in_flight_ms, config.outage) == (5.0, True)
+    assert config_from_args(_parser().parse_args([]), StubConfig(outage=True)).outage is True
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--over-capacity-status", "500"])
+    env = StubConfig.from_env(
+        {"STUB_CAPACITY": "4", "STUB_OVER_CAPACITY_STATUS": "503", "STUB_OUTAGE": "true"}
+    )
+    assert (env.capacity, env.over_capacity_status, env.outage) == (4, 503, True)
+    default = StubConfig()
+    assert (default.capacity, default.over_capacity_status, default.outage) == (0, 429, False)
+    assert (default.capacity_retry_after_s, default.latency_per_in_flight_ms) == (1.0, 0.0)
 
 
 def test_stub_process_serves_and_stops() -> None:
     """``stub_process`` runs ``python -m api_stub`` with options and stops it at exit."""
-    with stub_process(["--token-ttl-s", "2"]) as base_url, StubControl(base_url) as control:
-        assert control.config()["token_ttl_s"] == 2.0
+    options = ["--token-ttl-s", "2", "--capacity", "5", "--payload-errors", "502"]
+    with stub_process(options) as base_url, StubControl(base_url) as control:
+        config = control.config()
+        assert (config["token_ttl_s"], config["capacity"], config["payload_errors"]) == (
+            2.0,
+            5,
+            "502",
+        )
         pid = control.stats()["process"]["pid"]
         assert control.token()
     with pytest.raises(httpx.TransportError):
