@@ -19,8 +19,12 @@ class LimitConfig:
     min_limit: int = 1
     backoff: float = 0.9
     interval_s: float = 0.25
-    # Beyond the level of the last drop, grow by one only this often: probing costs refusals.
-    probe_interval_s: float = 5.0
+    # Beyond the level of the last drop, grow by one only this often: a probe past the
+    # capacity costs refusals and, with a Retry-After, a pause of the whole fleet.
+    probe_interval_s: float = 10.0
+    # A fresh fleet starts here and doubles while the upstream keeps up (slow start): the first
+    # burst against an upstream of unknown capacity refuses tens of calls, not hundreds.
+    initial: int = 32
     # Mean latency above floor x this: the upstream is queueing our calls.
     queueing_ratio: float = 2.0
     # Mean latency below floor x this: room to grow.
@@ -39,8 +43,8 @@ class LimitState:
 
 
 def initial_limit(cfg: LimitConfig) -> LimitState:
-    """Start at the ceiling: until the upstream says no, the budget costs nothing."""
-    return LimitState(limit=float(cfg.ceiling))
+    """Start low and double quickly (see ``LimitConfig.initial``)."""
+    return LimitState(limit=float(min(cfg.ceiling, cfg.initial)))
 
 
 def next_limit(state: LimitState, window: Window, now: float, cfg: LimitConfig) -> LimitState:
@@ -69,10 +73,12 @@ def next_limit(state: LimitState, window: Window, now: float, cfg: LimitConfig) 
     busy = window.peak_in_flight >= limit / 2
     if busy and mean_s <= floor_s * cfg.near_floor_ratio and limit < cfg.ceiling:
         below_drop = limit < state.dropped_at_limit * cfg.backoff
-        if below_drop:
+        if not state.dropped_at_limit:
+            new = limit * 2
+        elif below_drop:
             # Back towards the level that worked before the last drop: quickly.
             new = min(limit * 1.25 + 1, state.dropped_at_limit * cfg.backoff)
-        elif not state.dropped_at_limit or since_s >= cfg.probe_interval_s:
+        elif since_s >= cfg.probe_interval_s:
             new = limit + 1
         else:
             return base
