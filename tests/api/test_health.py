@@ -6,9 +6,15 @@ import re
 import socket
 from collections.abc import Callable
 
+import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import CallerKey, order
+from worker.errors import RetryableError, UpstreamUnavailable
+from worker.flow.gate import Gate
+from worker.flow.setup import build_store
+from worker.flow.view import line_from_metrics
 
 
 def _closed_port() -> int:
@@ -89,3 +95,28 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     assert "NewOrder" in doc["components"]["schemas"]
     assert doc["components"]["schemas"]["OrderView"]["examples"]
     assert client.get("/docs").status_code == 200
+
+
+def test_metrics_show_the_upstream_budget(
+    api: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    """What the workers left in Redis: limit, ceiling, breaker, refusals; one status line."""
+    app = api(upstream_max_in_flight=16)
+    settings = app.app.state.settings  # type: ignore[attr-defined]
+    gate = Gate(build_store(settings, redis_client), ttl_s=30)
+
+    def refused() -> None:
+        raise RetryableError("upstream_429", status_code=429)
+
+    with pytest.raises(UpstreamUnavailable):
+        gate.call(refused)
+    gate.report()
+    gate.close()
+    text = app.get("/metrics").text
+    assert "orders_upstream_ceiling 16.0" in text
+    assert 'orders_upstream_breaker{state="closed"} 1.0' in text
+    assert 'orders_upstream_calls_total{signal="dropped"} 1.0' in text
+    assert "orders_upstream_in_flight 0.0" in text
+    line = line_from_metrics(text)
+    assert line is not None and "breaker closed" in line and "of 16" in line
+    assert "1 refused" in line

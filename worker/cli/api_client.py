@@ -73,6 +73,10 @@ class ApiClient:
         path = f"/v1/orders/{order_id}/retry" if order_id else "/v1/retries"
         return int(self._call("POST", path, json=body)["scheduled"])
 
+    def metrics_text(self) -> str:
+        """The API's ``/metrics`` (Prometheus text; no key needed)."""
+        return self._http.get("/metrics").text
+
     def close(self) -> None:
         self._http.close()
 

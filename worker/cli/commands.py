@@ -221,6 +221,10 @@ def status(
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
+        from worker.flow.view import line_from_metrics
+
+        if line := line_from_metrics(client.metrics_text()):
+            console.print(line)
     except ApiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

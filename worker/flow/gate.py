@@ -61,7 +61,9 @@ class Gate:
         self.ttl_s = ttl_s
         self.max_wait_s = max_wait_s
         self.report_interval_s = report_interval_s
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._seat = threading.Condition(lock)
         self._spare: list[Permit] = []
         self._waiting = 0
         self._fetching = False
@@ -110,7 +112,11 @@ class Gate:
     # ------------------------------------------------------------------ permits
 
     def acquire(self) -> Permit:
-        """A permit, waiting while the budget is saturated (at most ``max_wait_s``)."""
+        """A permit, waiting while the budget is saturated (at most ``max_wait_s``).
+
+        One waiting thread holds the seat and polls Redis for everyone; the others sleep until
+        it hands them a permit (no herd of threads waking on every poll).
+        """
         self._ensure_reporter()
         t0 = time.monotonic()
         deadline = t0 + self.max_wait_s
@@ -121,32 +127,47 @@ class Gate:
                     if self._spare:
                         self._window_wait(time.monotonic() - t0)
                         return self._spare.pop()
-                    blocked = self._blocked
-                    if blocked is not None and blocked[1] > time.monotonic():
-                        raise _copy(blocked[0])
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise UpstreamUnavailable(
-                            "upstream_busy",
-                            f"no call permit within {self.max_wait_s:.0f} s",
-                            retry_after_s=1.0,
-                        )
-                    now = time.monotonic()
-                    if self._fetching or now < self._next_fetch_at:
-                        pause_s = remaining if self._fetching else self._next_fetch_at - now
-                        self._cond.wait(min(remaining, pause_s))
+                    self._check(deadline)
+                    if self._fetching:
+                        self._cond.wait(deadline - time.monotonic())
                         continue
                     self._fetching = True
-                    wait_s = 0.0
                     try:
-                        wait_s = self._fetch(remaining)
+                        self._poll(deadline)
                     finally:
                         self._fetching = False
-                        self._next_fetch_at = time.monotonic() + wait_s
-                        self._cond.notify_all()
+                        if self._spare:
+                            # One waiter per spare permit (we take one): the last takes the seat.
+                            self._cond.notify(len(self._spare))
+                        else:  # blocked, or out of time: everyone should see it now
+                            self._cond.notify_all()
             finally:
                 self._waiting -= 1
                 self._drop_unwanted_spares()
+
+    def _check(self, deadline: float) -> None:
+        blocked = self._blocked
+        if blocked is not None and blocked[1] > time.monotonic():
+            raise _copy(blocked[0])
+        if time.monotonic() >= deadline:
+            raise UpstreamUnavailable(
+                "upstream_busy",
+                f"no call permit within {self.max_wait_s:.0f} s",
+                retry_after_s=1.0,
+            )
+
+    def _poll(self, deadline: float) -> None:
+        """Hold the seat: ask Redis until something is granted, blocked, or the deadline."""
+        while not self._spare:
+            blocked = self._blocked
+            now = time.monotonic()
+            if (blocked is not None and blocked[1] > now) or now >= deadline:
+                return
+            if now < self._next_fetch_at:
+                self._seat.wait(min(self._next_fetch_at, deadline) - now)
+                continue
+            wait_s = self._fetch(deadline - now)
+            self._next_fetch_at = time.monotonic() + wait_s
 
     def _fetch(self, remaining_s: float) -> float:
         """Ask Redis for permits for every waiter (called holding the lock, drops it for I/O).
@@ -258,9 +279,9 @@ class Gate:
                     ids, self._to_release = self._to_release, []
                     if not ids:
                         self._releasing = False
-                        # A permit came back: whoever waits may ask Redis again at once.
+                        # A permit came back: whoever holds the seat may ask Redis at once.
                         self._next_fetch_at = 0.0
-                        self._cond.notify_all()
+                        self._seat.notify()
                         return
                 try:
                     self.store.release(ids)
