@@ -52,14 +52,17 @@ def test_a_refusal_cuts_to_below_the_concurrency_that_was_refused():
     state = LimitState(limit=200.0, changed_at=0.0, floor_s=0.05)
     after = next_limit(state, Window(ok=10, dropped=5, refused_at=17), now=1.0, cfg=CFG)
     assert after.limit == 16
-    assert after.dropped_at_limit == 200
+    assert after.dropped_at_limit == 17
 
 
 def test_one_change_per_interval():
     """Answers to calls sent under the old limit do not shrink it twice."""
-    state = LimitState(limit=100.0, changed_at=1.0, floor_s=0.05)
-    after = next_limit(state, Window(dropped=3, refused_at=90), now=1.1, cfg=CFG)
-    assert after.limit == 100
+    state = LimitState(limit=90.0, changed_at=1.0, floor_s=0.05)
+    after = next_limit(state, Window(dropped=3, refused_at=95), now=1.1, cfg=CFG)
+    assert after.limit == 90
+    # Unless the limit still allows the concurrency that was just refused.
+    refused = next_limit(state, Window(dropped=3, refused_at=40), now=1.1, cfg=CFG)
+    assert refused.limit == 39
 
 
 def test_rising_latency_shrinks_the_limit():

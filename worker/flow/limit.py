@@ -39,7 +39,7 @@ class LimitState:
     changed_at: float = 0.0
     floor_s: float = 0.0
     dropped_at_limit: float = 0.0
-    """The limit when the upstream last refused (0: never); growth beyond it is cautious."""
+    """The concurrency the upstream last refused (0: never); growth beyond it is cautious."""
 
 
 def initial_limit(cfg: LimitConfig) -> LimitState:
@@ -56,7 +56,9 @@ def next_limit(state: LimitState, window: Window, now: float, cfg: LimitConfig) 
     limit = min(state.limit, float(cfg.ceiling))
     base = replace(state, floor_s=floor_s, limit=limit)
     since_s = now - state.changed_at
-    if since_s < cfg.interval_s:
+    # Refused at a concurrency the limit still allows: act now, whatever the interval.
+    above_refusal = bool(window.refused_at) and limit > window.refused_at - 1
+    if since_s < cfg.interval_s and not above_refusal:
         return base
     if window.dropped or window.slow:
         new = limit * cfg.backoff
@@ -64,7 +66,9 @@ def next_limit(state: LimitState, window: Window, now: float, cfg: LimitConfig) 
             # Refused with this many in flight: the capacity is below it, whatever the limit.
             new = min(new, window.refused_at - 1)
         new = max(float(cfg.min_limit), new)
-        return replace(base, limit=new, changed_at=now, dropped_at_limit=limit)
+        # Remember the level that was refused (not a slow-start overshoot): regrowth aims below it.
+        refused = min(limit, float(window.refused_at)) if window.refused_at else limit
+        return replace(base, limit=new, changed_at=now, dropped_at_limit=refused)
     if mean_s is None:
         return base
     if floor_s > 0 and mean_s > floor_s * cfg.queueing_ratio:
