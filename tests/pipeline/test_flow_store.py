@@ -139,3 +139,19 @@ def test_the_gate_spares_the_budget_of_pushback_and_reports_it(redis_client):
     assert paused.value.reason == "upstream_paused"
     assert store.stats()["dropped"] == 1
     gate.close()
+
+
+def test_permits_of_a_live_call_are_renewed(redis_client):
+    """A call longer than the permit's life keeps its permit: its process renews it."""
+    store = store_for(redis_client, 4)
+    gate = Gate(store, ttl_s=0.5, report_interval_s=0.1)
+    seen: list[int] = []
+
+    def long_call() -> None:
+        time.sleep(1.2)
+        seen.append(store.in_flight())
+
+    gate.call(long_call)
+    assert seen == [1]
+    assert store.in_flight() == 0
+    gate.close()

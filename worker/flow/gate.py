@@ -72,6 +72,7 @@ class Gate:
         self._batches = itertools.count(1)
         self._tag = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._to_release: list[str] = []
+        self._held: set[str] = set()
         self._releasing = False
         self._window = Window()
         self._state: FlowState | None = None
@@ -191,10 +192,12 @@ class Gate:
 
     def _take(self, grant: Grant, prefix: str, remaining_s: float) -> float:
         if grant.count:
-            self._spare.extend(
+            permits = [
                 Permit(f"{prefix}{i}", grant.first_position + i - 1)
                 for i in range(grant.count, 0, -1)
-            )
+            ]
+            self._spare.extend(permits)
+            self._held.update(p.id for p in permits)
             return 0.0
         if grant.code == 1 and (grant.wait_s > SHORT_WAIT_S or grant.wait_s > remaining_s):
             error = UpstreamUnavailable(
@@ -223,6 +226,7 @@ class Gate:
             ids = [p.id for p in self._spare[:extra]]
             del self._spare[:extra]
             self._to_release.extend(ids)
+            self._held.difference_update(ids)
 
     def _window_wait(self, wait_s: float) -> None:
         if wait_s > 0.001:
@@ -269,6 +273,7 @@ class Gate:
 
     def _release(self, permit_id: str) -> None:
         with self._cond:
+            self._held.discard(permit_id)
             self._to_release.append(permit_id)
             if self._releasing:
                 return
@@ -319,9 +324,12 @@ class Gate:
         with self._cond:
             window, self._window = self._window, Window()
             to_release = bool(self._to_release) and not self._releasing
+            held = list(self._held)
         try:
             if to_release:
                 self._release_pending()
+            # Permits live ttl_s unless renewed: a dead process's permits free up that soon.
+            self.store.renew(held, expires_at_s=time.time() + self.ttl_s)
             state = self.store.report(window) if window.calls else self.store.read()
         except redis.RedisError as exc:
             log.warning("flow_report_failed", error=str(exc))

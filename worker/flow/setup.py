@@ -24,16 +24,10 @@ def build_store(settings: Settings, client: redis.Redis) -> FlowStore:
     return FlowStore(client, flow_prefix(digest), flow_config(settings))
 
 
-def permit_ttl_s(settings: Settings) -> float:
-    """Longer than any one call can last (two requests with the 401 refresh), plus a margin."""
-    one_request_s = (
-        settings.upstream_connect_timeout_s
-        + settings.upstream_write_timeout_s
-        + settings.upstream_read_timeout_s
-        + settings.upstream_pool_timeout_s
-    )
-    return 2 * one_request_s + 5.0
+# A permit lives this long unless its process renews it (every report, ~10 times a second):
+# long enough to ride out a stalled process, short enough that a dead one frees its permits.
+PERMIT_TTL_S = 10.0
 
 
 def build_gate(settings: Settings, client: redis.Redis) -> Gate:
-    return Gate(build_store(settings, client), ttl_s=permit_ttl_s(settings))
+    return Gate(build_store(settings, client), ttl_s=PERMIT_TTL_S)

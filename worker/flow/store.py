@@ -106,6 +106,12 @@ class FlowStore:
         k, first, limit, wait_ms, code = (int(v) for v in self._acquire(keys=keys, args=args))
         return Grant(k, first, limit, wait_ms / 1000, code)
 
+    def renew(self, ids: list[str], *, expires_at_s: float) -> None:
+        """Push the expiry of permits still held (never re-adds one already gone)."""
+        if ids:
+            ms = int(expires_at_s * 1000)
+            self.redis.zadd(self.permits_key, dict.fromkeys(ids, ms), xx=True)
+
     def release(self, ids: list[str]) -> None:
         if ids:
             self.redis.zrem(self.permits_key, *ids)

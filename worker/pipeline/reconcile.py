@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.errors import PermanentError, UpstreamError
+from worker.errors import PermanentError, UpstreamError, UpstreamUnavailable
 from worker.models import Order
 from worker.pipeline.backoff import decide_retry
 from worker.pipeline.outcomes import Decision, Timing, upstream_fields
@@ -124,7 +124,8 @@ def _hold(order: Order, why: str) -> Decision:
 
 
 def _lookup_failed(order: Order, exc: UpstreamError, now: datetime, timing: Timing) -> Decision:
-    failures = order.failures + 1
+    # The upstream's trouble (no permit, throttled, outage) spends none of the order's budget.
+    failures = order.failures + (0 if isinstance(exc, UpstreamUnavailable) else 1)
     age_s = (now - order.budget_from).total_seconds()
     verdict = decide_retry(timing.policy, failures, age_s, exc.retry_after_s)
     if verdict.give_up:
