@@ -98,6 +98,18 @@ def test_most_calls_failing_opens_the_breaker():
     assert state.mode is Mode.OPEN
 
 
+def test_an_outage_after_a_busy_healthy_second_opens_it_within_tens_of_calls():
+    """Hundreds of recent successes do not hide 20 failures in a row."""
+    state = BreakerState()
+    for t in range(10):
+        state = next_breaker(state, Window(ok=40), now=t * 0.1, cfg=BR)
+    state = next_breaker(state, Window(ok=3, failed=8), now=1.0, cfg=BR)
+    state = next_breaker(state, Window(failed=10), now=1.1, cfg=BR)
+    assert state.mode is Mode.CLOSED
+    state = next_breaker(state, Window(failed=2), now=1.2, cfg=BR)
+    assert state.mode is Mode.OPEN
+
+
 def test_one_orders_repeated_502s_do_not_open_it():
     """A few failures among many successes, or too few failures: closed."""
     state = BreakerState()

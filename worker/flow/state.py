@@ -45,8 +45,9 @@ class FlowState:
             "mode": str(br.mode),
             "since": repr(br.since),
             "window_start": repr(br.window_start),
-            "ok": str(br.ok),
-            "failed": str(br.failed),
+            "ok": repr(br.ok),
+            "failed": repr(br.failed),
+            "streak": str(br.streak),
             "paused_until": repr(self.paused_until),
             "version": str(self.version),
         }
@@ -66,8 +67,9 @@ class FlowState:
                 Mode(_s(f["mode"])),
                 float(f["since"]),
                 float(f["window_start"]),
-                int(f["ok"]),
-                int(f["failed"]),
+                float(f["ok"]),
+                float(f["failed"]),
+                int(f["streak"]),
             )
             return cls(lim, br, float(f["paused_until"]), int(f["version"]))
         except (KeyError, ValueError):
