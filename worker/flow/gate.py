@@ -37,7 +37,7 @@ POLL_S = 0.003
 SHORT_WAIT_S = 2.0
 # Orders turned away by an open breaker come back after about this long (jittered by the
 # pipeline): a few probes' worth, so the fleet drains soon after the upstream is back.
-OUTAGE_RETRY_S = 2.0
+OUTAGE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,7 @@ class Gate:
         self._tag = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._to_release: list[str] = []
         self._held: set[str] = set()
+        self._last_count = 0
         self._releasing = False
         self._window = Window()
         self._state: FlowState | None = None
@@ -198,6 +199,7 @@ class Gate:
             ]
             self._spare.extend(permits)
             self._held.update(p.id for p in permits)
+            self._last_count = grant.first_position + grant.count - 1
             return 0.0
         if grant.code == 1 and (grant.wait_s > SHORT_WAIT_S or grant.wait_s > remaining_s):
             error = UpstreamUnavailable(
@@ -248,7 +250,9 @@ class Gate:
             self._window = self._window.add(
                 signal, latency_s=latency_s, position=permit.position, retry_after_s=retry_after_s
             )
-        self._release(permit.id)
+            handed = signal is Signal.OK and self._hand_over(permit)
+        if not handed:
+            self._release(permit.id)
         if signal is not Signal.OK:
             self._report_now.set()
         if error is None or isinstance(error, AmbiguousError):
@@ -270,6 +274,26 @@ class Gate:
                 retry_after_s=OUTAGE_RETRY_S,
             )
         return error
+
+    def _hand_over(self, permit: Permit) -> bool:
+        """Give a permit straight to a thread of ours that waits (called holding the lock).
+
+        Saves two Redis round trips per call while the process has work. Only while the shared
+        state allows it: breaker closed, no pause, and the permit still within the limit (after
+        a cut, permits go back to Redis until the fleet is under it).
+        """
+        state = self._state
+        if self._waiting <= len(self._spare) or state is None:
+            return False
+        if state.breaker.mode is not Mode.CLOSED or state.paused_until > time.time():
+            return False
+        # Its position now: at least the fleet count this process last saw.
+        position = max(permit.position, self._last_count)
+        if position > state.effective_limit:
+            return False
+        self._spare.append(Permit(permit.id, position))
+        self._cond.notify(1)
+        return True
 
     def _release(self, permit_id: str) -> None:
         with self._cond:

@@ -53,7 +53,7 @@ EventSink = Callable[[Any, Sequence[Event]], list[str]]
 
 # What the pipeline does when the fleet may not call (see worker/flow/gate.py).
 SHORT_WAIT_S = 2.0
-OUTAGE_RETRY_S = 2.0
+OUTAGE_RETRY_S = 1.0
 # Orders in these states make an upstream call when run.
 _CALLING = frozenset({S.RECEIVED, S.PREVIEWED, S.SUBMITTED, S.SUBMIT_UNKNOWN})
 
