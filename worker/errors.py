@@ -3,6 +3,7 @@
     OrderError
     ├── UpstreamError                 an upstream call did not succeed
     │   ├── RetryableError            try again later (429, 502, 503, 504, connect errors)
+    │   │   └── UpstreamUnavailable   the upstream's trouble, not the order's: wait, spend no budget
     │   ├── PermanentError            never retry (400, 404, other 4xx)
     │   ├── AuthError                 credentials refused even with a fresh token
     │   └── AmbiguousError            the request may have been applied; do not resend blindly
@@ -48,6 +49,11 @@ class UpstreamError(OrderError):
 
 class RetryableError(UpstreamError):
     """Transient: the same request may succeed later."""
+
+
+class UpstreamUnavailable(RetryableError):
+    """The fleet may not call now, or the upstream pushed back for everyone (throttled, paused,
+    failing): the order waits without spending its retry budget."""
 
 
 class PermanentError(UpstreamError):

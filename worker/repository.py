@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from worker.models import ORDER_EVENTS as _EVENTS
 from worker.models import ORDERS as _ORDERS
 from worker.models import Order, OrderEvent
-from worker.states import Status, check_move
+from worker.states import RESTING, Status, check_move
 
 
 @dataclass(slots=True)
@@ -236,3 +236,39 @@ def history(session: Session, order_id: str) -> list[OrderEvent]:
     """The order's status changes, oldest first."""
     stmt = select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
     return list(session.scalars(stmt))
+
+
+def renew_leases(session: Session, ids: Iterable[str], *, owner: str, lease_until: datetime) -> int:
+    """Extend the lease of the orders of ``ids`` that ``owner`` still holds (a heartbeat)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    stmt = (
+        update(Order)
+        .where(Order.id.in_(ids), Order.lease_owner == owner)
+        .values(due_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return int(result.rowcount or 0)
+
+
+def defer(
+    session: Session, ids: Iterable[str], *, at: datetime, due_at: datetime, reason: str
+) -> list[str]:
+    """Push unleased resting orders of ``ids`` back to ``at`` (no status change, no history)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    stmt = (
+        update(Order)
+        .where(
+            Order.id.in_(ids),
+            Order.lease_owner.is_(None),
+            Order.status.in_([str(st) for st in RESTING]),
+        )
+        .values(next_attempt_at=at, due_at=due_at, reason=reason)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars())

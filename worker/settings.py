@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # backlog waits in the database (so the dispatcher can share it fairly between callers).
     dispatch_chunks_per_process: int = Field(2, ge=1, le=100)
     http_concurrency: int = Field(64, ge=1, le=512)
+    # Four hosts of the default worker (4 processes x 64 calls): never binding until the
+    # upstream pushes back, at which point the learned limit takes over below it.
+    upstream_max_in_flight: int = Field(1024, ge=1, le=100_000)
+    upstream_max_rps: float = Field(0.0, ge=0, le=1_000_000)
 
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(10.0, gt=0)

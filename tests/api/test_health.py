@@ -7,11 +7,17 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import CallerKey, make_caller, order
 from worker import embedded_redis
 from worker.api.health import REDIS_CLIENT_NAME
+from worker.errors import RetryableError, UpstreamUnavailable
+from worker.flow.gate import Gate
+from worker.flow.setup import build_store
+from worker.flow.view import line_from_metrics
 
 
 def _closed_port() -> int:
@@ -121,3 +127,29 @@ def test_readyz_result_is_cached_for_about_a_second(api: Callable[..., TestClien
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_metrics_show_the_upstream_budget(
+    api: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    """What the workers left in Redis: limit, ceiling, breaker, refusals; one status line."""
+    app = api(upstream_max_in_flight=16)
+    settings = app.app.state.settings  # type: ignore[attr-defined]
+    gate = Gate(build_store(settings, redis_client), ttl_s=30)
+
+    def refused() -> None:
+        raise RetryableError("upstream_429", status_code=429)
+
+    with pytest.raises(UpstreamUnavailable):
+        gate.call(refused)
+    gate.report()
+    gate.close()
+    operator = make_caller(app.app.state.settings.database_url, "ops", role="operator")  # type: ignore[attr-defined]
+    text = app.get("/metrics", headers=operator.headers).text
+    assert "orders_upstream_ceiling 16.0" in text
+    assert 'orders_upstream_breaker{state="closed"} 1.0' in text
+    assert 'orders_upstream_calls_total{signal="dropped"} 1.0' in text
+    assert "orders_upstream_in_flight 0.0" in text
+    line = line_from_metrics(text)
+    assert line is not None and "breaker closed" in line and "of 16" in line
+    assert "1 refused" in line

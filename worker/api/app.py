@@ -12,6 +12,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 import structlog
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +26,8 @@ from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
 from worker.console.web import install as install_console
+from worker.flow.setup import build_store
+from worker.flow.store import FlowStore
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -61,7 +64,16 @@ def _freeze_startup_objects() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new intake app for ``settings`` (default: the process settings from ``ORDERS_*``)."""
     settings = settings or get_settings()
-    metrics = Metrics(settings.database_url)
+    flow: list[FlowStore] = []
+
+    def flow_store() -> FlowStore:
+        # Built on first scrape: the broker's Redis URL may only resolve after startup.
+        if not flow:
+            client = redis.Redis.from_url(broker.url(), socket_timeout=2, socket_connect_timeout=2)
+            flow.append(build_store(settings, client))
+        return flow[0]
+
+    metrics = Metrics(settings.database_url, flow=flow_store)
     broker = Broker(settings, on_failure=metrics.enqueue_failures.inc)
     readiness = Readiness(settings.database_url, broker.url)
     authenticator = Authenticator(settings.database_url)

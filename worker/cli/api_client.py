@@ -99,6 +99,10 @@ class ApiClient:
         body = {"upstream_id": upstream_id} if upstream_id else {"not_created": True}
         return dict(self._call("POST", f"/v1/operator/orders/{order_id}/resolve", json=body))
 
+    def metrics_text(self) -> str:
+        """The API's ``/metrics`` (Prometheus text; needs an operator key)."""
+        return self._http.get("/metrics").text
+
     def close(self) -> None:
         self._http.close()
 

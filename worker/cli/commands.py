@@ -239,6 +239,15 @@ def status(
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
+    from worker.cli.api_client import ApiCallError
+    from worker.flow.view import line_from_metrics
+
+    try:
+        metrics = client.metrics_text()
+    except ApiCallError:  # /metrics needs an operator key: no upstream line with a caller key
+        return
+    if line := line_from_metrics(metrics):
+        console.print(line)
 
 
 @app.command()

@@ -9,7 +9,11 @@ from typing import Any
 
 import redis
 
+from worker.flow.setup import build_store
+from worker.flow.view import snapshot
 from worker.queue.app import LAST_SWEEP_KEY, QUEUE_ORDERS, QUEUE_WEBHOOKS
+from worker.settings import Settings
+from worker.upstream.shared import token_key
 
 TIMEOUT_S = 0.5
 
@@ -45,9 +49,22 @@ def broker_state(redis_url: str) -> BrokerState:
     return BrokerState({QUEUE_ORDERS: orders, QUEUE_WEBHOOKS: webhooks}, age)
 
 
-def upstream_state(redis_url: str) -> dict[str, Any] | None:
-    """Calls in flight, current limit, breaker and token age from the flow control; None
-    while it is not available in this build (``worker.flow`` has not landed on main yet:
-    wire its store here, and the overview shows it)."""
-    del redis_url
-    return None
+def upstream_state(redis_url: str, settings: Settings) -> dict[str, Any] | None:
+    """The fleet's upstream budget (calls in flight, learned limit, breaker) and how long the
+    shared token has left; None when Redis cannot be read."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        snap = snapshot(build_store(settings, client))
+        token_ttl_ms = int(client.pttl(token_key(settings)))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return {
+        "in_flight": snap.in_flight,
+        "limit": snap.limit,
+        "ceiling": snap.ceiling,
+        "breaker": snap.breaker,
+        "paused_s": round(snap.paused_s, 1),
+        "token_left_s": round(token_ttl_ms / 1000) if token_ttl_ms > 0 else None,
+    }

@@ -66,7 +66,7 @@ async def _overview_context(request: Request) -> dict[str, Any]:
     data = await in_session(settings, _overview)
     redis_url = request.app.state.broker.url()
     data["broker"] = broker_state(redis_url)
-    data["upstream"] = upstream_state(redis_url)
+    data["upstream"] = upstream_state(redis_url, settings)
     data["alive"] = data["broker"].alive(settings.sweep_interval_s)
     data["statuses"] = [str(s) for s in Status]
     return data

@@ -16,7 +16,13 @@ from schemas.upstream_responses import (
     PreviewResponse,
     SubmitResponse,
 )
-from worker.errors import AmbiguousError, AuthError, PermanentError, UpstreamError
+from worker.errors import (
+    AmbiguousError,
+    AuthError,
+    PermanentError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from worker.models import Order
 from worker.pipeline.backoff import RetryDecision, RetryPolicy, decide_retry
 from worker.repository import Move
@@ -81,8 +87,11 @@ def retry_verdict(
     timing: Timing,
     rand: random.Random | None = None,
 ) -> tuple[int, RetryDecision]:
-    """The order's failure count after ``error``, and whether (and when) to try again."""
-    failures = order.failures + 1
+    """The order's failure count after ``error``, and whether (and when) to try again.
+
+    The upstream's own trouble (``UpstreamUnavailable``: no permit, throttled, an outage)
+    spends none of the order's attempts."""
+    failures = order.failures + (0 if isinstance(error, UpstreamUnavailable) else 1)
     age_s = (now - order.budget_from).total_seconds()
     verdict = decide_retry(
         timing.policy, failures, age_s=age_s, retry_after_s=error.retry_after_s, rand=rand
@@ -128,6 +137,15 @@ def on_failure(
         return Decision(move(S.REJECTED, dict(_DONE)))
     if isinstance(error, AuthError):
         return Decision(move(S.FAILED, dict(_DONE)))
+    if isinstance(error, UpstreamUnavailable):
+        # The upstream's trouble, not the order's: wait (jittered, so the fleet comes back
+        # spread out) without spending an attempt; only the age bound still applies.
+        age_s = (now - order.budget_from).total_seconds()
+        delay_s = (error.retry_after_s or 1.0) * (1 + 0.5 * (rand or random).random())
+        if age_s + delay_s > timing.policy.max_age_s:
+            return Decision(move(S.FAILED, dict(_DONE)))
+        values, countdown = _schedule(now, delay_s, timing)
+        return Decision(move(retry_to, values), countdown)
     failures, verdict = retry_verdict(order, error, now=now, timing=timing, rand=rand)
     if verdict.give_up:
         return Decision(move(S.FAILED, {**_DONE, "failures": failures}))

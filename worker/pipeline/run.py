@@ -3,7 +3,9 @@
 Steps are plain functions of the database, the upstream client and a thread pool (no Celery
 here). Each run holds a lease (a random owner id) on the orders it claims; every transition is
 a compare-and-set on status and lease, so a duplicate delivery or a racing worker walks away.
-Database writes are batched per step for the whole chunk; upstream calls run concurrently.
+Upstream calls run concurrently; each answer is applied as soon as it is back (answers that
+arrive within a few milliseconds of each other share one transaction), and the leases of the
+orders still waiting on a call are renewed meanwhile, so one slow call costs only its order.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -23,6 +25,7 @@ from worker.errors import AmbiguousError, RetryableError, UpstreamError
 from worker.ids import new_id, utcnow
 from worker.models import Order
 from worker.pipeline.backoff import RetryPolicy
+from worker.pipeline.flight import Flight
 from worker.pipeline.outcomes import (
     Decision,
     Timing,
@@ -38,12 +41,21 @@ from worker.settings import Settings
 from worker.states import Status
 from worker.upstream.client import UpstreamClient
 
+if TYPE_CHECKING:
+    from worker.flow.gate import Gate
+
 S = Status
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 EventSink = Callable[[Any, Sequence[Event]], list[str]]
 """Called inside each transaction with the history rows written; returns webhook deliveries."""
+
+# What the pipeline does when the fleet may not call (see worker/flow/gate.py).
+SHORT_WAIT_S = 2.0
+OUTAGE_RETRY_S = 1.0
+# Orders in these states make an upstream call when run.
+_CALLING = frozenset({S.RECEIVED, S.PREVIEWED, S.SUBMITTED, S.SUBMIT_UNKNOWN})
 
 # A message that fires slightly early (clock skew between hosts) still counts as due.
 DUE_TOLERANCE = timedelta(seconds=0.5)
@@ -103,6 +115,7 @@ class Pipeline:
         *,
         events: EventSink | None = None,
         rand: random.Random | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
         self.db_url = settings.database_url
@@ -111,6 +124,7 @@ class Pipeline:
         self.timing = timing_from(settings)
         self._events = events
         self._rand = rand
+        self.gate = gate
         self.actor = "worker"
 
     def run(self, ids: Sequence[str]) -> RunResult:
@@ -119,6 +133,7 @@ class Pipeline:
         run = _Run(new_id("lease"), now + timedelta(seconds=self.settings.lease_s))
         with transaction(self.db_url) as session:
             orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
+            self._hold_back(session, orders, run, now)
             by_status: dict[str, list[str]] = {}
             for order in orders.values():
                 by_status.setdefault(order.status, []).append(order.id)
@@ -147,11 +162,13 @@ class Pipeline:
             self._record(session, events, run.result)
         run.attempts = {o.id: o.attempts for o in orders.values()}
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
-        to_preview = [orders[e["order_id"]] for e in events if e["to_status"] == S.PREVIEWING]
-        to_submit = [orders[e["order_id"]] for e in events if e["to_status"] == S.SUBMITTING]
-        to_submit += self._preview(to_preview, run)
-        self._submit(to_submit, run)
-        self._follow([orders[i] for i in follow], run)
+        flight = Flight(self, run)
+        for event in events:
+            step = "preview" if event["to_status"] == S.PREVIEWING else "submit"
+            flight.start(orders[event["order_id"]], step)
+        for order_id in follow:
+            flight.start(orders[order_id], "follow")
+        flight.land()
         if unknown:
             decisions = reconcile_decisions(
                 [orders[i] for i in unknown],
@@ -160,97 +177,77 @@ class Pipeline:
                 now=utcnow(),
                 timing=self.timing,
             )
-            self._apply(decisions, run)
+            self.apply(decisions, run)
         return run.result
 
-    def _preview(self, orders: list[Order], run: _Run) -> list[Order]:
-        outcomes = self._call_all(
-            lambda o: self.upstream.preview(upstream_payload(o)), orders, ambiguous=False
-        )
-        decisions = self._decide(
-            outcomes,
-            lambda order, answer, _: on_preview_ok(order, answer, lease_until=run.lease_until),
-            frm=S.PREVIEWING,
-            retry_to=S.RECEIVED,
-        )
-        moved = self._apply(decisions, run)
-        return [o for o, _, error in outcomes if error is None and o.id in moved]
+    def _hold_back(self, session: Any, orders: dict[str, Order], run: _Run, now: datetime) -> None:
+        """While the fleet may not call (breaker open, long pause), leave the orders waiting.
 
-    def _submit(self, orders: list[Order], run: _Run) -> None:
-        outcomes = self._call_all(
-            lambda o: self.upstream.submit(upstream_payload(o)), orders, ambiguous=True
-        )
-        decisions = self._decide(
-            outcomes,
-            lambda order, answer, now: on_submit_ok(
-                order, answer, frm=S.SUBMITTING, now=now, timing=self.timing
-            ),
-            frm=S.SUBMITTING,
-            retry_to=S.PREVIEWED,
-        )
-        self._apply(decisions, run)
-
-    def _follow(self, orders: list[Order], run: _Run) -> None:
-        outcomes = self._call_all(
-            lambda o: self.upstream.get_order(o.upstream_id or ""), orders, ambiguous=False
-        )
-        now = utcnow()
-        decisions = [
-            on_follow(o, error or answer, now=now, timing=self.timing)
-            for o, answer, error in outcomes
-        ]
-        self._apply(decisions, run)
-
-    def _decide(
-        self,
-        outcomes: list[tuple[Order, Any, UpstreamError | None]],
-        on_ok: Callable[[Order, Any, datetime], Decision],
-        *,
-        frm: Status,
-        retry_to: Status,
-    ) -> list[Decision]:
-        """``on_ok`` for each answer, ``on_failure`` (retry waiting in ``retry_to``) for errors."""
-        now = utcnow()
-        return [
-            on_ok(order, answer, now)
-            if error is None
-            else on_failure(
-                order,
-                error,
-                frm=frm,
-                retry_to=retry_to,
-                now=now,
-                timing=self.timing,
-                rand=self._rand,
-            )
-            for order, answer, error in outcomes
-        ]
-
-    def _call_all(
-        self, call: Callable[[Order], T], orders: list[Order], *, ambiguous: bool
-    ) -> list[tuple[Order, Any, UpstreamError | None]]:
-        """Run ``call`` for every order concurrently; never raises for one order's failure.
-
-        Each result is ``(order, answer, None)`` or ``(order, None, error)``.
+        They stay in the database with ``reason`` and ``next_attempt_at`` and no history row;
+        with the breaker open, one order still goes ahead: it may be the fleet's probe.
         """
+        if self.gate is None:
+            return
+        verdict = self.gate.admission()
+        if verdict.kind == "go" or (verdict.kind == "wait" and verdict.wait_s <= SHORT_WAIT_S):
+            return
+        waiting = [o for o in orders.values() if o.status in _CALLING]
+        if verdict.kind == "probe":
+            waiting = waiting[1:]
+            delay_s, reason = OUTAGE_RETRY_S, "upstream_unavailable"
+        else:
+            delay_s, reason = verdict.wait_s, "upstream_paused"
+        jitter = (self._rand or random).random()
+        delay_s = delay_s * (1 + 0.5 * jitter)
+        at = now + timedelta(seconds=delay_s)
+        short = delay_s <= self.timing.countdown_max_s
+        # Due for the dispatcher at ``at``; a short wait also gets a tick then (invariant 4).
+        held = repo.defer(session, [o.id for o in waiting], at=at, due_at=at, reason=reason)
+        for order_id in held:
+            orders.pop(order_id, None)
+            if short:
+                run.result.requeue.append((order_id, delay_s))
 
-        def one(order: Order) -> tuple[Order, T | None, UpstreamError | None]:
-            try:
-                return order, call(order), None
-            except UpstreamError as exc:
-                return order, None, exc
-            except Exception as exc:  # a bug or a broken answer: never a blind re-submit
-                log.exception("upstream_call_crashed", order_id=order.id)
-                cls = AmbiguousError if ambiguous else RetryableError
-                return order, None, cls("internal_error", f"{type(exc).__name__}: {exc}")
+    def decide(
+        self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
+    ) -> Decision:
+        """What one call's result does to its order (the pure functions of ``outcomes``)."""
+        now = utcnow()
+        if step == "follow":
+            return on_follow(order, error or answer, now=now, timing=self.timing)
+        if error is None:
+            if step == "preview":
+                return on_preview_ok(order, answer, lease_until=run.lease_until)
+            return on_submit_ok(order, answer, frm=S.SUBMITTING, now=now, timing=self.timing)
+        frm, retry_to = (
+            (S.PREVIEWING, S.RECEIVED) if step == "preview" else (S.SUBMITTING, S.PREVIEWED)
+        )
+        return on_failure(
+            order,
+            error,
+            frm=frm,
+            retry_to=retry_to,
+            now=now,
+            timing=self.timing,
+            rand=self._rand,
+        )
 
-        if not orders:
-            return []
-        if len(orders) == 1:  # no thread hop for a single order (follow-ups, retries)
-            return [one(orders[0])]
-        return list(self.executor.map(one, orders))
+    def call(self, order: Order, step: str) -> tuple[Any, UpstreamError | None]:
+        """One upstream call for ``order``; never raises for the order's failure."""
+        try:
+            if step == "preview":
+                return self.upstream.preview(upstream_payload(order)), None
+            if step == "submit":
+                return self.upstream.submit(upstream_payload(order)), None
+            return self.upstream.get_order(order.upstream_id or ""), None
+        except UpstreamError as exc:
+            return None, exc
+        except Exception as exc:  # a bug or a broken answer: never a blind re-submit
+            log.exception("upstream_call_crashed", order_id=order.id)
+            cls = AmbiguousError if step == "submit" else RetryableError
+            return None, cls("internal_error", f"{type(exc).__name__}: {exc}")
 
-    def _apply(self, decisions: list[Decision], run: _Run) -> set[str]:
+    def apply(self, decisions: list[Decision], run: _Run) -> set[str]:
         """Write the decisions in one transaction; returns the ids whose move won."""
         if not decisions:
             return set()
@@ -276,6 +273,14 @@ class Pipeline:
                 actor=self.actor,
             )
             won.update(e["order_id"] for e in events)
+            late = [_late(m) for m in moves if m.order_id not in won and _is_submit_answer(m)]
+            if late:
+                # The sweeper moved these to submit_unknown meanwhile: the answer still counts.
+                late_events = repo.apply_moves_bulk(
+                    session, late, now=now, owner=None, attempts=run.attempts, actor=self.actor
+                )
+                won.update(e["order_id"] for e in late_events)
+                events += late_events
             self._record(session, events, run.result)
         for decision in decisions:
             if decision.move.order_id in won and decision.requeue_in_s is not None:
@@ -286,6 +291,22 @@ class Pipeline:
     def _record(self, session: Any, events: Sequence[Event], result: RunResult) -> None:
         if events and self._events is not None:
             result.deliveries.extend(self._events(session, events))
+
+
+def _is_submit_answer(move: Move) -> bool:
+    return move.frm == S.SUBMITTING and move.to in (S.SUBMITTED, S.COMPLETE)
+
+
+def _late(move: Move) -> Move:
+    message = "the submit answered after the lease had been recovered; answer recorded"
+    return Move(
+        move.order_id,
+        S.SUBMIT_UNKNOWN,
+        move.to,
+        move.values,
+        reason="late_submit_answer",
+        message=message,
+    )
 
 
 def _no_lease(values: dict[str, Any]) -> dict[str, Any]:

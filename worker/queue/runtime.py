@@ -14,6 +14,8 @@ import redis
 from celery import Celery
 
 from worker.embedded_redis import resolve_redis_url
+from worker.flow.gate import Gate
+from worker.flow.setup import build_gate
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
 from worker.queue.dispatcher import Dispatcher
@@ -33,11 +35,13 @@ class Runtime:
     upstream: UpstreamClient
     executor: ThreadPoolExecutor
     pipeline: Pipeline
+    gate: Gate
     dispatcher: Dispatcher
     name: str = ""
     """This process, as the dispatcher counts live worker processes."""
 
     def close(self) -> None:
+        self.gate.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.upstream.close()
         self.redis.close()
@@ -52,14 +56,18 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     client = redis.Redis.from_url(
         redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
     )
-    tokens, upstream = shared_upstream(settings, client)
+    gate = build_gate(settings, client)
+    tokens, upstream = shared_upstream(settings, client, gate=gate)
     # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
-    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries)
+    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries, gate=gate)
     celery = configure(redis_url, settings)
-    dispatcher = Dispatcher(settings, client, celery)
+    # Chunks follow the upstream's learned limit, so a newcomer's orders wait behind little.
+    dispatcher = Dispatcher(settings, client, celery, allowance=gate.allowance)
     name = f"{socket.gethostname()}:{os.getpid()}"
-    return Runtime(settings, client, celery, tokens, upstream, executor, pipeline, dispatcher, name)
+    return Runtime(
+        settings, client, celery, tokens, upstream, executor, pipeline, gate, dispatcher, name
+    )
 
 
 def get_runtime() -> Runtime:

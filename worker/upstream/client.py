@@ -26,6 +26,7 @@ from schemas.upstream_responses import (
     TokenResponse,
 )
 from worker.errors import AuthError, RetryableError, UpstreamError
+from worker.flow.gate import Gate
 from worker.settings import Settings
 from worker.upstream.auth import SharedTokenAuth
 from worker.upstream.classify import error_for_exception, error_for_status
@@ -104,7 +105,11 @@ def _json(response: httpx.Response) -> Any:
 
 
 class UpstreamClient:
-    """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure."""
+    """Thread-safe upstream calls; each raises an ``UpstreamError`` subclass on failure.
+
+    With a ``gate`` every API call holds a permit of the fleet-wide budget (the token request
+    is not an API call and never waits for one).
+    """
 
     def __init__(
         self,
@@ -112,6 +117,7 @@ class UpstreamClient:
         tokens: TokenCache | None,
         ssl_context: ssl.SSLContext,
         *,
+        gate: Gate | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``transport`` replaces the network (tests: ``httpx.MockTransport``)."""
@@ -119,6 +125,7 @@ class UpstreamClient:
         self._transport = transport
         self._tokens = tokens
         self._ssl = ssl_context
+        self._gate = gate
         self._timeout = timeouts(settings)
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
@@ -157,7 +164,25 @@ class UpstreamClient:
         params: dict[str, Any] | None = None,
         idempotent: bool,
     ) -> M:
-        """One request; the answer parsed into ``model``, or an ``UpstreamError`` raised."""
+        """One request (holding a permit of the budget); the answer parsed into ``model``."""
+
+        def request() -> M:
+            return self._request(
+                method, path, model, payload=payload, params=params, idempotent=idempotent
+            )
+
+        return request() if self._gate is None else self._gate.call(request)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        payload: Any,
+        params: dict[str, Any] | None,
+        idempotent: bool,
+    ) -> M:
         url = f"{self._settings.upstream_url}{path}"
         content = orjson.dumps(payload) if payload is not None else None
         headers = {"content-type": "application/json"} if content is not None else None

@@ -6,6 +6,7 @@ import ssl
 
 import redis
 
+from worker.flow.gate import Gate
 from worker.ids import sha256_hex
 from worker.settings import Settings
 from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
@@ -19,9 +20,14 @@ def token_key(settings: Settings) -> str:
 
 
 def shared_upstream(
-    settings: Settings, client: redis.Redis, ssl_context: ssl.SSLContext | None = None
+    settings: Settings,
+    client: redis.Redis,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    gate: Gate | None = None,
 ) -> tuple[TokenCache, UpstreamClient]:
-    """The token cache (in ``client``'s Redis) and an upstream client that uses it."""
+    """The token cache (in ``client``'s Redis) and an upstream client that uses it (its API
+    calls under ``gate``'s fleet-wide budget, when given)."""
     # One SSL context per process: each new client would otherwise load certificates (~65 ms).
     context = ssl_context or ssl.create_default_context()
     token_http = UpstreamClient(settings, None, context)
@@ -37,4 +43,4 @@ def shared_upstream(
         margin_s=settings.token_refresh_margin_s,
         lock_timeout_s=token_lock_timeout_s(settings),
     )
-    return tokens, UpstreamClient(settings, tokens, context)
+    return tokens, UpstreamClient(settings, tokens, context, gate=gate)

@@ -1,0 +1,99 @@
+"""The pipeline under a slow or failing upstream: leases kept, late answers kept, outages free."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from tests.helpers import add_orders, new_payload
+from tests.pipeline.conftest import drive
+from worker.db import transaction
+from worker.ids import utcnow
+from worker.models import Order, OrderEvent
+from worker.pipeline import sweeper
+
+
+def _events(db_url: str, ids: list[str]) -> list[OrderEvent]:
+    with transaction(db_url) as session:
+        rows = session.scalars(select(OrderEvent).where(OrderEvent.order_id.in_(ids)))
+        return list(rows)
+
+
+def _status(db_url: str, order_id: str) -> str:
+    with transaction(db_url) as session:
+        return session.get(Order, order_id).status  # type: ignore[union-attr]
+
+
+def test_calls_longer_than_the_lease_keep_their_orders(runtime_factory, caller_id, stub, clean_db):
+    """Calls of 1.2 s under a 0.6 s lease, a sweeper running: nothing is recovered."""
+    rt = runtime_factory(lease_s=0.6)
+    stub.configure(latency_ms=1200)
+    ids = add_orders(clean_db, caller_id, [new_payload(i) for i in range(6)])
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(0.1):
+            with transaction(clean_db) as session:
+                sweeper.recover_expired_leases(session, utcnow(), 100)
+
+    sweeping = threading.Thread(target=sweep)
+    sweeping.start()
+    try:
+        rt.pipeline.run(ids)
+    finally:
+        stop.set()
+        sweeping.join()
+    assert {_status(clean_db, i) for i in ids} == {"complete"}
+    reasons = {e.reason for e in _events(clean_db, ids)}
+    assert not reasons & {"lease_expired", "worker_lost_during_submit"}
+
+
+def test_a_submit_answer_after_recovery_is_recorded(runtime_factory, caller_id, stub, clean_db):
+    """The sweeper moved the order to submit_unknown mid-call; the real answer still counts."""
+    rt = runtime_factory(lease_s=30)
+    [oid] = add_orders(clean_db, caller_id, [new_payload(2)])
+    stub.configure(latency_ms=1500)
+    worker = threading.Thread(target=rt.pipeline.run, args=([oid],))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while _status(clean_db, oid) != "submitting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # As the sweeper would once the lease is over (its clock moved past the lease).
+    with transaction(clean_db) as session:
+        later = utcnow() + timedelta(seconds=60)
+        assert sweeper.recover_expired_leases(session, later, 10) == 1
+    assert _status(clean_db, oid) == "submit_unknown"
+    worker.join(20)
+    assert _status(clean_db, oid) == "complete"
+    last = max(_events(clean_db, [oid]), key=lambda e: e.id)
+    assert (last.from_status, last.to_status, last.reason) == (
+        "submit_unknown",
+        "complete",
+        "late_submit_answer",
+    )
+
+
+def test_an_outage_spends_no_retry_budget(runtime_factory, caller_id, stub, clean_db):
+    """Every call 502s for 3 s: orders wait as upstream_unavailable, then all complete."""
+    rt = runtime_factory(retry_max_attempts=3, retry_base_s=0.05, retry_cap_s=0.1)
+    ids = add_orders(clean_db, caller_id, [new_payload(i) for i in range(40)])
+    stub.set_outage(True)
+    end = time.monotonic() + 3
+    seen_unavailable = False
+    while time.monotonic() < end:
+        rt.pipeline.run(ids)
+        with transaction(clean_db) as session:
+            orders = list(session.scalars(select(Order).where(Order.id.in_(ids))))
+        assert not [o for o in orders if o.status == "failed"]
+        seen_unavailable |= any(o.reason == "upstream_unavailable" for o in orders)
+        time.sleep(0.1)
+    during = sum(stub.stats()["outage_requests"].values())
+    stub.set_outage(False)
+    orders = drive(rt, ids, timeout_s=30)
+    assert {o.status for o in orders.values()} == {"complete"}
+    assert seen_unavailable
+    # The first burst fails before the breaker opens; after that, about one probe a second.
+    assert during <= 40 + 8, during

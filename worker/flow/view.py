@@ -1,0 +1,68 @@
+"""The budget as operators see it: one snapshot read from Redis (for /metrics and the CLI)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from worker.flow.store import FlowStore
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    ceiling: int
+    limit: int
+    in_flight: int
+    breaker: str
+    paused_s: float
+    calls: dict[str, float]
+    """Fleet counters since Redis started: ok, dropped (refused), slow, failed, wait_s."""
+
+    def line(self) -> str:
+        """One line for ``orders status``."""
+        refused = int(self.calls.get("dropped", 0))
+        paused = f", paused {self.paused_s:.0f} s" if self.paused_s > 0 else ""
+        return (
+            f"upstream: breaker {self.breaker}{paused}; limit {self.limit} of {self.ceiling}; "
+            f"{self.in_flight} calls in flight; {refused} refused"
+        )
+
+
+def snapshot(store: FlowStore) -> Snapshot:
+    """Read the shared state, the permits in flight and the fleet counters."""
+    now = time.time()
+    state = store.read()
+    return Snapshot(
+        ceiling=store.cfg.limit.ceiling,
+        limit=min(state.effective_limit, store.cfg.limit.ceiling),
+        in_flight=store.in_flight(now),
+        breaker=str(state.breaker.mode),
+        paused_s=max(0.0, state.paused_until - now),
+        calls=store.stats(),
+    )
+
+
+def line_from_metrics(text: str) -> str | None:
+    """The ``orders status`` line from the API's ``/metrics`` text (None if it has no budget)."""
+    values: dict[str, float] = {}
+    breaker = "?"
+    for raw in text.splitlines():
+        if not raw.startswith("orders_upstream_"):
+            continue
+        name, _, value = raw.rpartition(" ")
+        if name.startswith("orders_upstream_breaker{") and float(value) == 1.0:
+            breaker = name.split('"')[1]
+        elif name == 'orders_upstream_calls_total{signal="dropped"}':
+            values["dropped"] = float(value)
+        elif "{" not in name:
+            values[name.removeprefix("orders_upstream_")] = float(value)
+    if "limit" not in values:
+        return None
+    return Snapshot(
+        ceiling=int(values.get("ceiling", 0)),
+        limit=int(values["limit"]),
+        in_flight=int(values.get("in_flight", 0)),
+        breaker=breaker,
+        paused_s=values.get("paused_seconds", 0.0),
+        calls={"dropped": values.get("dropped", 0.0)},
+    ).line()
