@@ -68,7 +68,7 @@ def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster,
     a_ids = add_orders(db, big, [new_payload(i) for i in range(1500)], grace_s=0)
     dispatcher.run(callers=[big])
     time.sleep(1.0)
-    b_ids = add_orders(db, small, [new_payload(i) for i in range(10)], grace_s=0)
+    b_ids = add_orders(db, small, [new_payload(10_000 + i) for i in range(10)], grace_s=0)
     accepted = time.monotonic()
     dispatcher.run(callers=[small])
     c.wait_for(lambda: _final(db, b_ids) == 10, timeout_s=30)
