@@ -82,6 +82,22 @@ def apply_moves(
     return apply_moves_bulk(session, moves, now=now, owner=owner, attempts=attempts, actor=actor)
 
 
+def lock_in_order(session: Session, ids: Sequence[str]) -> None:
+    """Take the row locks of ``ids`` in id order (PostgreSQL; SQLite locks the whole file).
+
+    Every multi-row write locks in the same order, so two transactions on overlapping orders
+    queue behind each other instead of deadlocking (a chunk's bulk moves are several
+    statements, and another worker or the sweeper may hold some of the same rows).
+    """
+    if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(_ORDERS.c.id)
+            .where(_ORDERS.c.id.in_(sorted(set(ids))))
+            .order_by(_ORDERS.c.id)
+            .with_for_update()
+        )
+
+
 def apply_moves_bulk(
     session: Session,
     moves: Sequence[Move],
@@ -97,6 +113,8 @@ def apply_moves_bulk(
     were sent (a lost lease, a race), the winners are those now carrying this call's status
     and ``updated_at``. ``attempts`` gives each order's attempt count for its history rows.
     """
+    moves = sorted(moves, key=lambda m: m.order_id)
+    lock_in_order(session, [m.order_id for m in moves])
     groups: dict[tuple[str, ...], list[tuple[Move, dict[str, Any]]]] = {}
     for move in moves:
         for frm, to in move.legs():
