@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, insert, select, update
+from sqlalchemy import CursorResult, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import ORDER_EVENTS as _EVENTS
@@ -290,3 +290,28 @@ def defer(
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).scalars())
+
+
+def sharing_external_ids(
+    session: Session, external_ids: Iterable[str], *, exclude: Iterable[str]
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Our orders (any caller) other than ``exclude`` that sent one of ``external_ids``
+    upstream (their own ``external_id``, or their id when they had none), with the upstream
+    order each is tied to: ``{external_id: [(order id, upstream id or None)]}``."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    excluded = set(exclude)
+    rows = session.execute(
+        select(Order.id, Order.external_id, Order.upstream_id).where(
+            or_(
+                Order.external_id.in_(wanted),
+                and_(Order.external_id.is_(None), Order.id.in_(wanted)),
+            )
+        )
+    )
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for order_id, external_id, upstream_id in rows:
+        if order_id not in excluded:
+            out.setdefault(external_id or order_id, []).append((order_id, upstream_id))
+    return out
