@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 import redis  # noqa: E402
-from bench.flow import Procs  # noqa: E402
 from sqlalchemy import func, select, update  # noqa: E402
 
 from api_stub.testing import StubControl, free_port, stub_process  # noqa: E402
+from bench.flow import Procs  # noqa: E402
 from bench.pipeline import Db, payload  # noqa: E402
 from worker.db import dispose_all, transaction  # noqa: E402
 from worker.ids import utcnow  # noqa: E402

@@ -120,7 +120,7 @@ class Bench:
             procs.start(python, repo, ["worker", "--queues", "orders"], env, self.tmp / "w.log")
             procs.start(python, repo, ["beat"], env, self.tmp / "beat.log")
             warm, _ = self.db.add(40, "warm", True)
-            enqueue_orders(self.celery, warm, 50)
+            enqueue_orders(self.celery, warm, chunk_size=50)
             self.wait("warm", 40, 120)
             yield
         finally:
@@ -171,7 +171,7 @@ class Bench:
             ids, _ = self.db.add(n, "bench", True)
             self.stub.reset_stats()
             started = time.perf_counter()
-            enqueue_orders(self.celery, ids, 50)
+            enqueue_orders(self.celery, ids, chunk_size=50)
             self.wait("bench", n, self.args.timeout_s)
             elapsed = time.perf_counter() - started
             stats = self.stub.stats()
@@ -192,7 +192,7 @@ class Bench:
             n = self.args.outage_orders
             ids, _ = self.db.add(n, "bench", True)
             self.stub.reset_stats()
-            enqueue_orders(self.celery, ids, 50)
+            enqueue_orders(self.celery, ids, chunk_size=50)
             self.wait("bench", n // 3, self.args.timeout_s)
             self.stub.set_outage(True)
             time.sleep(self.args.outage_s)
@@ -215,7 +215,7 @@ class Bench:
             n = self.args.unlimited_orders
             ids, _ = self.db.add(n, "bench", True)
             started = time.perf_counter()
-            enqueue_orders(self.celery, ids, 50)
+            enqueue_orders(self.celery, ids, chunk_size=50)
             self.wait("bench", n, self.args.timeout_s)
             return n / (time.perf_counter() - started)
 

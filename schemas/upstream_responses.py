@@ -32,6 +32,11 @@ __all__ = [
     "ZuoraPreview",
 ]
 
+MAX_UPSTREAM_ID_CHARS: Final = 100
+"""Longest upstream order id we accept (INFERRED: the documented ids are ~38 characters); an
+answer with a longer one does not parse, so it is never half-stored."""
+UpstreamId = Annotated[str, Field(max_length=MAX_UPSTREAM_ID_CHARS)]
+
 SUBMIT_STATUS_COMPLETE: Final = "complete"
 SUBMIT_STATUS_SUBMITTED: Final = "submitted"
 SUBMIT_STATUS_FAILED: Final = "failed"
@@ -58,7 +63,7 @@ class TokenResponse(_Response):
 class SubmitResponse(_Response):
     """Answer of a successful submit; every field optional, ``status`` an open set."""
 
-    id: str | None = None
+    id: UpstreamId | None = None
     order_reference: str | None = None
     status: str | None = None
     external_id: str | None = None
@@ -159,7 +164,7 @@ class PreviewResponse(_Response):
 class OrderSummary(_Response):
     """An order as listed by ``GET /api/objects/limio/orders``: only a summary (§5, S12)."""
 
-    id: str | None = None
+    id: UpstreamId | None = None
     orderState: str | None = None
     status: str | None = None
     order_type: str | None = None
@@ -179,7 +184,7 @@ class OrderSummary(_Response):
 class LimioOrderObject(OrderSummary):
     """A stored order as read back from ``GET /api/objects/limio/orders/{id}``."""
 
-    id: str
+    id: UpstreamId
 
 
 _LIST_KEYS: Final = ("orders", "items", "data")
@@ -205,4 +210,13 @@ class OrderListPage(_Response):
         if not isinstance(listed, list):
             listed = []
         rest = {k: v for k, v in value.items() if k not in _LIST_KEYS}
-        return {**rest, "items": [item for item in listed if isinstance(item, dict)]}
+        return {**rest, "items": [item for item in listed if _usable(item)]}
+
+
+def _usable(item: Any) -> bool:
+    """A list entry worth reading: an object whose id (if any) fits (one odd entry must not
+    make the whole page unreadable)."""
+    if not isinstance(item, dict):
+        return False
+    upstream_id = item.get("id")
+    return not (isinstance(upstream_id, str) and len(upstream_id) > MAX_UPSTREAM_ID_CHARS)

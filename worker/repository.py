@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, insert, select, update
+from sqlalchemy import CursorResult, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import ORDER_EVENTS as _EVENTS
@@ -82,6 +82,22 @@ def apply_moves(
     return apply_moves_bulk(session, moves, now=now, owner=owner, attempts=attempts, actor=actor)
 
 
+def lock_in_order(session: Session, ids: Sequence[str]) -> None:
+    """Take the row locks of ``ids`` in id order (PostgreSQL; SQLite locks the whole file).
+
+    Every multi-row write locks in the same order, so two transactions on overlapping orders
+    queue behind each other instead of deadlocking (a chunk's bulk moves are several
+    statements, and another worker or the sweeper may hold some of the same rows).
+    """
+    if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(_ORDERS.c.id)
+            .where(_ORDERS.c.id.in_(sorted(set(ids))))
+            .order_by(_ORDERS.c.id)
+            .with_for_update()
+        )
+
+
 def apply_moves_bulk(
     session: Session,
     moves: Sequence[Move],
@@ -97,6 +113,8 @@ def apply_moves_bulk(
     were sent (a lost lease, a race), the winners are those now carrying this call's status
     and ``updated_at``. ``attempts`` gives each order's attempt count for its history rows.
     """
+    moves = sorted(moves, key=lambda m: m.order_id)
+    lock_in_order(session, [m.order_id for m in moves])
     groups: dict[tuple[str, ...], list[tuple[Move, dict[str, Any]]]] = {}
     for move in moves:
         for frm, to in move.legs():
@@ -272,3 +290,28 @@ def defer(
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).scalars())
+
+
+def sharing_external_ids(
+    session: Session, external_ids: Iterable[str], *, exclude: Iterable[str]
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Our orders (any caller) other than ``exclude`` that sent one of ``external_ids``
+    upstream (their own ``external_id``, or their id when they had none), with the upstream
+    order each is tied to: ``{external_id: [(order id, upstream id or None)]}``."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    excluded = set(exclude)
+    rows = session.execute(
+        select(Order.id, Order.external_id, Order.upstream_id).where(
+            or_(
+                Order.external_id.in_(wanted),
+                and_(Order.external_id.is_(None), Order.id.in_(wanted)),
+            )
+        )
+    )
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for order_id, external_id, upstream_id in rows:
+        if order_id not in excluded:
+            out.setdefault(external_id or order_id, []).append((order_id, upstream_id))
+    return out

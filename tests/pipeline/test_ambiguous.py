@@ -85,3 +85,58 @@ def test_upstream_without_a_list_holds_instead_of_guessing(
     order = drive(rt, [oid])[oid]
     assert (order.status, order.reason) == ("submit_unknown", "held_for_operator")
     assert stub.orders()["count"] == 1
+
+
+def _unknown(db_url: str, ids: list[str], **values: object) -> None:
+    from sqlalchemy import update
+
+    from worker.ids import utcnow
+    from worker.models import Order
+
+    with transaction(db_url) as session:
+        session.execute(
+            update(Order)
+            .where(Order.id.in_(ids))
+            .values(status="submit_unknown", due_at=utcnow(), lease_owner=None, **values)
+        )
+
+
+def test_another_callers_order_is_never_taken_for_ours(runtime_factory, caller_id, stub, clean_db):
+    """B's submit was lost; A (another caller) has an upstream order with the same
+    external_id. B must not be marked complete with A's upstream order: it is held."""
+    from tests.helpers import new_caller
+
+    rt = runtime_factory()
+    [a] = add_orders(clean_db, caller_id, [new_payload(7)])
+    a_order = drive(rt, [a])[a]
+    assert a_order.status == "complete" and a_order.upstream_id
+    other = new_caller(clean_db, "other")
+    [b] = add_orders(clean_db, other, [new_payload(7)])  # same external_id EXT-7
+    _unknown(clean_db, [b])
+    b_order = drive(rt, [b])[b]
+    assert b_order.status == "submit_unknown" and b_order.due_at is None
+    assert b_order.upstream_id is None
+    assert (b_order.reason, stub.orders()["count"]) == ("held_for_operator", 1)
+
+
+def test_two_untied_orders_sharing_an_external_id_are_both_held(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """Two callers' ambiguous submits carry one external_id and the upstream has one such
+    order: which one it is cannot be told, so both are held (none is dropped or guessed)."""
+    from tests.helpers import new_caller
+
+    rt = runtime_factory()
+    [a] = add_orders(clean_db, caller_id, [new_payload(8)])
+    assert drive(rt, [a])[a].status == "complete"
+    other = new_caller(clean_db, "other")
+    [b] = add_orders(clean_db, other, [new_payload(8)])
+    _unknown(clean_db, [a, b], upstream_id=None, upstream_status=None)
+    orders = drive(rt, [a, b])
+    for order in orders.values():
+        assert (order.status, order.reason, order.due_at) == (
+            "submit_unknown",
+            "reconcile_ambiguous",
+            None,
+        )
+        assert "EXT-8" in (order.message or "")

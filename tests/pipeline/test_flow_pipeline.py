@@ -37,7 +37,7 @@ def test_calls_longer_than_the_lease_keep_their_orders(runtime_factory, caller_i
     def sweep() -> None:
         while not stop.wait(0.1):
             with transaction(clean_db) as session:
-                sweeper.recover_expired_leases(session, utcnow(), 100)
+                sweeper.recover_expired_leases(session, now=utcnow(), limit=100)
 
     sweeping = threading.Thread(target=sweep)
     sweeping.start()
@@ -64,7 +64,7 @@ def test_a_submit_answer_after_recovery_is_recorded(runtime_factory, caller_id, 
     # As the sweeper would once the lease is over (its clock moved past the lease).
     with transaction(clean_db) as session:
         later = utcnow() + timedelta(seconds=60)
-        assert sweeper.recover_expired_leases(session, later, 10) == 1
+        assert sweeper.recover_expired_leases(session, now=later, limit=10) == 1
     assert _status(clean_db, oid) == "submit_unknown"
     worker.join(20)
     assert _status(clean_db, oid) == "complete"

@@ -121,3 +121,36 @@ def test_token_lock_outlives_a_worst_case_token_fetch():
     assert token_lock_timeout_s(settings) > worst >= 25
     slow = Settings(upstream_connect_timeout_s=10, upstream_read_timeout_s=60)
     assert token_lock_timeout_s(slow) > 70
+
+
+def test_an_overlong_upstream_id_is_never_half_stored():
+    """A submit answer whose id cannot be stored is an unusable answer (ambiguous, never a
+    success to truncate); a list entry with such an id is skipped, the rest of the page read."""
+    long_id = "order-" + "x" * 200
+
+    def submit(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": long_id, "status": "complete"})
+
+    with pytest.raises(AmbiguousError):
+        _client(submit).submit({"order_type": "new"})
+
+    def listing(request: httpx.Request) -> httpx.Response:
+        items = [{"id": long_id, "external_id": "E1"}, {"id": "order-2", "external_id": "E2"}]
+        return httpx.Response(200, json={"orders": items})
+
+    page = _client(listing).list_orders(limit=10)
+    assert [o.id for o in page.items] == ["order-2"]
+
+
+def test_overlong_upstream_fields_are_cut_to_their_columns():
+    """Reference, status and owner longer than their columns are cut, not refused: the
+    transaction they share with other orders' answers must not fail on PostgreSQL."""
+    from worker.pipeline.outcomes import upstream_fields
+
+    answer = SubmitResponse(
+        id="order-1", order_reference="R" * 500, status="s" * 500, owner="o" * 500
+    )
+    fields = upstream_fields(answer)
+    assert fields["upstream_id"] == "order-1"
+    assert (len(fields["upstream_reference"]), len(fields["upstream_owner"])) == (100, 100)
+    assert len(fields["upstream_status"]) == 64

@@ -23,7 +23,7 @@ from worker.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from worker.models import Order
+from worker.models import ORDERS, Order
 from worker.pipeline.backoff import RetryDecision, RetryPolicy, decide_retry
 from worker.repository import Move
 from worker.states import Status, upstream_status_outcome
@@ -76,7 +76,15 @@ def upstream_fields(answer: SubmitResponse | OrderSummary) -> dict[str, Any]:
         "subscription_reference": answer.subscriptionReference,
         "upstream_owner": answer.owner,
     }
-    return {k: v for k, v in fields.items() if v is not None}
+    return {k: clip(k, v) for k, v in fields.items() if v is not None}
+
+
+def clip(column: str, value: str) -> str:
+    """``value`` cut to what the ``orders`` column holds: one odd upstream answer must not
+    fail the transaction it shares with other orders' answers (PostgreSQL refuses long values;
+    SQLite would keep them)."""
+    limit = getattr(ORDERS.c[column].type, "length", None)
+    return value[:limit] if limit and len(value) > limit else value
 
 
 def retry_verdict(

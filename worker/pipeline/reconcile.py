@@ -5,10 +5,17 @@ place to look. We scan its newest pages for our ``external_id`` (we always send 
 order is recorded as submitted (and followed) or complete. Not found: with the default policy
 ``hold`` it waits for an operator; with ``resubmit`` it is submitted again, accepting the risk
 of a duplicate. Either way the decision is a history row.
+
+``external_id`` is unique per caller only: another caller (or another order of this chunk) may
+have sent the same one. A match is taken only when it cannot be anyone else's: exactly one
+upstream order carries the id once the upstream orders our other orders are already tied to
+are set aside, and no other order of ours that carries it is still untied. Anything else is
+held for an operator (``reconcile_ambiguous``), never guessed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,18 +35,23 @@ _RELEASE = {"lease_owner": None}
 PAGE_SIZE = 100
 
 
+Sharers = Mapping[str, Sequence[tuple[str, str | None]]]
+"""Per ``external_id``: our other orders that sent it, as ``(order id, upstream id or None)``."""
+
+
 def find_upstream(
     upstream: UpstreamClient, external_ids: set[str], *, max_pages: int
-) -> dict[str, OrderSummary]:
-    """Scan up to ``max_pages`` of the upstream order list for ``external_ids``."""
-    found: dict[str, OrderSummary] = {}
+) -> dict[str, list[OrderSummary]]:
+    """Scan up to ``max_pages`` of the upstream order list for ``external_ids``: every match
+    on the pages read (the scan stops once each id has matched)."""
+    found: dict[str, list[OrderSummary]] = {}
     cursor: str | None = None
     for _ in range(max_pages):
         page = upstream.list_orders(limit=PAGE_SIZE, query_more=cursor)
         for item in page.items:
             ext = item.external_id
             if ext is not None and ext in external_ids:
-                found[ext] = item
+                found.setdefault(ext, []).append(item)
         cursor = page.queryMore
         if not cursor or found.keys() >= external_ids:
             break
@@ -53,41 +65,73 @@ def reconcile_decisions(
     settings: Settings,
     now: datetime,
     timing: Timing,
+    sharers: Sharers | None = None,
 ) -> list[Decision]:
-    """Decide the fate of leased ``submit_unknown`` orders."""
-    wanted = {sent_external_id(o): o for o in orders}
+    """Decide the fate of leased ``submit_unknown`` orders (``sharers``: see ``Sharers``)."""
+    by_ext: dict[str, list[Order]] = {}
+    for order in orders:
+        by_ext.setdefault(sent_external_id(order), []).append(order)
     try:
-        found = find_upstream(upstream, set(wanted), max_pages=settings.reconcile_max_pages)
+        found = find_upstream(upstream, set(by_ext), max_pages=settings.reconcile_max_pages)
     except PermanentError:
         # The upstream offers no list to search (404/405...): nothing can be found there.
         found = {}
     except UpstreamError as exc:
         return [_lookup_failed(order, exc, now=now, timing=timing) for order in orders]
     decisions = []
-    for ext, order in wanted.items():
-        item = found.get(ext)
-        if item is not None:
-            decisions.append(_found(order, item, now=now, timing=timing))
-        elif settings.submit_unknown_policy == "resubmit":
-            values = {**_RELEASE, "due_at": now, "next_attempt_at": None}
+    for ext, group in by_ext.items():
+        others = (sharers or {}).get(ext, ())
+        tied = {upstream_id for _, upstream_id in others if upstream_id}
+        candidates = [item for item in found.get(ext, []) if item.id not in tied]
+        untied = len(group) + sum(1 for _, upstream_id in others if upstream_id is None)
+        for order in group:
             decisions.append(
-                Decision(
-                    Move(
-                        order.id,
-                        S.SUBMIT_UNKNOWN,
-                        S.PREVIEWED,
-                        values,
-                        reason="policy_resubmit",
-                        message="not found upstream; resubmitting by ORDERS_SUBMIT_UNKNOWN_POLICY",
-                    ),
-                    0.0,
+                _decide_one(
+                    order, ext, candidates, untied, settings=settings, now=now, timing=timing
                 )
             )
-        else:
-            # Not found may still mean "created but not listed yet": an operator decides, since
-            # a duplicate order costs a customer more than a delay does.
-            decisions.append(_hold(order, "not found upstream after an ambiguous submit"))
     return decisions
+
+
+def _decide_one(
+    order: Order,
+    ext: str,
+    candidates: list[OrderSummary],
+    untied: int,
+    *,
+    settings: Settings,
+    now: datetime,
+    timing: Timing,
+) -> Decision:
+    """Found (one candidate, nobody else's), ambiguous (held), or not found (the policy)."""
+    if len(candidates) == 1 and untied == 1:
+        return _found(order, candidates[0], now=now, timing=timing)
+    if candidates:
+        why = (
+            f"{len(candidates)} upstream order(s) and {untied} of our orders carry "
+            f"external_id {ext!r}: which is this order's cannot be told"
+        )
+        return _stay_unknown(
+            order,
+            {**_RELEASE, "due_at": None, "next_attempt_at": None},
+            reason="reconcile_ambiguous",
+            message=why,
+        )
+    if settings.submit_unknown_policy == "resubmit":
+        values = {**_RELEASE, "due_at": now, "next_attempt_at": None}
+        message = "not found upstream; resubmitting by ORDERS_SUBMIT_UNKNOWN_POLICY"
+        move = Move(
+            order.id,
+            S.SUBMIT_UNKNOWN,
+            S.PREVIEWED,
+            values,
+            reason="policy_resubmit",
+            message=message,
+        )
+        return Decision(move, 0.0)
+    # Not found may still mean "created but not listed yet": an operator decides, since a
+    # duplicate order costs a customer more than a delay does.
+    return _hold(order, "not found upstream after an ambiguous submit")
 
 
 def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -> Decision:
@@ -105,7 +149,7 @@ def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -
         **_RELEASE,
         "submitted_at": now,
         "next_attempt_at": at,
-        "due_at": at + timedelta(seconds=timing.enqueue_grace_s),
+        "due_at": at,
     }
     return Decision(
         Move(order.id, S.SUBMIT_UNKNOWN, S.SUBMITTED, values, reason="reconciled", message=msg),

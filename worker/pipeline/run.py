@@ -34,7 +34,7 @@ from worker.pipeline.outcomes import (
     on_preview_ok,
     on_submit_ok,
 )
-from worker.pipeline.payload import upstream_payload
+from worker.pipeline.payload import sent_external_id, upstream_payload
 from worker.pipeline.reconcile import reconcile_decisions
 from worker.repository import Event, Move
 from worker.settings import Settings
@@ -170,12 +170,18 @@ class Pipeline:
             flight.start(orders[order_id], "follow")
         flight.land()
         if unknown:
+            held = [orders[i] for i in unknown]
+            with transaction(self.db_url) as session:
+                sharers = repo.sharing_external_ids(
+                    session, [sent_external_id(o) for o in held], exclude=unknown
+                )
             decisions = reconcile_decisions(
-                [orders[i] for i in unknown],
+                held,
                 self.upstream,
                 settings=self.settings,
                 now=utcnow(),
                 timing=self.timing,
+                sharers=sharers,
             )
             self.apply(decisions, run)
         return run.result

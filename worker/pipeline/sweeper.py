@@ -31,10 +31,14 @@ RECOVERY: dict[Status, tuple[Status, str]] = {
 
 def recover_expired_leases(session: Session, *, now: datetime, limit: int) -> int:
     """Move in-flight orders whose lease expired to a safe resting state, with history."""
+    # Rows a worker is writing right now are skipped, not waited for: they are not lost (their
+    # lease is being renewed or their answer applied), and waiting is how sweeps deadlocked.
     rows = session.execute(
         select(Order.id, Order.status, Order.lease_owner)
         .where(Order.status.in_([str(s) for s in IN_FLIGHT]), Order.due_at <= now)
+        .order_by(Order.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
     recovered = 0
     for order_id, status, owner in rows:
@@ -45,16 +49,25 @@ def recover_expired_leases(session: Session, *, now: datetime, limit: int) -> in
         )
         recovered += bool(repo.apply_moves(session, [move], now=now, owner=owner, actor="sweeper"))
     # Leases without a status change (follow-up, reconcile lookups) are simply released.
-    session.execute(
-        update(Order)
+    stale = (
+        select(Order.id)
         .where(
             Order.status.in_([str(s) for s in RESTING]),
             Order.lease_owner.is_not(None),
             Order.due_at <= now,
         )
-        .values(lease_owner=None)
-        .execution_options(synchronize_session=False)
+        .order_by(Order.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
+    stale_ids = list(session.scalars(stale))
+    if stale_ids:
+        session.execute(
+            update(Order)
+            .where(Order.id.in_(stale_ids), Order.lease_owner.is_not(None), Order.due_at <= now)
+            .values(lease_owner=None)
+            .execution_options(synchronize_session=False)
+        )
     return recovered
 
 
