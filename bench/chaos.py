@@ -54,9 +54,14 @@ SMALL, BIG = ("small", "single"), ("bulk",)
 FINAL_EVENTS = ["order.complete", "order.failed", "order.rejected", "order.cancelled"]
 
 
-def chaos_settings(capacity: int) -> dict[str, str]:
-    """Times compressed to fit a run of minutes; the budget generous against 502/429 storms."""
+def chaos_settings(capacity: int, processes: int) -> dict[str, str]:
+    """Times compressed to fit a run of minutes; the budget generous against 502/429 storms.
+
+    Each process's HTTP concurrency is its static share of the capacity (what a fleet without
+    the shared call budget can do); ``ORDERS_UPSTREAM_MAX_IN_FLIGHT`` is the shared budget.
+    """
     return {
+        "ORDERS_HTTP_CONCURRENCY": str(max(1, capacity // processes)),
         "ORDERS_LEASE_S": "10",
         "ORDERS_SWEEP_INTERVAL_S": "1",
         "ORDERS_ENQUEUE_GRACE_S": "5",
@@ -169,7 +174,7 @@ class Chaos:
                 db_url=db_url,
                 redis_url=own_redis.url,
                 stub_args=stub_args,
-                settings=chaos_settings(a.capacity),
+                settings=chaos_settings(a.capacity, 2 * a.concurrency),
             )
             port = free_port()
             receiver = Proc(

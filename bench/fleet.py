@@ -243,20 +243,30 @@ class Fleet:
         subprocess.run(proc.argv, env=proc.env, check=True, capture_output=True, timeout=120)
 
     def start(
-        self, *, apis: int = 2, hosts: int = 2, concurrency: int = 2, webhook_concurrency: int = 2
+        self,
+        *,
+        apis: int = 2,
+        api_workers: int = 1,
+        hosts: int = 2,
+        concurrency: int = 2,
+        webhook_concurrency: int = 2,
+        nice: int = 0,
     ) -> None:
         """Start everything but the stub (``start_stub`` first); wait for the APIs to answer."""
         for i in range(apis):
             port = free_port()
             self.api_ports.append(port)
-            self.apis.append(self._orders(f"api-{i}", "api", ["api", "--port", str(port)]))
+            args = ["api", "--port", str(port), "--workers", str(api_workers)]
+            self.apis.append(self._orders(f"api-{i}", "api", args))
         for i in range(hosts):
             name = f"host-{'abcdefgh'[i]}"
             args = ["worker", "--queues", "orders", "--concurrency", str(concurrency)]
+            args += ["--nice", str(nice)]
             self.hosts.append(self._orders(name, name, args))
         self.beat = self._orders("beat", "beat", ["beat"])
-        args = ["worker", "--queues", "webhooks", "--concurrency", str(webhook_concurrency)]
-        self.webhooks.append(self._orders("webhooks", "webhooks", args))
+        if webhook_concurrency:
+            args = ["worker", "--queues", "webhooks", "--concurrency", str(webhook_concurrency)]
+            self.webhooks.append(self._orders("webhooks", "webhooks", args))
         for proc in self.processes():
             proc.start()
         for port in self.api_ports:
@@ -280,9 +290,14 @@ class Fleet:
         done = subprocess.run(proc.argv, env=proc.env, check=True, capture_output=True, timeout=60)
         return done.stdout.decode().strip().splitlines()[-1]
 
-    def stop(self) -> None:
+    def stop_processes(self) -> None:
+        """Stop APIs, hosts, beat and webhook pool (not the stub): ``start`` may follow."""
         for proc in self.processes():
             proc.stop()
+        self.apis, self.api_ports, self.hosts, self.webhooks, self.beat = [], [], [], [], None
+
+    def stop(self) -> None:
+        self.stop_processes()
         if self.stub is not None:
             self.stub.close()
         self.stub_proc.stop()
