@@ -288,6 +288,10 @@ class Chaos:
         result.add("caller requests given up", len(errors), not errors)
         result.add("restarts by the supervisor", dict(supervisor.restarts))
         print_table(result)
+        if self.args.json:
+            lines = [{"name": x.name, "figure": x.figure, "ok": x.ok} for x in result.lines]
+            body = {"passed": result.passed, "lines": lines, "faults": self.log, "args": vars(a)}
+            self.args.json.write_text(json.dumps(body, indent=1, default=str))
         for error in errors[:5]:
             print("  caller error:", error)
         return 0 if result.passed else 1
@@ -344,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=2, help="processes per worker host")
     parser.add_argument("--settle-timeout-s", type=float, default=300.0)
+    parser.add_argument("--json", type=Path, help="write the audit lines here (report.py)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -210,7 +210,13 @@ class E2E:
                 )  # fmt: skip
                 extra = {"poller": [poller.pid]}
                 time.sleep(0.5)  # the poller's interpreter starts outside the window
+                # What a GET costs, and where: a window of polling alone before the orders.
+                idle = meter.read(extra)
+                time.sleep(a.get_phase_s)
                 before = meter.read(extra)
+                gets = a.poll_rate * a.get_phase_s
+                idle_cost = Meter.per_order(idle, before, 1)["cpu_ms"]
+                get_cost = {k: v / gets for k, v in idle_cost.items() if v / gets >= 0.01}
                 started = time.perf_counter()
                 ids = self._post_batches(client, a.orders, ids_file)
                 posted_s = time.perf_counter() - started
@@ -234,6 +240,7 @@ class E2E:
             "post_s": posted_s,
             "elapsed_s": elapsed,
             "poll": poll,
+            "get_cpu_ms": get_cost,
             "rss_mb_warm": rss_warm,
             "rss_mb_end": rss_end,
             **Meter.per_order(before, after, len(ids)),
@@ -250,7 +257,9 @@ def show(row: dict[str, Any]) -> None:
         f"naive {row['naive_per_s']:.1f}/s on {row['naive_orders']}: {row['ratio']:.1f}x\n"
         f"    poll at {poll['count'] / max(row['elapsed_s'], 1e-9):.0f}/s: "
         f"p50 {poll['p50_ms']:.1f} ms, p99 {poll['p99_ms']:.1f} ms, max {poll['max_ms']:.0f} ms, "
-        f"errors {poll['errors']}\n"
+        f"errors {poll['errors']}; CPU ms per GET (polling alone): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in row["get_cpu_ms"].items())
+        + "\n"
         f"    CPU ms/order: {cpu} (total {row['cpu_ms_total']:.2f})\n"
         f"    per order: PG transactions {pg['xact_commit'] + pg['xact_rollback']:.1f}, rows "
         f"inserted {pg['tup_inserted']:.1f} updated {pg['tup_updated']:.1f} deleted "
@@ -269,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", default="0,50,200")
     parser.add_argument("--naive-orders", default="2000,100,30")
     parser.add_argument("--poll-rate", type=float, default=200.0)
+    parser.add_argument("--get-phase-s", type=float, default=4.0)
     parser.add_argument("--db-url", default=DB_URL)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--json", type=Path)
