@@ -240,6 +240,7 @@ class E2E:
             "post_s": posted_s,
             "elapsed_s": elapsed,
             "poll": poll,
+            "poll_rate": a.poll_rate,
             "get_cpu_ms": get_cost,
             "rss_mb_warm": rss_warm,
             "rss_mb_end": rss_end,
@@ -255,7 +256,7 @@ def show(row: dict[str, Any]) -> None:
         f"  {row['latency_ms']:g} ms: pipeline {row['pipeline_per_s']:.0f}/s "
         f"(POSTs {row['post_s']:.1f} s, all final {row['elapsed_s']:.1f} s), "
         f"naive {row['naive_per_s']:.1f}/s on {row['naive_orders']}: {row['ratio']:.1f}x\n"
-        f"    poll at {poll['count'] / max(row['elapsed_s'], 1e-9):.0f}/s: "
+        f"    poll at {row['poll_rate']:.0f}/s: "
         f"p50 {poll['p50_ms']:.1f} ms, p99 {poll['p99_ms']:.1f} ms, max {poll['max_ms']:.0f} ms, "
         f"errors {poll['errors']}; CPU ms per GET (polling alone): "
         + ", ".join(f"{k} {v:.2f}" for k, v in row["get_cpu_ms"].items())
