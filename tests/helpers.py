@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from worker.db import transaction
-from worker.ids import utcnow
+from worker.ids import new_id, sha256_hex, utcnow
 from worker.intake.checks import new_order
 from worker.intake.store import create_orders
+from worker.models import Caller
 
 
 def new_payload(n: int, **extra: Any) -> dict[str, Any]:
@@ -34,3 +35,19 @@ def add_orders(
     with transaction(db_url) as session:
         orders = create_orders(session, caller_id, items, now=utcnow(), due_in_s=grace_s)
     return [o.id for o in orders]
+
+
+def new_caller(db_url: str, name: str) -> str:
+    """A caller row (no usable key: for tests below the API); returns its id."""
+    caller_id = new_id("clr")
+    with transaction(db_url) as session:
+        session.add(
+            Caller(
+                id=caller_id,
+                name=name,
+                key_hash=sha256_hex(caller_id),
+                key_prefix="test",
+                created_at=utcnow(),
+            )
+        )
+    return caller_id

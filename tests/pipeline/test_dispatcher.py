@@ -12,28 +12,13 @@ import pytest
 from sqlalchemy import update
 
 from tests.conftest import settings_from
-from tests.helpers import add_orders, new_payload
+from tests.helpers import add_orders, new_caller, new_payload
 from worker.db import transaction
-from worker.ids import new_id, sha256_hex, utcnow
+from worker.ids import utcnow
 from worker.models import Caller, Order
 from worker.queue.app import configure
 from worker.queue.dispatcher import Dispatcher, note_worker_process
 from worker.queue.enqueue import chunks
-
-
-def _caller(db_url: str, name: str) -> str:
-    caller_id = new_id("clr")
-    with transaction(db_url) as session:
-        session.add(
-            Caller(
-                id=caller_id,
-                name=name,
-                key_hash=sha256_hex(caller_id),
-                key_prefix="test",
-                created_at=utcnow(),
-            )
-        )
-    return caller_id
 
 
 def _queued(redis_client) -> list[list[str]]:  # type: ignore[no-untyped-def]
@@ -59,7 +44,7 @@ def dispatcher(env, redis_client):  # type: ignore[no-untyped-def]
 
 def test_queue_stays_bounded_by_chunks_per_process(clean_db, redis_client, dispatcher):
     """With 5,000 orders waiting and 2 worker processes, the broker holds 2 x 2 chunks."""
-    caller = _caller(clean_db, "big")
+    caller = new_caller(clean_db, "big")
     add_orders(clean_db, caller, [new_payload(i) for i in range(5000)], grace_s=0)
     note_worker_process(redis_client, "host:1")
     note_worker_process(redis_client, "host:2")
@@ -75,8 +60,8 @@ def test_queue_stays_bounded_by_chunks_per_process(clean_db, redis_client, dispa
 def test_small_caller_shares_equally_with_a_big_backlog(clean_db, redis_client, dispatcher):
     """A caller with 20 orders behind a caller with 3,000 gets half of every pass; within a
     caller, the oldest go first."""
-    big = _caller(clean_db, "big")
-    small = _caller(clean_db, "small")
+    big = new_caller(clean_db, "big")
+    small = new_caller(clean_db, "small")
     oldest = add_orders(clean_db, big, [new_payload(i) for i in range(100)], grace_s=0)
     time.sleep(0.01)
     add_orders(clean_db, big, [new_payload(i) for i in range(100, 3000)], grace_s=0)
@@ -97,7 +82,7 @@ def test_small_caller_shares_equally_with_a_big_backlog(clean_db, redis_client, 
 
 def test_concurrent_passes_take_each_order_once(clean_db, redis_client, dispatcher):
     """Two passes at once (API and worker) never publish one order twice."""
-    caller = _caller(clean_db, "c")
+    caller = new_caller(clean_db, "c")
     ids = add_orders(clean_db, caller, [new_payload(i) for i in range(300)], grace_s=0)
     d = dispatcher(chunk_size=50, dispatch_chunks_per_process=10)
     threads = [threading.Thread(target=d.run, kwargs={"callers": [caller]}) for _ in range(3)]
@@ -111,7 +96,7 @@ def test_concurrent_passes_take_each_order_once(clean_db, redis_client, dispatch
 
 def test_not_due_held_and_finished_orders_stay(clean_db, redis_client, dispatcher):
     """Orders scheduled later, held for an operator, or finished are not dispatched."""
-    caller = _caller(clean_db, "c")
+    caller = new_caller(clean_db, "c")
     later, held, done = (
         add_orders(clean_db, caller, [new_payload(i)], grace_s=0) for i in range(3)
     )
@@ -130,7 +115,7 @@ def test_not_due_held_and_finished_orders_stay(clean_db, redis_client, dispatche
 def test_redis_flush_loses_nothing(clean_db, redis_client, dispatcher):
     """After a flush (queue, caller list, everything gone) the sweep's pass finds the backlog
     in the database again, and messages lost with the flush come back after the grace."""
-    caller = _caller(clean_db, "c")
+    caller = new_caller(clean_db, "c")
     ids = add_orders(clean_db, caller, [new_payload(i) for i in range(120)], grace_s=0)
     d = dispatcher(chunk_size=50, dispatch_chunks_per_process=1, enqueue_grace_s=0.2)
     assert d.run(callers=[caller]).sent == 50
@@ -160,8 +145,8 @@ def test_chunks_shrink_to_the_upstream_allowance(clean_db, redis_client, env):
 
 def test_weights_share_in_proportion(clean_db, redis_client, dispatcher):
     """A caller of weight 3 gets three slots for each slot of a caller of weight 1."""
-    heavy = _caller(clean_db, "heavy")
-    light = _caller(clean_db, "light")
+    heavy = new_caller(clean_db, "heavy")
+    light = new_caller(clean_db, "light")
     with transaction(clean_db) as session:
         session.execute(update(Caller).where(Caller.id == heavy).values(weight=3))
     heavy_ids = set(add_orders(clean_db, heavy, [new_payload(i) for i in range(500)], grace_s=0))

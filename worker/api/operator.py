@@ -23,11 +23,10 @@ from worker.api.auth import CallerRef, current_operator
 from worker.api.deps import BrokerDep, SettingsDep, as_utc, check_id
 from worker.api.errors import ApiError, json_response
 from worker.api.openapi import errors
-from worker.api.order_actions import dry_run
+from worker.api.order_actions import retry_by_filter
 from worker.api.upstream_lookup import UpstreamLookup
 from worker.errors import UpstreamError
 from worker.intake import actions, operator_actions
-from worker.states import Status
 
 router = APIRouter(prefix="/v1/operator", tags=["operator"])
 Operator = Annotated[CallerRef, Depends(current_operator)]
@@ -59,24 +58,13 @@ async def retry_matching(
     A large retry is spread at ``ORDERS_RETRY_SPREAD_PER_S`` orders per second.
     """
     request = request or OperatorRetryRequest()
-    flt = actions.RetryFilter(
-        Status(request.status), request.reason, request.batch_id, request.external_id
+    return await retry_by_filter(
+        request,
+        caller_id=request.caller_id,
+        actor=actor(operator),
+        settings=settings,
+        broker=broker,
     )
-    at = as_utc(request.at, "at")
-    if request.dry_run:
-        return json_response(await dry_run(settings, request.caller_id, flt))
-    n = await run_in_threadpool(
-        lambda: actions.retry_matching(
-            settings.database_url,
-            request.caller_id,
-            flt,
-            at=at,
-            actor=actor(operator),
-            dispatch=broker.dispatch,
-            spread_per_s=settings.retry_spread_per_s,
-        )
-    )
-    return json_response({"scheduled": n})
 
 
 @router.post(

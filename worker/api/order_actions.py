@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.intake import OrderView, RetryOneRequest, RetryRequest, RetryResponse
+from worker.api.broker import Broker
 from worker.api.deps import BrokerDep, Caller, SettingsDep, as_utc, check_id, in_session
 from worker.api.errors import json_response
 from worker.api.openapi import errors
@@ -81,20 +82,37 @@ async def retry_matching(
     With ``dry_run`` nothing is scheduled: ``{"scheduled": 0, "matched": n, "sample": [ids]}``.
     A large retry is spread at ``ORDERS_RETRY_SPREAD_PER_S`` orders per second.
     """
-    request = request or RetryRequest()
+    return await retry_by_filter(
+        request or RetryRequest(),
+        caller_id=caller.id,
+        actor=_actor(caller.id),
+        settings=settings,
+        broker=broker,
+    )
+
+
+async def retry_by_filter(
+    request: RetryRequest,
+    *,
+    caller_id: str | None,
+    actor: str,
+    settings: Settings,
+    broker: Broker,
+) -> Response:
+    """Dry-run or schedule a retry by filter for one caller (None: every caller)."""
     flt = actions.RetryFilter(
         Status(request.status), request.reason, request.batch_id, request.external_id
     )
     at = as_utc(request.at, "at")
     if request.dry_run:
-        return json_response(await dry_run(settings, caller.id, flt))
+        return json_response(await dry_run(settings, caller_id, flt))
     n = await run_in_threadpool(
         lambda: actions.retry_matching(
             settings.database_url,
-            caller.id,
+            caller_id,
             flt,
             at=at,
-            actor=_actor(caller.id),
+            actor=actor,
             dispatch=broker.dispatch,
             spread_per_s=settings.retry_spread_per_s,
         )
