@@ -46,8 +46,8 @@ def busy_cluster(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Cluste
 
 
 def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster, env) -> None:
-    """B's 10 orders, posted after A's 1,500, are all final within seconds while most of A's
-    are still waiting; the broker holds a few chunks throughout; a flush loses nothing."""
+    """B's 10 orders, posted after A's 2,000, are all final within seconds while much of A's
+    backlog is still waiting; the broker holds a few chunks throughout; a flush loses nothing."""
     c = busy_cluster
     db = c.db_url
     big, small = new_caller(db, "big"), new_caller(db, "small")
@@ -65,7 +65,7 @@ def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster,
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    a_ids = add_orders(db, big, [new_payload(i) for i in range(1500)], grace_s=0)
+    a_ids = add_orders(db, big, [new_payload(i) for i in range(2000)], grace_s=0)
     dispatcher.run(callers=[big])
     time.sleep(1.0)
     b_ids = add_orders(db, small, [new_payload(10_000 + i) for i in range(10)], grace_s=0)
@@ -73,9 +73,12 @@ def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster,
     dispatcher.run(callers=[small])
     c.wait_for(lambda: _final(db, b_ids) == 10, timeout_s=30)
     b_s = time.monotonic() - accepted
-    a_left = 1500 - _final(db, a_ids)
-    assert a_left > 300, f"A nearly done ({a_left} left): the test did not overlap"
-    assert b_s < 6.0, f"B took {b_s:.1f} s behind A's backlog"
+    a_left = 2000 - _final(db, a_ids)
+    # Behind a FIFO queue B would wait for all of A (over 12 s at 160 orders/s); with fair
+    # shares it finishes while a good part of A still waits. The bound in seconds is loose:
+    # this box may be busy (bench/fairness.py measures the real figure).
+    assert a_left > 400, f"A nearly done ({a_left} left) when B finished after {b_s:.1f} s"
+    assert b_s < 10.0, f"B took {b_s:.1f} s behind A's backlog"
     client.flushdb()  # queue, caller list, token: all gone mid-run
     orders = c.wait_settled(a_ids + b_ids, timeout_s=120)
     stop.set()
