@@ -54,14 +54,14 @@ SMALL, BIG = ("small", "single"), ("bulk",)
 FINAL_EVENTS = ["order.complete", "order.failed", "order.rejected", "order.cancelled"]
 
 
-def chaos_settings(capacity: int, processes: int) -> dict[str, str]:
+def chaos_settings(capacity: int) -> dict[str, str]:
     """Times compressed to fit a run of minutes; the budget generous against 502/429 storms.
 
-    Each process's HTTP concurrency is its static share of the capacity (what a fleet without
-    the shared call budget can do); ``ORDERS_UPSTREAM_MAX_IN_FLIGHT`` is the shared budget.
+    Every process keeps the default HTTP concurrency: the fleet-wide call budget
+    (``ORDERS_UPSTREAM_MAX_IN_FLIGHT`` = the stub's capacity, and the limit it learns below
+    that) is what keeps the upstream within its capacity, not a static split per process.
     """
     return {
-        "ORDERS_HTTP_CONCURRENCY": str(max(1, capacity // processes)),
         "ORDERS_LEASE_S": "10",
         "ORDERS_SWEEP_INTERVAL_S": "1",
         "ORDERS_ENQUEUE_GRACE_S": "5",
@@ -174,7 +174,7 @@ class Chaos:
                 db_url=db_url,
                 redis_url=own_redis.url,
                 stub_args=stub_args,
-                settings=chaos_settings(a.capacity, 2 * a.concurrency),
+                settings=chaos_settings(a.capacity),
             )
             port = free_port()
             receiver = Proc(
