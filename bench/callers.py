@@ -5,8 +5,8 @@ feeding window). A request carries an ``Idempotency-Key``; when it fails (connec
 while an API process restarts, a 5xx while PostgreSQL restarts, a 409 while the first attempt
 is still in progress) the same request is sent again to the next API process, for at most
 ``RETRY_BUDGET_S``: a caller never creates an order twice and never drops one it was told 2xx.
-The budget outlasts ``STALE_IN_FLIGHT_S`` (120 s): a key claimed by a request that died with
-the database (or its API process) answers 409 until then.
+A key claimed by a request that died with the database (or its API process) answers 409 for
+up to ``IN_FLIGHT_S`` (10 s); the budget also outlasts a long PostgreSQL restart.
 """
 
 from __future__ import annotations
