@@ -23,7 +23,9 @@ __all__ = ["UNKNOWN_SUBSCRIPTION", "Caller", "order_payload"]
 
 RETRY_BUDGET_S = 180.0
 UNKNOWN_SUBSCRIPTION = "sub-" + "f" * 32
-"""Orders naming it are refused by the stub with 404 (``rejected``): the stub told to."""
+"""Orders naming it are refused by the stub: 502 at every preview (the upstream documents 502
+for invalid field values there), so they end ``failed`` with ``upstream_502`` once their retry
+budget is spent (``rejected`` only if one ever reached the submit's 404)."""
 
 
 def order_payload(caller: str, n: int, *, queued: bool, unknown: bool) -> dict[str, Any]:
