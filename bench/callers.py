@@ -5,8 +5,8 @@ feeding window). A request carries an ``Idempotency-Key``; when it fails (connec
 while an API process restarts, a 5xx while PostgreSQL restarts, a 409 while the first attempt
 is still in progress) the same request is sent again to the next API process, for at most
 ``RETRY_BUDGET_S``: a caller never creates an order twice and never drops one it was told 2xx.
-The budget outlasts ``STALE_IN_FLIGHT_S`` (120 s): a key claimed by a request that died with
-the database (or its API process) answers 409 until then.
+A key claimed by a request that died with the database (or its API process) answers 409 for
+up to ``IN_FLIGHT_S`` (10 s); the budget also outlasts a long PostgreSQL restart.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ __all__ = ["UNKNOWN_SUBSCRIPTION", "Caller", "order_payload"]
 
 RETRY_BUDGET_S = 180.0
 UNKNOWN_SUBSCRIPTION = "sub-" + "f" * 32
-"""Orders naming it are refused by the stub with 404 (``rejected``): the stub told to."""
+"""Orders naming it are refused by the stub: 502 at every preview (the upstream documents 502
+for invalid field values there), so they end ``failed`` with ``upstream_502`` once their retry
+budget is spent (``rejected`` only if one ever reached the submit's 404)."""
 
 
 def order_payload(caller: str, n: int, *, queued: bool, unknown: bool) -> dict[str, Any]:

@@ -10,8 +10,9 @@ restarts any of our processes that died, a second after it died, as systemd woul
 
 Callers (``bench/callers.py``): ``bulk`` (batches of ``--big-batch``), ``small`` (batches of
 10), ``single`` (one order per request), and ``file`` (``orders submit FILE`` as a user would).
-Some orders are queued upstream (followed), some name an unknown subscription (rejected by the
-stub), and the stub fails 2 % of queued ones (``async_fail_rate``): the only failures allowed.
+Some orders are queued upstream (followed), some name an unknown subscription (the stub's
+preview answers them 502 every time: ``failed``, ``upstream_502``), and the stub fails 2 % of
+queued ones (``async_fail_rate``): the only failures allowed.
 
 Faults, at fractions of ``--duration-s`` (the feeding window): SIGKILL of each worker host
 twice (process group: as a host crash), a Redis restart and a flush, a PostgreSQL restart
@@ -54,14 +55,14 @@ SMALL, BIG = ("small", "single"), ("bulk",)
 FINAL_EVENTS = ["order.complete", "order.failed", "order.rejected", "order.cancelled"]
 
 
-def chaos_settings(capacity: int, processes: int) -> dict[str, str]:
+def chaos_settings(capacity: int) -> dict[str, str]:
     """Times compressed to fit a run of minutes; the budget generous against 502/429 storms.
 
-    Each process's HTTP concurrency is its static share of the capacity (what a fleet without
-    the shared call budget can do); ``ORDERS_UPSTREAM_MAX_IN_FLIGHT`` is the shared budget.
+    Every process keeps the default HTTP concurrency: the fleet-wide call budget
+    (``ORDERS_UPSTREAM_MAX_IN_FLIGHT`` = the stub's capacity, and the limit it learns below
+    that) is what keeps the upstream within its capacity, not a static split per process.
     """
     return {
-        "ORDERS_HTTP_CONCURRENCY": str(max(1, capacity // processes)),
         "ORDERS_LEASE_S": "10",
         "ORDERS_SWEEP_INTERVAL_S": "1",
         "ORDERS_ENQUEUE_GRACE_S": "5",
@@ -174,7 +175,7 @@ class Chaos:
                 db_url=db_url,
                 redis_url=own_redis.url,
                 stub_args=stub_args,
-                settings=chaos_settings(a.capacity, 2 * a.concurrency),
+                settings=chaos_settings(a.capacity),
             )
             port = free_port()
             receiver = Proc(
@@ -322,8 +323,32 @@ class Chaos:
             rows = self._query(db_url, "SELECT id, status, reason, due_at FROM orders")
             open_ = [r for r in rows if r[0] in ids and not held_or_final(r[1], r[2], r[3])]
             if not open_ or time.monotonic() > deadline:
+                if open_:
+                    self._dump_open(db_url, [r[0] for r in open_[:50]])
                 return f"{len(ids) - len(open_)} of {len(ids)} terminal or held"
             time.sleep(1.0)
+
+    def _dump_open(self, db_url: str, ids: list[str]) -> None:
+        """Orders still open at the deadline, with their rows and history, for the post-mortem
+        (our PostgreSQL is gone once the run ends)."""
+        out = self.tmp / "open_orders.txt"
+        with out.open("w") as f:
+            for oid in ids:
+                [row] = self._query(
+                    db_url,
+                    "SELECT status, reason, attempts, due_at, next_attempt_at, lease_owner,"
+                    " upstream_id, updated_at FROM orders WHERE id = :i",
+                    i=oid,
+                )
+                f.write(f"{oid} {tuple(row)}\n")
+                for event in self._query(
+                    db_url,
+                    "SELECT at, from_status, to_status, attempt, reason, actor FROM order_events"
+                    " WHERE order_id = :i ORDER BY at, id",
+                    i=oid,
+                ):
+                    f.write(f"    {tuple(event)}\n")
+        self.note(f"orders still open: see {out}")
 
     def _wait_webhooks(self, receiver_url: str, db_url: str, caller_ids: dict[str, str]) -> None:
         """Until no delivery of ours is pending (or 60 s): what is left shows in the audit."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from tests.api.conftest import CallerKey, order, row_counts
-from worker.cli.api_client import ApiClient, read_orders
-from worker.cli.output import submit_file
+from worker.cli.api_client import ApiClient, ApiUnavailable, read_orders
+from worker.cli.output import follow_batches, submit_file
 
 
 def _client(client, caller: CallerKey) -> ApiClient:  # type: ignore[no-untyped-def]
@@ -79,3 +81,60 @@ def test_follow_says_when_nothing_moves(client, alpha, tmp_path, capsys):
     counts = follow_batches(api, [answer["batch_id"]], total=1, timeout_s=2.5, stall_hint_s=1.0)
     assert counts == {"received": 1}
     assert capsys.readouterr().err.count(NO_PROGRESS_HINT) == 1
+
+
+class _Flaky(httpx.BaseTransport):
+    """The app's transport behind a script of failures: a response status, or an exception
+    class, per request, in order; once the script is used up, every request reaches the app."""
+
+    def __init__(self, inner: httpx.BaseTransport, script: list[int | type[Exception]]) -> None:
+        self.inner, self.script, self.failed = inner, list(script), 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.script:
+            return self.inner.handle_request(request)
+        step = self.script.pop(0)
+        self.failed += 1
+        if isinstance(step, int):
+            return httpx.Response(step, json={"message": "internal server error"})
+        raise step("connection refused", request=request)
+
+
+def _flaky_client(client, caller: CallerKey, script) -> tuple[ApiClient, _Flaky]:  # type: ignore[no-untyped-def]
+    transport = _Flaky(client._transport, script)
+    http = httpx.Client(transport=transport, base_url=client.base_url)
+    return ApiClient(str(client.base_url), caller.key, http=http), transport
+
+
+def test_follow_outlasts_a_500_and_a_refused_connection(client, alpha, tmp_path, capsys):
+    """A poll answered 500, then one refused, are retried: following goes on and says why."""
+    api = _client(client, alpha)
+    answer = api.submit_batch([order("R-1")], "flaky-1")
+    flaky, transport = _flaky_client(client, alpha, [500, httpx.ConnectError])
+    counts = follow_batches(flaky, [answer["batch_id"]], total=1, timeout_s=1.0)
+    assert counts == {"received": 1}
+    assert transport.failed == 2
+    err = capsys.readouterr().err
+    assert "HTTP 500" in err and "ConnectError" in err and "retrying" in err
+
+
+def test_follow_gives_up_on_an_api_that_stays_down_saying_why(client, alpha):
+    """Polls failing for longer than the give-up bound end with one error naming the cause."""
+    api = _client(client, alpha)
+    answer = api.submit_batch([order("R-2")], "flaky-2")
+    flaky, transport = _flaky_client(client, alpha, [503] * 100)
+    started = time.monotonic()
+    with pytest.raises(ApiUnavailable, match=r"following the orders: gave up .* HTTP 503"):
+        follow_batches(flaky, [answer["batch_id"]], total=1, timeout_s=60, give_up_after_s=1.5)
+    assert time.monotonic() - started < 10
+    assert 2 <= transport.failed < 100
+
+
+def test_submit_resends_a_batch_after_a_500_without_duplicates(client, alpha, clean_db, tmp_path):
+    """A batch POST answered 500 (or refused) is sent again with its key: each order once."""
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(order(f"RS-{i}")) for i in range(3)))
+    flaky, transport = _flaky_client(client, alpha, [500, httpx.ConnectError])
+    submit_file(flaky, path, batch_size=2, follow=False, timeout_s=1)
+    assert transport.failed == 2
+    assert row_counts(clean_db)["orders"] == 3

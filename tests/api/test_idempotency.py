@@ -12,9 +12,11 @@ from sqlalchemy import select
 
 from tests.api.conftest import CallerKey, order, row_counts
 from worker.db import transaction
+from worker.errors import KeyInFlight
 from worker.ids import utcnow
+from worker.intake import idempotency as idem
 from worker.intake.checks import request_hash
-from worker.intake.idempotency import STALE_IN_FLIGHT_S
+from worker.intake.idempotency import IN_FLIGHT_S
 from worker.models import IdempotencyKey
 
 
@@ -86,9 +88,44 @@ def test_stale_in_flight_key_is_taken_over(
 ) -> None:
     """A key left in flight by a crashed request is usable again after the stale bound."""
     payload = order(None)
-    _insert_key(clean_db, alpha.id, "k-4", request_hash(payload), age_s=STALE_IN_FLIGHT_S + 5)
+    _insert_key(clean_db, alpha.id, "k-4", request_hash(payload), age_s=IN_FLIGHT_S + 5)
     response = client.post("/v1/orders", json=payload, headers=_with_key(alpha, "k-4"))
     assert response.status_code == 202
+
+
+def test_key_left_in_flight_by_a_database_restart_is_usable_within_seconds(
+    client: TestClient, alpha: CallerKey, clean_db: str
+) -> None:
+    """Claim committed, store and release failed with the database: a retry 15 s later works,
+    while a claim 1 s old (a request still being handled) still answers 409."""
+    payload = order(None)
+    _insert_key(clean_db, alpha.id, "k-db", request_hash(payload), age_s=15)
+    _insert_key(clean_db, alpha.id, "k-live", request_hash(payload), age_s=1)
+    retried = client.post("/v1/orders", json=payload, headers=_with_key(alpha, "k-db"))
+    assert retried.status_code == 202
+    live = client.post("/v1/orders", json=payload, headers=_with_key(alpha, "k-live"))
+    assert live.status_code == 409
+    assert row_counts(clean_db)["orders"] == 1
+
+
+def test_a_claim_taken_over_can_no_longer_complete_or_release(
+    alpha: CallerKey, clean_db: str
+) -> None:
+    """A request still running past its claim loses the key: its completion raises (so its
+    transaction rolls back) and its release leaves the newer claim alone."""
+    now = utcnow()
+    old_at = now - timedelta(seconds=IN_FLIGHT_S + 1)
+    claim = {"request_hash": "h" * 64, "ttl_s": 3600}
+    assert idem.claim(clean_db, alpha.id, "k-late", now=old_at, **claim) is None
+    assert idem.claim(clean_db, alpha.id, "k-late", now=now, **claim) is None
+    with pytest.raises(KeyInFlight), transaction(clean_db) as session:
+        idem.complete(session, alpha.id, "k-late", "ord_" + "1" * 32, claimed_at=old_at)
+    idem.release(clean_db, alpha.id, "k-late", claimed_at=old_at)
+    with transaction(clean_db) as session:
+        idem.complete(session, alpha.id, "k-late", "ord_" + "2" * 32, claimed_at=now)
+    with transaction(clean_db) as session:
+        row = session.get(IdempotencyKey, (alpha.id, "k-late"))
+        assert row is not None and row.resource_id == "ord_" + "2" * 32
 
 
 def test_expired_key_starts_afresh(client: TestClient, alpha: CallerKey, clean_db: str) -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from tests.helpers import add_orders, new_payload
@@ -97,3 +98,31 @@ def test_an_outage_spends_no_retry_budget(runtime_factory, caller_id, stub, clea
     assert seen_unavailable
     # The first burst fails before the breaker opens; after that, about one probe a second.
     assert during <= 40 + 8, during
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open issue: the breaker's probe is an order's own call, so once only payloads the"
+    " upstream refuses with 502 are left the probe always fails, the breaker stays open and they"
+    " wait (upstream_unavailable, no budget spent) until ORDERS_RETRY_MAX_AGE_S",
+)
+def test_orders_the_upstream_always_refuses_end_failed_after_an_outage(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """Payloads whose preview always answers 502 (an unknown subscription) are all that is
+    left when an outage ends: the breaker's probe must not be one of them, or it stays open
+    and they wait forever without spending their budget. They end failed, upstream_502."""
+    rt = runtime_factory(retry_max_attempts=10, retry_base_s=0.05, retry_cap_s=0.1)
+    unknown = {"forSubscription": {"id": "sub-" + "f" * 32}}
+    ids = add_orders(clean_db, caller_id, [new_payload(i, **unknown) for i in range(8)])
+    stub.set_outage(True)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        rt.pipeline.run(ids)
+        time.sleep(0.1)
+    with transaction(clean_db) as session:
+        reasons = set(session.scalars(select(Order.reason).where(Order.id.in_(ids))))
+    assert reasons == {"upstream_unavailable"}  # the breaker opened: they wait for free
+    stub.set_outage(False)
+    orders = drive(rt, ids, timeout_s=20)
+    assert {(o.status, o.reason) for o in orders.values()} == {("failed", "upstream_502")}

@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
 from worker.states import TERMINAL
+
+T = TypeVar("T")
 
 
 class ApiCallError(RuntimeError):
@@ -22,6 +26,60 @@ class ApiCallError(RuntimeError):
         super().__init__(f"HTTP {status_code}: {message}")
         self.status_code = status_code
         self.body = body
+
+
+class ApiUnavailable(RuntimeError):
+    """The API kept failing (5xx, connection errors) for longer than the caller would wait."""
+
+
+def transient(exc: Exception) -> bool:
+    """Whether trying the same call again may work: a 5xx (an API process or the database
+    behind it restarting), a 429, or a connection error or timeout."""
+    if isinstance(exc, ApiCallError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, httpx.TransportError)
+
+
+def describe(exc: Exception) -> str:
+    """One line naming the failure (an httpx exception's message may be empty)."""
+    return str(exc) if isinstance(exc, ApiCallError) else f"{type(exc).__name__}: {exc}"
+
+
+def with_retries(
+    call: Callable[[], T],
+    *,
+    give_up_after_s: float,
+    what: str,
+    retry_also: Callable[[Exception], bool] = lambda _: False,
+    on_retry: Callable[[Exception, float], None] | None = None,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 10.0,
+) -> T:
+    """``call()``, again after transient failures with capped full-jitter backoff, until it
+    succeeds or ``give_up_after_s`` have passed since the first attempt.
+
+    Raises:
+        ApiUnavailable: still failing after ``give_up_after_s``; says what and why.
+        ApiCallError: a failure that is not transient (nor ``retry_also``), at once.
+    """
+    started = time.monotonic()
+    ceiling_s = first_delay_s
+    while True:
+        try:
+            return call()
+        except (ApiCallError, httpx.TransportError) as exc:
+            if not (transient(exc) or retry_also(exc)):
+                raise
+            failing_s = time.monotonic() - started
+            if failing_s >= give_up_after_s:
+                raise ApiUnavailable(
+                    f"{what}: gave up after {failing_s:.0f} s of failures; last: {describe(exc)}"
+                ) from exc
+            delay_s = min(random.uniform(ceiling_s / 2, ceiling_s), give_up_after_s - failing_s)
+            if on_retry is not None:
+                on_retry(exc, delay_s)
+            time.sleep(max(delay_s, 0.0))
+            ceiling_s = min(ceiling_s * 2, max_delay_s)
 
 
 class ApiClient:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cli.api_client import ApiCallError, ApiClient, read_orders, settled
+from worker.cli.api_client import (
+    ApiCallError,
+    ApiClient,
+    ApiUnavailable,
+    describe,
+    read_orders,
+    settled,
+    with_retries,
+)
 from worker.ids import sha256_hex
 from worker.settings import get_settings
 
@@ -31,10 +39,11 @@ def client_from(api_url: str | None, key: str | None) -> ApiClient:
 
 @contextmanager
 def exit_on_error(*also: type[Exception]) -> Iterator[None]:
-    """An error answer from the API (or one of ``also``): one line on stderr, exit code 1."""
+    """An error answer from the API, an API that stayed unreachable, or one of ``also``: one
+    line on stderr, exit code 1."""
     try:
         yield
-    except (ApiCallError, *also) as exc:
+    except (ApiCallError, ApiUnavailable, *also) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -56,7 +65,14 @@ def submit_file(
         for start in range(0, len(payloads), batch_size):
             chunk = payloads[start : start + batch_size]
             try:
-                answer = client.submit_batch(chunk, f"submit-{digest}-{start}")
+                # The key makes a repeat safe: a 409 means our earlier attempt is in flight.
+                answer = with_retries(
+                    lambda: client.submit_batch(chunk, f"submit-{digest}-{start}"),  # noqa: B023
+                    give_up_after_s=GIVE_UP_AFTER_S,
+                    what=f"sending lines {start + 1}-{start + len(chunk)}",
+                    retry_also=lambda e: isinstance(e, ApiCallError) and e.status_code == 409,
+                    on_retry=_say_retrying(progress),
+                )
             except ApiCallError as exc:
                 if exc.status_code != 422:
                     raise
@@ -83,6 +99,16 @@ def submit_file(
 
 
 NO_PROGRESS_HINT = "no progress — is a worker running? see `orders health`"
+# An API process or the database restarting answers 5xx or refuses connections for seconds;
+# following orders that take hours should outlast that and stop only when the API stays down.
+GIVE_UP_AFTER_S = 300.0
+
+
+def _say_retrying(progress: Progress) -> Callable[[Exception, float], None]:
+    def say(exc: Exception, delay_s: float) -> None:
+        progress.console.print(f"[yellow]{describe(exc)}[/yellow]; retrying in {delay_s:.1f} s")
+
+    return say
 
 
 def follow_batches(
@@ -92,11 +118,16 @@ def follow_batches(
     total: int,
     timeout_s: float,
     stall_hint_s: float = 30.0,
+    give_up_after_s: float = GIVE_UP_AFTER_S,
 ) -> Counter[str]:
     """Poll the batches until every order is settled (or the timeout); show progress.
 
     When no order has changed status for ``stall_hint_s``, say so once per stall (a missing
-    worker or beat otherwise looks like a frozen bar).
+    worker or beat otherwise looks like a frozen bar). A poll failing with a 5xx or a
+    connection error is repeated with backoff, for up to ``give_up_after_s``.
+
+    Raises:
+        ApiUnavailable: polls kept failing for ``give_up_after_s``; the message says why.
     """
     deadline = time.monotonic() + timeout_s
     counts: Counter[str] = Counter()
@@ -104,8 +135,14 @@ def follow_batches(
     hinted = False
     with _progress() as progress:
         task = progress.add_task("settled", total=total)
+        on_retry = _say_retrying(progress)
         while True:
-            views = [v for b in batch_ids for v in client.orders(batch_id=b)]
+            views = with_retries(
+                lambda: [v for b in batch_ids for v in client.orders(batch_id=b)],
+                give_up_after_s=give_up_after_s,
+                what="following the orders",
+                on_retry=on_retry,
+            )
             now = time.monotonic()
             new_counts = Counter(v["status"] for v in views)
             if new_counts != counts:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -80,15 +81,16 @@ def accept_order(
         KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     item = check_order(payload, may_hold_nul=may_hold_nul)
+    claim = None
     if key is not None:
-        resource = _claim_key(settings, caller_id, key, item.request_hash)
+        resource, claim = _claim_key(settings, caller_id, key, item.request_hash)
         if resource is not None:
             with transaction(settings.database_url) as session:
                 original = find_for_caller(session, caller_id, resource)
             if original is None:
                 raise KeyInFlight(key)
             return Outcome(order_view(original), replayed=True)
-    stored = _store(settings, caller_id, [item], key=key, batch_id=None)
+    stored = _store(settings, caller_id, [item], claim=claim, batch_id=None)
     [order] = stored.placed
     if isinstance(order, ItemError):
         raise InvalidInput(order.message, order.fields)
@@ -121,13 +123,14 @@ def accept_batch(
     results = split_batch(items, may_hold_nul=may_hold_nul)
     if not any(isinstance(r, NewOrder) for r in results):
         raise _no_valid_order(results)
+    claim = None
     if key is not None:
-        resource = _claim_key(settings, caller_id, key, batch_hash(items, results))
+        resource, claim = _claim_key(settings, caller_id, key, batch_hash(items, results))
         if resource is not None:
             placed = _replay_batch(settings.database_url, caller_id, resource, results)
             return Outcome(_batch_body(resource, placed), replayed=True)
     batch_id = new_id("bat")
-    stored = _store(settings, caller_id, results, key=key, batch_id=batch_id)
+    stored = _store(settings, caller_id, results, claim=claim, batch_id=batch_id)
     if stored.refused():
         raise _no_valid_order(stored.placed)
     if dispatch is not None and (stored.new_ids or stored.deliveries):
@@ -144,15 +147,28 @@ def _no_valid_order(results: Sequence[object]) -> InvalidInput:
     return InvalidInput(describe("no valid order in the batch", fields), fields)
 
 
-def _claim_key(settings: Settings, caller_id: str, key: str, request_hash: str) -> str | None:
-    return idem.claim(
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A key this request holds in flight since ``at`` (which tells it from a later claim)."""
+
+    key: str
+    at: datetime
+
+
+def _claim_key(
+    settings: Settings, caller_id: str, key: str, request_hash: str
+) -> tuple[str | None, _Claim | None]:
+    """The resource to replay, or None and our claim on the key."""
+    now = utcnow()
+    resource = idem.claim(
         settings.database_url,
         caller_id,
         key,
         request_hash=request_hash,
-        now=utcnow(),
+        now=now,
         ttl_s=settings.idempotency_ttl_s,
     )
+    return resource, (None if resource is not None else _Claim(key, now))
 
 
 @dataclass(slots=True)
@@ -171,12 +187,12 @@ def _store(
     caller_id: str,
     results: list[NewOrder | ItemError],
     *,
-    key: str | None,
+    claim: _Claim | None,
     batch_id: str | None,
 ) -> _Stored:
     """Plan against the caller's existing orders and insert the new ones, in one transaction.
 
-    Nothing is written when no item can be accepted. A claimed ``key`` is completed with the
+    Nothing is written when no item can be accepted. A claimed key is completed with the
     batch (or the single order) in the same transaction, or released if this fails.
     """
     stored = None
@@ -185,15 +201,15 @@ def _store(
             try:
                 with transaction(settings.database_url) as session:
                     stored = _store_once(
-                        session, settings, caller_id, results, key=key, batch_id=batch_id
+                        session, settings, caller_id, results, claim=claim, batch_id=batch_id
                     )
                 break
             except IntegrityError:
                 if attempt == STORE_TRIES - 1:
                     raise
     finally:
-        if key is not None and (stored is None or stored.refused()):
-            idem.release(settings.database_url, caller_id, key)
+        if claim is not None and (stored is None or stored.refused()):
+            idem.release(settings.database_url, caller_id, claim.key, claimed_at=claim.at)
     assert stored is not None
     return stored
 
@@ -204,7 +220,7 @@ def _store_once(
     caller_id: str,
     results: list[NewOrder | ItemError],
     *,
-    key: str | None,
+    claim: _Claim | None,
     batch_id: str | None,
 ) -> _Stored:
     plan = plan_batch(results, by_external_id(session, caller_id, external_ids(results)))
@@ -220,9 +236,9 @@ def _store_once(
         batch_id=batch_id,
     )
     placed = fill(plan, results, created)
-    if key is not None:
+    if claim is not None:
         resource = batch_id or placed[0].id  # type: ignore[union-attr]
-        idem.complete(session, caller_id, key, resource)
+        idem.complete(session, caller_id, claim.key, resource, claimed_at=claim.at)
     deliveries = record_received(session, caller_id, created, now=now)
     return _Stored(placed, [o.id for o in created], deliveries)
 
