@@ -6,7 +6,6 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from tests.helpers import add_orders, new_payload
@@ -100,12 +99,6 @@ def test_an_outage_spends_no_retry_budget(runtime_factory, caller_id, stub, clea
     assert during <= 40 + 8, during
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open issue: the breaker's probe is an order's own call, so once only payloads the"
-    " upstream refuses with 502 are left the probe always fails, the breaker stays open and they"
-    " wait (upstream_unavailable, no budget spent) until ORDERS_RETRY_MAX_AGE_S",
-)
 def test_orders_the_upstream_always_refuses_end_failed_after_an_outage(
     runtime_factory, caller_id, stub, clean_db
 ):

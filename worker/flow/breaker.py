@@ -2,7 +2,7 @@
 
     closed ──(most recent calls fail, or 20 in a row fleet-wide, enough of them)──> open
     open ──(a probe succeeds)──> half_open ──(ramp_s without an outage)──> closed
-    half_open ──(failures dominate again)──> open
+    half_open ──(failures dominate again, as many as opened it)──> open
 
 While open the fleet sends only probes (one per ``probe_interval_s``, fleet-wide). The volume
 threshold keeps one order's own repeated 502s (a payload problem) from opening it: those come
@@ -71,7 +71,9 @@ def next_breaker(
     if state.mode is Mode.OPEN:
         # A probe that answered: the upstream is back, at least for one call.
         return replace(fresh, mode=Mode.HALF_OPEN) if window.ok else state
-    if _failing(state.ok, state.failed, cfg, 1):
+    # Half-open reopens on the same evidence that opened it, not on one failure: the probe
+    # proved the upstream answers, so a few failures may well be orders' own payloads.
+    if _failing(state.ok, state.failed, cfg, cfg.min_failures):
         return replace(fresh, mode=Mode.OPEN)
     if now - state.since >= cfg.ramp_s:
         return replace(fresh, mode=Mode.CLOSED)

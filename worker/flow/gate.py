@@ -274,7 +274,10 @@ class Gate:
                 retry_after_s=clamp_retry_after_s(retry_after_s),
             )
         state = self._state
-        if signal is not Signal.OK and state is not None and state.breaker.mode is not Mode.CLOSED:
+        # Only while it is open: once a probe found the upstream answering (half-open), a
+        # failure is the order's own again and spends its budget, or a payload the upstream
+        # always refuses would wait for free for ever.
+        if signal is not Signal.OK and state is not None and state.breaker.mode is Mode.OPEN:
             return UpstreamUnavailable(
                 "upstream_unavailable",
                 error.message,

@@ -133,7 +133,7 @@ class Pipeline:
         run = _Run(new_id("lease"), now + timedelta(seconds=self.settings.lease_s))
         with transaction(self.db_url) as session:
             orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
-            self._hold_back(session, orders, run, now)
+            probe = self._hold_back(session, orders, run, now)
             by_status: dict[str, list[str]] = {}
             for order in orders.values():
                 by_status.setdefault(order.status, []).append(order.id)
@@ -162,6 +162,8 @@ class Pipeline:
             self._record(session, events, run.result)
         run.attempts = {o.id: o.attempts for o in orders.values()}
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
+        if probe:
+            self._probe()
         flight = Flight(self, run)
         for event in events:
             step = "preview" if event["to_status"] == S.PREVIEWING else "submit"
@@ -186,20 +188,19 @@ class Pipeline:
             self.apply(decisions, run)
         return run.result
 
-    def _hold_back(self, session: Any, orders: dict[str, Order], run: _Run, now: datetime) -> None:
+    def _hold_back(self, session: Any, orders: dict[str, Order], run: _Run, now: datetime) -> bool:
         """While the fleet may not call (breaker open, long pause), leave the orders waiting.
 
-        They stay in the database with ``reason`` and ``next_attempt_at`` and no history row;
-        with the breaker open, one order still goes ahead: it may be the fleet's probe.
+        They stay in the database with ``reason`` and ``next_attempt_at`` and no history row.
+        Returns whether this run should offer the fleet's probe (breaker open).
         """
         if self.gate is None:
-            return
+            return False
         verdict = self.gate.admission()
         if verdict.kind == "go" or (verdict.kind == "wait" and verdict.wait_s <= SHORT_WAIT_S):
-            return
+            return False
         waiting = [o for o in orders.values() if o.status in _CALLING]
         if verdict.kind == "probe":
-            waiting = waiting[1:]
             delay_s, reason = OUTAGE_RETRY_S, "upstream_unavailable"
         else:
             delay_s, reason = verdict.wait_s, "upstream_paused"
@@ -213,6 +214,20 @@ class Pipeline:
             orders.pop(order_id, None)
             if short:
                 run.result.requeue.append((order_id, delay_s))
+        return verdict.kind == "probe"
+
+    def _probe(self) -> None:
+        """The fleet's probe while the breaker is open: one read of the order list (one per
+        interval fleet-wide; the gate refuses the others at once).
+
+        Not an order's own call: an order the upstream always refuses (a payload it answers
+        502) would keep the breaker open forever and wait for free; a read that needs no payload
+        says whether the upstream itself is back.
+        """
+        try:
+            self.upstream.list_orders(limit=1)
+        except UpstreamError as exc:
+            log.info("upstream_probe_failed", reason=exc.reason)
 
     def decide(
         self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
