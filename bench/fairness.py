@@ -268,7 +268,7 @@ def main() -> int:
                 ("A alone", bench.a_alone),
                 ("A then B", bench.a_then_b),
             ]
-            runs = [(name, run) for name, run in runs if name.replace(" ", "_") in only]
+            runs = [(name, run) for name, run in runs if name.lower().replace(" ", "_") in only]
             if "backlog" in only:
                 for n in (int(x) for x in args.backlogs.split(",")):
                     runs.append((f"backlog {n}", lambda n=n: bench.backlog(n)))
