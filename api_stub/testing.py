@@ -132,10 +132,17 @@ class StubControl:
 
     def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        # Idle connections are dropped well before uvicorn's 5 s keep-alive closes them.
+        limits = httpx.Limits(keepalive_expiry=1.0)
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=limits)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._client.request(method, path, json=body)
+        try:
+            response = self._client.request(method, path, json=body)
+        except (httpx.RemoteProtocolError, httpx.ConnectError):
+            # A pooled connection the busy stub closed as we reused it: control calls are
+            # idempotent (they set state), so once more on a fresh connection.
+            response = self._client.request(method, path, json=body)
         response.raise_for_status()
         return response.json()
 
