@@ -140,8 +140,8 @@ class StubControl:
         try:
             response = self._client.request(method, path, json=body)
         except (httpx.RemoteProtocolError, httpx.ConnectError):
-            # A pooled connection the busy stub closed as we reused it: control calls are
-            # idempotent (they set state), so once more on a fresh connection.
+            # A pooled connection the busy stub had closed as we reused it: the request was not
+            # read, so it is sent once more on a fresh connection.
             response = self._client.request(method, path, json=body)
         response.raise_for_status()
         return response.json()
