@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=24)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=2, help="processes per worker host")
-    parser.add_argument("--settle-timeout-s", type=float, default=300.0)
+    # Orders the stub always refuses work through ORDERS_RETRY_MAX_ATTEMPTS=40 with backoff after
+    # the big batches drain: on a busy 2-core box 300 s was too short for the last of them.
+    parser.add_argument("--settle-timeout-s", type=float, default=900.0)
     parser.add_argument("--json", type=Path, help="write the audit lines here (report.py)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
