@@ -1,4 +1,4 @@
-"""Publishing work to the broker by task name, in chunks of order ids."""
+"""Publishing work to the broker by task name, in chunks of ids."""
 
 from __future__ import annotations
 
@@ -15,6 +15,24 @@ def chunks(ids: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(ids[start : start + size])
 
 
+def _publish(
+    app: Celery,
+    task: str,
+    queue: str,
+    ids: Sequence[str],
+    *,
+    chunk_size: int,
+    countdown_s: float | None,
+) -> int:
+    """One ``task`` message per chunk of ``ids`` on ``queue``, through one producer."""
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for chunk in chunks(ids, chunk_size):
+            app.send_task(task, args=[chunk], queue=queue, countdown=countdown_s, producer=producer)
+            sent += 1
+    return sent
+
+
 def enqueue_orders(
     app: Celery, ids: Sequence[str], *, chunk_size: int, countdown_s: float | None = None
 ) -> int:
@@ -23,18 +41,9 @@ def enqueue_orders(
     Raises the broker's error if Redis is unreachable: the caller decides whether that matters
     (the orders are committed already; the sweeper will enqueue them when due).
     """
-    sent = 0
-    with app.producer_or_acquire() as producer:
-        for chunk in chunks(ids, chunk_size):
-            app.send_task(
-                TASK_PROCESS,
-                args=[chunk],
-                queue=QUEUE_ORDERS,
-                countdown=countdown_s,
-                producer=producer,
-            )
-            sent += 1
-    return sent
+    return _publish(
+        app, TASK_PROCESS, QUEUE_ORDERS, ids, chunk_size=chunk_size, countdown_s=countdown_s
+    )
 
 
 def enqueue_deliveries(
@@ -46,15 +55,11 @@ def enqueue_deliveries(
 ) -> int:
     """Send ``webhooks.deliver`` for ``delivery_ids`` in chunks (``ORDERS_WEBHOOK_CHUNK_SIZE``:
     a chunk's deliveries are attempted at once, so a task lasts at most about two deadlines)."""
-    sent = 0
-    with app.producer_or_acquire() as producer:
-        for chunk in chunks(delivery_ids, chunk_size):
-            app.send_task(
-                TASK_DELIVER,
-                args=[chunk],
-                queue=QUEUE_WEBHOOKS,
-                countdown=countdown_s,
-                producer=producer,
-            )
-            sent += 1
-    return sent
+    return _publish(
+        app,
+        TASK_DELIVER,
+        QUEUE_WEBHOOKS,
+        delivery_ids,
+        chunk_size=chunk_size,
+        countdown_s=countdown_s,
+    )
