@@ -315,3 +315,9 @@ def sharing_external_ids(
         if order_id not in excluded:
             out.setdefault(external_id or order_id, []).append((order_id, upstream_id))
     return out
+
+
+def orders_tied_to(session: Session, upstream_id: str, *, exclude: str) -> list[str]:
+    """Our orders (any caller) other than ``exclude`` already tied to upstream ``upstream_id``."""
+    stmt = select(Order.id).where(Order.upstream_id == upstream_id, Order.id != exclude)
+    return sorted(session.scalars(stmt))

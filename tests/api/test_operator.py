@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from api_stub.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, StubConfig
-from api_stub.testing import running_stub
+from api_stub.testing import StubControl, running_stub
 from tests.api.conftest import CallerKey, make_caller, order, queued_ids
 from tests.helpers import add_orders, new_payload
 from worker.db import transaction
@@ -167,10 +167,17 @@ def test_resolve_found_upstream_checks_external_id(
     assert again.status_code == 409
 
 
-def test_resolve_not_created_resubmits(
-    client: TestClient, alpha: CallerKey, ops: CallerKey, clean_db: str, redis_client: Any
+def test_resolve_not_created_resubmits_after_a_fresh_look(
+    api: Callable[..., TestClient],
+    alpha: CallerKey,
+    ops: CallerKey,
+    clean_db: str,
+    redis_client: Any,
+    stub_url: str,
 ) -> None:
-    """Not created upstream: the held order goes back to previewed and is enqueued."""
+    """Not created upstream: a fresh look finds nothing, the held order goes back to
+    previewed and is enqueued; the history row says what was looked at."""
+    client = api(upstream_url=stub_url)
     [order_id] = add_orders(clean_db, alpha.id, [new_payload(1)])
     hold(clean_db, [order_id])
     path = f"/v1/operator/orders/{order_id}/resolve"
@@ -180,6 +187,110 @@ def test_resolve_not_created_resubmits(
     assert order_id in queued_ids(redis_client)
     event = last_event(clean_db, order_id)
     assert (event.actor, event.reason) == ("operator:olga", "operator_resubmit")
+    assert "order list: no order with external_id 'EXT-1'" in (event.message or "")
+
+
+def test_resolve_not_created_refuses_what_a_fresh_look_finds(
+    api: Callable[..., TestClient],
+    alpha: CallerKey,
+    ops: CallerKey,
+    clean_db: str,
+    redis_client: Any,
+    stub_url: str,
+) -> None:
+    """A held order whose external_id the upstream has (reconcile_ambiguous) is not
+    re-submitted: 409 naming the upstream order, the look recorded, the order still held."""
+    client = api(upstream_url=stub_url)
+    payload = new_payload(5)
+    [order_id] = add_orders(clean_db, alpha.id, [payload])
+    hold(clean_db, [order_id])
+    upstream_id = create_upstream(stub_url, payload)
+    path = f"/v1/operator/orders/{order_id}/resolve"
+    answer = client.post(path, json={"not_created": True}, headers=ops.headers)
+    assert answer.status_code == 409 and upstream_id in answer.json()["message"]
+    row = orders_of(clean_db, [order_id])[order_id]
+    assert (row.status, row.due_at, row.reason) == ("submit_unknown", None, "held_for_operator")
+    event = last_event(clean_db, order_id)
+    assert (event.actor, event.reason) == ("operator:olga", "operator_lookup_found")
+    assert upstream_id in (event.message or "")
+    assert queued_ids(redis_client) == []
+
+
+def test_resolve_not_created_refuses_when_the_upstream_cannot_be_searched(
+    api: Callable[..., TestClient], alpha: CallerKey, ops: CallerKey, clean_db: str, stub_url: str
+) -> None:
+    """A 404 from the order list means "cannot look": refused, never guessed as "not there"."""
+    client = api(upstream_url=stub_url)
+    [order_id] = add_orders(clean_db, alpha.id, [new_payload(6)])
+    hold(clean_db, [order_id])
+    with StubControl(stub_url) as control:
+        control.script("list", [{"status": 404}])
+    path = f"/v1/operator/orders/{order_id}/resolve"
+    answer = client.post(path, json={"not_created": True}, headers=ops.headers)
+    assert answer.status_code == 409 and "no order list" in answer.json()["message"]
+    assert orders_of(clean_db, [order_id])[order_id].status == "submit_unknown"
+    event = last_event(clean_db, order_id)
+    assert event.reason == "operator_lookup_unavailable"
+
+
+def test_operator_bulk_and_one_retry_refuse_held_orders(
+    client: TestClient, alpha: CallerKey, ops: CallerKey, clean_db: str, redis_client: Any
+) -> None:
+    """The operator's bulk retry and per-order retry never re-submit a held order: 409 with
+    the count and the rule; the console's bulk page says so instead of offering it."""
+    ids = add_orders(clean_db, alpha.id, [new_payload(i) for i in range(2)])
+    hold(clean_db, ids)
+    bulk = client.post(
+        "/v1/operator/retries", json={"status": "submit_unknown"}, headers=ops.headers
+    )
+    assert bulk.status_code == 409 and bulk.json()["message"].startswith("2 held order(s)")
+    one = client.post(f"/v1/operator/orders/{ids[0]}/retry", json={}, headers=ops.headers)
+    assert one.status_code == 409 and "fresh look upstream" in one.json()["message"]
+    _sign_in(client, ops.key)
+    page = client.get("/console/retry?status=submit_unknown")
+    assert page.status_code == 409 and "2 held orders match" in page.text
+    csrf = _csrf(client)
+    client.post("/console/retry", data={"csrf": csrf, "status": "submit_unknown"})
+    assert {o.status for o in orders_of(clean_db, ids).values()} == {"submit_unknown"}
+    assert queued_ids(redis_client) == []
+
+
+def test_resolve_found_refuses_an_upstream_order_tied_to_another(
+    api: Callable[..., TestClient],
+    alpha: CallerKey,
+    beta: CallerKey,
+    ops: CallerKey,
+    clean_db: str,
+    stub_url: str,
+) -> None:
+    """Caller A's order is complete as X (external_id shared-1); caller B's held order sent
+    shared-1 too: "found as X" for B answers 409 naming A's order, and B stays held."""
+    client = api(upstream_url=stub_url)
+    payload = {**new_payload(9), "external_id": "shared-1"}
+    [a_id] = add_orders(clean_db, alpha.id, [payload])
+    [b_id] = add_orders(clean_db, beta.id, [payload])
+    upstream_id = create_upstream(stub_url, payload)
+    with transaction(clean_db) as session:
+        session.execute(
+            update(Order)
+            .where(Order.id == a_id)
+            .values(status="complete", upstream_id=upstream_id, due_at=None)
+        )
+    hold(clean_db, [b_id])
+    path = f"/v1/operator/orders/{b_id}/resolve"
+    answer = client.post(path, json={"upstream_id": upstream_id}, headers=ops.headers)
+    assert answer.status_code == 409, answer.text
+    assert a_id in answer.json()["message"] and "already tied" in answer.json()["message"]
+    row = orders_of(clean_db, [b_id])[b_id]
+    assert (row.status, row.upstream_id) == ("submit_unknown", None)
+    view = client.get(f"/v1/orders/{b_id}", headers=beta.headers).json()
+    assert view["upstream"] is None
+
+
+def _csrf(client: TestClient) -> str:
+    """The signed-in session's CSRF token, as the pages embed it."""
+    page = client.get("/console/overview").text
+    return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
 def _sign_in(client: TestClient, key: str) -> httpx.Response:

@@ -255,22 +255,26 @@ def test_missing_or_bad_key_is_401(
     assert row_counts(clean_db)["orders"] == 0
 
 
-def test_retry_of_submit_unknown_waits_until_it_is_held(
+def test_a_caller_never_resubmits_a_submit_unknown_order(
     client: TestClient, alpha: CallerKey, clean_db: str
 ) -> None:
-    """A submit_unknown order still being reconciled answers 409; once held it is retried."""
+    """A submit_unknown order, being reconciled or held, is never re-submitted by a caller's
+    retry (one or by filter): 409 saying why and how many, and the order does not move."""
     created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
     soon = datetime.now(UTC) + timedelta(seconds=30)
     _set(clean_db, created["id"], status="submit_unknown", reason="upstream_timeout", due_at=soon)
     response = client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers)
     assert response.status_code == 409 and "reconciled" in response.json()["message"]
-    by_filter = client.post("/v1/retries", headers=alpha.headers, json={"status": "submit_unknown"})
-    assert by_filter.json() == {"scheduled": 0}
-    _set(clean_db, created["id"], due_at=None)
+    _set(clean_db, created["id"], reason="reconcile_ambiguous", due_at=None)
     response = client.post(f"/v1/orders/{created['id']}/retry", headers=alpha.headers)
-    assert response.json() == {"scheduled": 1}
+    assert response.status_code == 409 and "fresh look upstream" in response.json()["message"]
+    by_filter = client.post("/v1/retries", headers=alpha.headers, json={"status": "submit_unknown"})
+    assert by_filter.status_code == 409
+    assert by_filter.json()["message"].startswith("1 held order(s) matched and none")
     view = client.get(f"/v1/orders/{created['id']}", headers=alpha.headers).json()
-    assert (view["status"], view["reason"]) == ("previewed", "operator_resubmit")
+    assert (view["status"], view["reason"]) == ("submit_unknown", "reconcile_ambiguous")
+    events = client.get(f"/v1/orders/{created['id']}/events", headers=alpha.headers).json()
+    assert "operator_resubmit" not in {e["reason"] for e in events["items"]}
 
 
 def test_retries_by_filter_work_through_many_chunks(

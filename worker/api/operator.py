@@ -79,7 +79,8 @@ async def retry_one(
     broker: BrokerDep,
     request: Annotated[RetryOneRequest | None, Body()] = None,
 ) -> Response:
-    """Retry one ``failed`` or held ``submit_unknown`` order of any caller."""
+    """Retry one ``failed`` order of any caller (a held ``submit_unknown`` one: 409, see
+    ``resolve``)."""
     at = as_utc(request.at if request else None, "at")
     n = await run_in_threadpool(
         lambda: actions.retry_order(
@@ -128,7 +129,9 @@ async def resolve(
     lookup: Annotated[UpstreamLookup, Depends(upstream_lookup)],
 ) -> Response:
     """Decide a held ``submit_unknown`` order: found upstream as ``upstream_id`` (checked: its
-    ``external_id`` must be the one we sent), or ``not_created`` (re-submitted)."""
+    ``external_id`` must be the one we sent, and no other order may be tied to it), or
+    ``not_created`` (re-submitted only if a fresh look upstream, recorded in the history,
+    finds nothing; otherwise 409 and the order stays held)."""
     view = await resolve_held(
         settings, broker, lookup, check_id(order_id), body.upstream_id, actor(operator)
     )
@@ -151,6 +154,7 @@ async def resolve_held(
                 order_id,
                 upstream_id=upstream_id,
                 lookup=lookup.get,
+                search=lookup.search,
                 actor=who,
                 dispatch=broker.dispatch,
             )

@@ -10,14 +10,16 @@ import threading
 
 import redis
 
-from schemas.upstream_responses import LimioOrderObject
+from schemas.upstream_responses import LimioOrderObject, OrderSummary
+from worker.pipeline.reconcile import find_upstream
 from worker.settings import Settings
 from worker.upstream.client import UpstreamClient
 from worker.upstream.shared import shared_upstream
 
 
 class UpstreamLookup:
-    """``get(upstream_id)``: the upstream's order object (raises ``UpstreamError``)."""
+    """``get(upstream_id)``: the upstream's order object; ``search(external_id)``: the orders
+    carrying it in the order list (both raise ``UpstreamError``)."""
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self._settings = settings
@@ -39,6 +41,14 @@ class UpstreamLookup:
     def get(self, upstream_id: str) -> LimioOrderObject:
         """``GET /api/objects/limio/orders/{upstream_id}`` (blocking)."""
         return self._upstream().get_order(upstream_id)
+
+    def search(self, external_id: str) -> list[OrderSummary]:
+        """The upstream orders carrying ``external_id`` on the newest
+        ``ORDERS_RECONCILE_MAX_PAGES`` pages of the order list (blocking; ``PermanentError``:
+        the upstream offers no list)."""
+        pages = self._settings.reconcile_max_pages
+        found = find_upstream(self._upstream(), {external_id}, max_pages=pages)
+        return found.get(external_id, [])
 
     def close(self) -> None:
         with self._lock:

@@ -127,7 +127,7 @@ async def order(request: Request, order_id: str, me: Operator) -> Response:
         return render(request, "error.html", {"message": f"No order {order_id}."}, 404)
     order = detail["order"]
     detail["held"] = actions.is_held(order)
-    detail["retryable"] = order.status == Status.FAILED or detail["held"]
+    detail["retryable"] = order.status == Status.FAILED
     detail["cancellable"] = actions.cancel_move(order) is not None
     return render(request, "order.html", detail)
 
@@ -156,6 +156,9 @@ async def retry_confirm(request: Request, me: Operator) -> Response:
     flt = actions.RetryFilter(Status(status), p.get("reason") or None, p.get("batch") or None, None)
     caller = p.get("caller") or None
     matched, sample = await in_session(_settings(request), actions.count_matching, caller, flt)
+    if flt.status == Status.SUBMIT_UNKNOWN:
+        message = f"{matched} held orders match; none can be retried in bulk: {actions.HELD_RULE}"
+        return render(request, "error.html", {"message": message}, 409)
     settings = _settings(request)
     rate = settings.retry_spread_per_s
     spread_s = int(matched // rate) if rate > 0 else 0

@@ -55,22 +55,24 @@ def cancel_move(order: Order, reason: str = "cancelled_by_caller") -> Move | Non
     return Move(order.id, S(order.status), S.CANCELLED, values, reason=reason)
 
 
-def retry_move(order: Order, *, at: datetime, now: datetime) -> Move | None:
-    """The move that puts a ``failed`` (or held ``submit_unknown``) order back at ``at``.
+HELD_RULE = (
+    "a held submit_unknown order may already exist upstream: it is re-submitted only by an "
+    "operator, one order at a time, after a fresh look upstream finds nothing "
+    '(POST /v1/operator/orders/{id}/resolve {"not_created": true}, or the console\'s order page)'
+)
 
-    A fresh retry budget starts; the history row records when it will run. A held
-    ``submit_unknown`` order is re-submitted: whoever asks has decided it was not created.
-    One still being reconciled is not retried (that would race the reconciliation).
+
+def retry_move(order: Order, *, at: datetime, now: datetime) -> Move | None:
+    """The move that puts a ``failed`` order back at ``at`` (None for any other order).
+
+    A fresh retry budget starts; the history row records when it will run. A
+    ``submit_unknown`` order is never retried here, held or not (see ``HELD_RULE``): only
+    ``operator_actions.resolve_held`` re-submits it, after a fresh look upstream.
     """
-    if order.status == S.FAILED:
-        to = retry_entry(
-            order.preview is not None, order.submitted_at is not None, order.upstream_id
-        )
-        reason = "retry_scheduled"
-    elif is_held(order):
-        to, reason = S.PREVIEWED, "operator_resubmit"
-    else:
+    if order.status != S.FAILED:
         return None
+    to = retry_entry(order.preview is not None, order.submitted_at is not None, order.upstream_id)
+    reason = "retry_scheduled"
     values: dict[str, Any] = {
         "failures": 0,
         "budget_from": now,
@@ -134,14 +136,13 @@ def retry_order(
     actor: str,
     dispatch: Dispatch | None = None,
 ) -> int:
-    """Schedule a retry of one ``failed`` or held ``submit_unknown`` order at ``at`` (None: now).
+    """Schedule a retry of one ``failed`` order at ``at`` (None: now).
 
     ``caller_id`` None: any caller's order (an operator's action).
 
     Raises:
         OrderNotFound: no such order for ``caller_id``.
-        WrongState: the order is neither failed nor held (``submit_unknown`` still being
-            reconciled is refused until reconciliation holds it).
+        WrongState: the order is not failed (a held ``submit_unknown`` one: see ``HELD_RULE``).
     """
     now = utcnow()
     at = max(at or now, now)
@@ -212,6 +213,10 @@ def retry_matching(
     """
     if flt.status not in RETRYABLE_BY_OPERATOR:
         raise WrongState(f"only {sorted(RETRYABLE_BY_OPERATOR)} orders can be retried")
+    if flt.status == S.SUBMIT_UNKNOWN:
+        with transaction(db_url) as session:
+            held, _ = count_matching(session, caller_id, flt, sample_size=0)
+        raise WrongState(f"{held} held order(s) matched and none was re-submitted: {HELD_RULE}")
     now = utcnow()
     at = max(at or now, now)
     stmt = matching_query(caller_id, flt)
@@ -251,6 +256,8 @@ def _load(session: Session, caller_id: str | None, order_id: str) -> Order:
 
 
 def _not_retryable(order: Order) -> str:
+    if is_held(order):
+        return f"order {order.id} is held (submit_unknown, {order.reason}): {HELD_RULE}"
     if order.status == S.SUBMIT_UNKNOWN:
         return (
             f"order {order.id} is submit_unknown and still being reconciled with the "
