@@ -140,3 +140,18 @@ def test_two_untied_orders_sharing_an_external_id_are_both_held(
             None,
         )
         assert "EXT-8" in (order.message or "")
+
+
+def test_a_504_to_a_submit_is_reconciled_not_resubmitted(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """A gateway timeout to a submit goes to submit_unknown and is looked up, never re-sent:
+    the stub answers 504 without creating, so the order is held and the stub has no order."""
+    rt = runtime_factory(reconcile_delay_s=0)
+    stub.script("submit", [{"status": 504, "times": 1}])
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    order = drive(rt, [oid])[oid]
+    steps = _reasons(clean_db, oid)
+    assert ("submit_unknown", "submit_504") in steps
+    assert (order.status, order.reason) == ("submit_unknown", "held_for_operator")
+    assert stub.orders()["count"] == 0

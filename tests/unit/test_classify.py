@@ -28,6 +28,20 @@ def test_status_codes(code, kind):
     assert isinstance(error, kind) and error.status_code == code
 
 
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(504, AmbiguousError), (502, RetryableError), (500, RetryableError), (503, RetryableError)],
+)
+def test_a_gateway_timeout_to_a_submit_is_ambiguous(code, kind):
+    """A 504 to a submit may hide an order the upstream made after its gateway gave up:
+    ambiguous (reconciled, never re-sent); 502 stays as documented; a preview's 504 retries."""
+    error = error_for_status(code, {"message": "Gateway"}, idempotent=False)
+    assert isinstance(error, kind) and error.status_code == code
+    assert isinstance(error_for_status(code, None, idempotent=True), RetryableError)
+    if kind is AmbiguousError:
+        assert error.reason == "submit_504"
+
+
 def test_success_is_no_error():
     assert error_for_status(200, {}) is None
 

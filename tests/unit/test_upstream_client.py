@@ -75,6 +75,21 @@ def test_a_submit_answer_that_does_not_fit_is_ambiguous_not_a_success():
     assert caught.value.reason == "submit_invalid_response"
 
 
+def test_a_504_to_a_submit_is_ambiguous_and_to_a_preview_retryable():
+    """The client classifies a gateway timeout by the call: submit ambiguous, preview not."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(504, json={"message": "Gateway Timeout"})
+
+    client = _client(handler)
+    with pytest.raises(AmbiguousError) as submit:
+        client.submit({"order_type": "new"})
+    assert submit.value.reason == "submit_504"
+    with pytest.raises(RetryableError) as preview:
+        client.preview({"order_type": "new"})
+    assert not isinstance(preview.value, AmbiguousError)
+
+
 def test_an_order_object_without_id_is_a_retryable_failure():
     """A stored order object must carry its id; without it the follow-up tries again later."""
 

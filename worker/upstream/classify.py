@@ -33,12 +33,25 @@ def error_message(body: Any) -> str:
     return ""
 
 
+# Answers to a submit that do not tell whether the order was made. A 504 is a gateway that
+# stopped waiting for the upstream application after our body went through: the application
+# may have created the order after the gateway gave up, exactly like our own read timeout, so
+# it is ambiguous (submit_unknown, then reconciliation), never a blind re-submit. A 502 stays
+# transient-or-payload as the upstream documents it ("usually bad field values ... or a
+# transient infrastructure fault; retry"): the documented answer of an application that
+# refused, so retried with backoff and ending `failed`, where an operator looks. Other 5xx
+# (500, 503) are the application's own refusals: retried. Preview and reads are safe to
+# repeat: every 5xx is transient there.
+AMBIGUOUS_SUBMIT_STATUS = frozenset({504})
+
+
 def error_for_status(
-    status_code: int, body: Any, retry_after: str | None = None
+    status_code: int, body: Any, retry_after: str | None = None, *, idempotent: bool = True
 ) -> UpstreamError | None:
     """The error an HTTP answer stands for, or None for a 2xx.
 
     401 reaching this point means the auth hook already refreshed once: an auth failure.
+    ``idempotent`` False (a submit): a status of ``AMBIGUOUS_SUBMIT_STATUS`` is ambiguous.
     """
     if 200 <= status_code < 300:
         return None
@@ -46,6 +59,8 @@ def error_for_status(
     message = error_message(body) or f"upstream answered HTTP {status_code}"
     if status_code == 401 or status_code == 403:
         return AuthError("upstream_auth", message, status_code=status_code)
+    if not idempotent and status_code in AMBIGUOUS_SUBMIT_STATUS:
+        return AmbiguousError(f"submit_{status_code}", message, status_code=status_code)
     if status_code in RETRYABLE_STATUS or status_code >= 500:
         return RetryableError(
             reason, message, status_code=status_code, retry_after_s=parse_retry_after(retry_after)

@@ -195,7 +195,12 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
         body = _json(response)
-        error = error_for_status(response.status_code, body, response.headers.get("retry-after"))
+        error = error_for_status(
+            response.status_code,
+            body,
+            response.headers.get("retry-after"),
+            idempotent=idempotent,
+        )
         if error is not None:
             raise error
         if not isinstance(body, dict):
