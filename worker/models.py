@@ -67,6 +67,9 @@ class Caller(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Share of the dispatch slots relative to other callers with work (1 = an equal share).
     weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Console sessions carry the generation they were issued in; sign-out, rotation and
+    # revocation bump it, which ends every session issued before.
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Order(Base):

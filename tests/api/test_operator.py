@@ -335,6 +335,38 @@ def test_console_session_ends_when_the_key_is_revoked(
     assert client.get("/console/callers", follow_redirects=False).status_code == 303
 
 
+def test_console_session_ends_on_rotation_and_sign_out(
+    api: Callable[..., TestClient], ops: CallerKey, clean_db: str
+) -> None:
+    """After the key is rotated the old cookie no longer opens a page; after sign-out the
+    same cookie (replayed) is refused too."""
+    from worker.console.session import COOKIE
+    from worker.intake.callers import rotate
+
+    client = api()
+    _sign_in(client, ops.key)
+    old_cookie = client.cookies[COOKIE]
+    assert client.get("/console/callers").status_code == 200
+    with transaction(clean_db) as session:
+        _, new_key = rotate(session, "olga")
+    assert client.get("/console/callers", follow_redirects=False).status_code == 303
+    replay = api()
+    replay.cookies.set(COOKIE, old_cookie, path="/console")
+    assert replay.get("/console/callers", follow_redirects=False).status_code == 303
+
+    client.cookies.clear()
+    _sign_in(client, new_key)
+    cookie = client.cookies[COOKIE]
+    assert client.get("/console/callers").status_code == 200
+    out = client.post("/console/logout", data={"csrf": _csrf(client)}, follow_redirects=False)
+    assert out.status_code == 303
+    replay = api()
+    replay.cookies.set(COOKIE, cookie, path="/console")
+    assert replay.get("/console/callers", follow_redirects=False).status_code == 303
+    _sign_in(client, new_key)
+    assert client.get("/console/callers").status_code == 200
+
+
 def test_every_console_page_renders(
     client: TestClient, alpha: CallerKey, ops: CallerKey, clean_db: str
 ) -> None:

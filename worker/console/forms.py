@@ -26,7 +26,8 @@ from worker.db import transaction
 from worker.errors import InvalidInput, KeyAdminError, OrderError, OrderNotFound, WrongState
 from worker.ids import utcnow
 from worker.intake import actions
-from worker.intake.callers import ROLE_OPERATOR, revoke
+from worker.intake.callers import ROLE_OPERATOR, end_sessions, hash_key, revoke
+from worker.models import Caller
 from worker.settings import Settings
 from worker.states import Status
 
@@ -82,7 +83,11 @@ async def login(request: Request) -> Response:
         message = "This is a caller key: only operator keys open the console."
         return render(request, "login.html", {"error": message}, 403)
     sessions: Sessions = request.app.state.console_sessions
-    value, _ = sessions.issue(owner.id, owner.name)
+    settings = _settings(request)
+    bound = await run_in_threadpool(_binding, settings.database_url, owner.id, key)
+    if bound is None:  # rotated or revoked within the key cache's 2 s
+        return render(request, "login.html", {"error": "Unknown or revoked key."}, 401)
+    value, _ = sessions.issue(owner.id, owner.name, generation=bound[0], key_hash=bound[1])
     target = form.get("next") or "/console/overview"
     if not target.startswith("/console/") or target.startswith("/console//"):
         target = "/console/overview"
@@ -99,8 +104,25 @@ async def login(request: Request) -> Response:
     return response
 
 
+def _binding(db_url: str, operator_id: str, key: str) -> tuple[int, str] | None:
+    """The operator's session generation and stored key hash, if ``key`` is still its key."""
+    with transaction(db_url) as session:
+        caller = session.get(Caller, operator_id)
+        if caller is None or caller.revoked_at is not None or caller.key_hash != hash_key(key):
+            return None
+        return caller.session_generation, caller.key_hash
+
+
 @router.post("/logout")
 async def logout(request: Request, action: Action) -> Response:
+    """Sign out: every session of this operator ends (its session generation moves on)."""
+    me, _ = action
+
+    def run() -> None:
+        with transaction(_settings(request).database_url) as session:
+            end_sessions(session, me.operator_id)
+
+    await run_in_threadpool(run)
     response = redirect("/console/login", msg="Signed out.")
     response.delete_cookie(COOKIE, path="/console")
     return response

@@ -1,15 +1,19 @@
 """Console sessions: a signed cookie naming the operator, with a CSRF token and an expiry.
 
-The cookie holds ``{"op": operator id, "name", "csrf"}`` signed with the console secret
-(itsdangerous, timestamped): it cannot be forged or extended without the secret, and it
-expires after ``ORDERS_CONSOLE_SESSION_S``. Every POST must carry the session's ``csrf``
-value in a form field (on top of ``SameSite=Strict``). The secret is
+The cookie holds ``{"op": operator id, "name", "csrf", "gen", "key"}`` signed with the
+console secret (itsdangerous, timestamped): it cannot be forged or extended without the
+secret, and it expires after ``ORDERS_CONSOLE_SESSION_S``. ``gen`` is the operator's session
+generation and ``key`` a fingerprint of the key signed in with: every request checks both
+against the database, so a sign-out, a rotation or a revocation ends the session at once.
+Every POST must carry the session's ``csrf`` value in a form field (on top of
+``SameSite=Strict``). The secret is
 ``ORDERS_CONSOLE_SECRET``, else a random one kept in ``$ORDERS_HOME/console.secret`` so that
 every API process of one home signs alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -31,6 +35,8 @@ class ConsoleSession:
     operator_id: str
     name: str
     csrf: str
+    generation: int = 0
+    key_fingerprint: str = ""
 
     def csrf_ok(self, token: str | None) -> bool:
         """Whether ``token`` is this session's CSRF token (constant-time)."""
@@ -60,10 +66,17 @@ class Sessions:
         self._signer = URLSafeTimedSerializer(secret, salt=SALT)
         self.max_age_s = max_age_s
 
-    def issue(self, operator_id: str, name: str) -> tuple[str, ConsoleSession]:
-        """A new session (fresh CSRF token) and its cookie value."""
-        session = ConsoleSession(operator_id, name, secrets.token_urlsafe(24))
-        value = self._signer.dumps({"op": operator_id, "name": name, "csrf": session.csrf})
+    def issue(
+        self, operator_id: str, name: str, *, generation: int, key_hash: str
+    ) -> tuple[str, ConsoleSession]:
+        """A new session (fresh CSRF token) bound to the operator's session ``generation``
+        and key (``key_hash``, as stored), and its cookie value."""
+        fingerprint = key_fingerprint(key_hash)
+        session = ConsoleSession(
+            operator_id, name, secrets.token_urlsafe(24), generation, fingerprint
+        )
+        data = {"op": operator_id, "name": name, "csrf": session.csrf}
+        value = self._signer.dumps({**data, "gen": generation, "key": fingerprint})
         return value, session
 
     def read(self, cookie: str | None) -> ConsoleSession | None:
@@ -72,6 +85,17 @@ class Sessions:
             return None
         try:
             data = self._signer.loads(cookie, max_age=self.max_age_s)
-            return ConsoleSession(str(data["op"]), str(data["name"]), str(data["csrf"]))
-        except (BadSignature, KeyError, TypeError):
+            return ConsoleSession(
+                str(data["op"]),
+                str(data["name"]),
+                str(data["csrf"]),
+                int(data["gen"]),
+                str(data["key"]),
+            )
+        except (BadSignature, KeyError, TypeError, ValueError):
             return None
+
+
+def key_fingerprint(key_hash: str) -> str:
+    """What a cookie carries of the key (readable by its holder: not the stored hash itself)."""
+    return hashlib.sha256(f"console-session:{key_hash}".encode()).hexdigest()[:24]

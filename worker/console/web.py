@@ -2,11 +2,13 @@
 
 Pages depend on :func:`signed_in` (no valid session: a redirect to the sign-in page); actions
 depend on :func:`acting` (a valid session *and* its CSRF token in the form, else 401/403).
-A session stops working as soon as its operator key is revoked (checked on every request).
+A session stops working as soon as its operator signs out or its key is revoked or rotated
+(checked on every request).
 """
 
 from __future__ import annotations
 
+import hmac
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +21,13 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from worker.console.session import COOKIE, ConsoleSession, Sessions, console_secret
+from worker.console.session import (
+    COOKIE,
+    ConsoleSession,
+    Sessions,
+    console_secret,
+    key_fingerprint,
+)
 from worker.db import read_session
 from worker.intake.callers import ROLE_OPERATOR
 from worker.models import Caller
@@ -70,12 +78,22 @@ def redirect(path: str, **params: str | None) -> RedirectResponse:
     return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
 
 
-def _operator_active(db_url: str, operator_id: str) -> bool:
+def _operator_active(db_url: str, console: ConsoleSession) -> bool:
+    """Whether the session's operator is still an operator, not revoked, with the same key
+    and the same session generation (sign-out, rotation and revocation bump it)."""
     with read_session(db_url) as session:
         row = session.execute(
-            select(Caller.role, Caller.revoked_at).where(Caller.id == operator_id)
+            select(
+                Caller.role, Caller.revoked_at, Caller.session_generation, Caller.key_hash
+            ).where(Caller.id == console.operator_id)
         ).first()
-    return row is not None and row.role == ROLE_OPERATOR and row.revoked_at is None
+    return (
+        row is not None
+        and row.role == ROLE_OPERATOR
+        and row.revoked_at is None
+        and row.session_generation == console.generation
+        and hmac.compare_digest(key_fingerprint(row.key_hash), console.key_fingerprint)
+    )
 
 
 async def _session(request: Request) -> ConsoleSession:
@@ -83,7 +101,7 @@ async def _session(request: Request) -> ConsoleSession:
     settings: Settings = request.app.state.settings
     console = sessions.read(request.cookies.get(COOKIE))
     if console is None or not await run_in_threadpool(
-        _operator_active, settings.database_url, console.operator_id
+        _operator_active, settings.database_url, console
     ):
         raise SignInRequired
     request.state.console = console

@@ -103,8 +103,17 @@ def revoke(session: Session, name: str, *, now: datetime) -> Caller:
     caller = _by_name(session, name)
     if caller.revoked_at is None:
         caller.revoked_at = now
+        caller.session_generation += 1
         session.flush()
     return caller
+
+
+def end_sessions(session: Session, caller_id: str) -> None:
+    """End every console session of ``caller_id`` (sign-out): bump its session generation."""
+    caller = session.get(Caller, caller_id)
+    if caller is not None:
+        caller.session_generation += 1
+        session.flush()
 
 
 def rotate(session: Session, name: str) -> tuple[Caller, str]:
@@ -118,6 +127,7 @@ def rotate(session: Session, name: str) -> tuple[Caller, str]:
     key = new_key()
     for column, value in _key_columns(key).items():
         setattr(caller, column, value)
+    caller.session_generation += 1
     session.flush()
     return caller, key
 
