@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @field_validator("console_secret")
+    @classmethod
+    def _strong_console_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = weak_secret(value.get_secret_value())
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @field_validator("upstream_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -116,6 +125,25 @@ class Settings(BaseSettings):
         if self.retry_cap_s < self.retry_base_s:
             raise ValueError("ORDERS_RETRY_CAP_S must be >= ORDERS_RETRY_BASE_S")
         return self
+
+
+MIN_SECRET_CHARS = 32
+# Placeholders seen in examples and in older versions of docker-compose.yml.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"change-me-console-secret", "change-me", "changeme", "secret", "console-secret"}
+)
+
+
+def weak_secret(value: str) -> str | None:
+    """Why ``value`` must not sign console sessions (empty, short, a known default), or None."""
+    if value.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        return "is a published default: set a random one (openssl rand -hex 32)"
+    if len(value.strip()) < MIN_SECRET_CHARS:
+        return (
+            f"is empty or shorter than {MIN_SECRET_CHARS} characters: "
+            "set a random one (openssl rand -hex 32), or unset it for $ORDERS_HOME/console.secret"
+        )
+    return None
 
 
 def normalise_database_url(url: str) -> str:

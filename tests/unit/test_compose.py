@@ -63,3 +63,16 @@ def test_flower_runs_next_to_the_console():
     assert flower["command"][0] == "flower"
     assert flower["environment"]["ORDERS_REDIS_URL"].startswith("redis://redis:")
     assert "ORDERS_CONSOLE_SECRET" in SERVICES["api"]["environment"]
+
+
+def test_no_console_secret_default_in_compose():
+    """The console secret comes from the environment or the stack does not start: no
+    published default in the file."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    secret = SERVICES["api"]["environment"]["ORDERS_CONSOLE_SECRET"]
+    assert secret.startswith("${ORDERS_CONSOLE_SECRET:?"), secret
+    for name, service in SERVICES.items():
+        env = service.get("environment") or {}
+        if name != "api":
+            assert "ORDERS_CONSOLE_SECRET" not in env, name

@@ -32,3 +32,78 @@ def test_secret_is_not_printed():
     """The client secret never appears in the settings' repr."""
     settings = Settings(upstream_client_secret="s3cret-value")
     assert "s3cret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "short-secret", "change-me-console-secret"])
+def test_a_weak_console_secret_stops_the_start(monkeypatch, value):
+    """Empty, short or published console secrets are refused, naming the variable."""
+    monkeypatch.setenv("ORDERS_CONSOLE_SECRET", value)
+    with pytest.raises(ConfigError, match="ORDERS_CONSOLE_SECRET") as refused:
+        load_settings()
+    assert "\n" not in str(refused.value)
+    monkeypatch.setenv("ORDERS_CONSOLE_SECRET", "x7" * 16)
+    assert load_settings().console_secret is not None
+
+
+def test_orders_api_refuses_an_empty_console_secret(tmp_path):
+    """``orders api`` with ``ORDERS_CONSOLE_SECRET=`` exits at once with one line naming it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORDERS_CONSOLE_SECRET": "", "ORDERS_HOME": str(tmp_path)}
+    env["ORDERS_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached
+    done = subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", "api", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ORDERS_CONSOLE_SECRET" in lines[0]
+
+
+def _read_secret(home: str, start_at: float, out) -> None:  # a child process
+    import time
+
+    from worker.console.session import console_secret
+
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        out.put(console_secret(Settings(home=home)))
+    except Exception as exc:  # reported to the test, which fails on it
+        out.put(f"error: {exc}")
+
+
+def test_processes_starting_together_share_one_whole_secret(tmp_path):
+    """Four processes on a fresh home at the same instant, 50 times: each reads the same
+    complete secret (never empty), and the file is 0600."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(50):
+        home = tmp_path / f"home{trial}"
+        out = ctx.Queue()
+        start_at = time.time() + 0.05
+        procs = [
+            ctx.Process(target=_read_secret, args=(str(home), start_at, out)) for _ in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        seen = [out.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        assert len(set(seen)) == 1 and len(seen[0]) >= 32, (trial, seen)
+        assert (home / "console.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_weak_secret_file_is_refused(tmp_path):
+    """A console.secret left empty (or short) stops the start instead of signing with it."""
+    from worker.console.session import console_secret
+
+    (tmp_path / "console.secret").write_text("")
+    with pytest.raises(ConfigError, match=r"console\.secret"):
+        console_secret(Settings(home=tmp_path))

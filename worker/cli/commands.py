@@ -169,6 +169,14 @@ def api(
     _export_redis_url()
     import uvicorn
 
+    from worker.console.session import console_secret
+
+    try:  # a weak secret stops the start with one line (created here once, before --workers)
+        console_secret(_settings())
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
     uvicorn.run(
         "worker.api.app:create_app",
         factory=True,

@@ -13,16 +13,18 @@ every API process of one home signs alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings, weak_secret
 
 COOKIE = "orders_console"
 SALT = "orders-console-session"
@@ -44,19 +46,38 @@ class ConsoleSession:
 
 
 def console_secret(settings: Settings) -> str:
-    """The signing secret: configured, else read (or created once) under ``ORDERS_HOME``."""
+    """The signing secret: configured, else read (or created once) under ``ORDERS_HOME``.
+
+    Raises:
+        ConfigError: the secret file holds a weak secret (empty, short, a known default).
+    """
     if settings.console_secret is not None:
         return settings.console_secret.get_secret_value()
     path = Path(settings.home) / "console.secret"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _create_once(path, secrets.token_urlsafe(32))
+    secret = path.read_text().strip()
+    if problem := weak_secret(secret):
+        raise ConfigError(f"{path} (the console secret, ORDERS_CONSOLE_SECRET unset) {problem}")
+    return secret
+
+
+def _create_once(path: Path, secret: str) -> None:
+    """Write ``path`` whole or not at all: a complete 0600 temporary file is linked into
+    place, so a process starting at the same moment reads either nothing or all of it, and
+    of several writers the first link wins (``os.link`` never replaces, unlike a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".console.secret.")
     try:
-        # O_EXCL: of several processes starting at once exactly one writes the secret.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret)
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: its secret it is
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 class Sessions:
