@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     retention_deliveries_days: float = Field(14.0, ge=0)
     retention_batch: int = Field(500, ge=1, le=10_000)
 
+    http_max_header_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024)
+    """Request line plus headers of one request (``orders api``; beyond: 400, closed)."""
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    """A request's headers must arrive within this after its first byte (``orders api``)."""
+
     console_secret: SecretStr | None = None
     """Signs console sessions; unset: a random secret kept in ``$ORDERS_HOME/console.secret``."""
     console_session_s: float = Field(8 * 3600.0, gt=0)

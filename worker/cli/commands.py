@@ -177,6 +177,8 @@ def api(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
+    from worker.api.http_limits import BoundedH11Protocol
+
     uvicorn.run(
         "worker.api.app:create_app",
         factory=True,
@@ -185,6 +187,9 @@ def api(
         workers=workers,
         log_level="warning",
         access_log=False,
+        # h11, not httptools: bounded headers (size here, time in the protocol).
+        http=BoundedH11Protocol,
+        h11_max_incomplete_event_size=_settings().http_max_header_bytes,
     )
 
 
