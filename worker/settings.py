@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_batch_bytes: int = Field(32_000_000, gt=0)
     max_batch_items: int = Field(10_000, gt=0)
+    max_batches_in_flight_per_caller: int = Field(2, ge=1)
+    """Batches of one caller taken in at once by one API process (429 beyond)."""
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
     # Retention (0 = keep forever): finished orders with their history, and webhook deliveries
     # that reached a final state, are deleted by the sweeper once older than these.

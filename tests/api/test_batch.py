@@ -132,3 +132,41 @@ def test_batch_results_are_in_request_order_for_a_large_batch(
     body = {"orders": [order(f"e{i}") for i in range(1000)]}
     results = client.post("/v1/orders/batch", json=body, headers=alpha.headers).json()["results"]
     assert [r["order"]["external_id"] for r in results] == [f"e{i}" for i in range(1000)]
+
+
+def test_an_order_in_a_batch_is_bounded_like_a_single_order(
+    api: Callable[..., TestClient], alpha: CallerKey, clean_db: str
+) -> None:
+    """An item larger than ORDERS_MAX_BODY_BYTES as JSON is refused by itself, named by its
+    index; the others are accepted and nothing of it is stored."""
+    client = api(max_body_bytes=2_000)
+    padded = order("big", customFields={"pad": "x" * 3_000})
+    answer = client.post(
+        "/v1/orders/batch", json={"orders": [order("small"), padded]}, headers=alpha.headers
+    )
+    assert answer.status_code == 202, answer.text
+    first, second = answer.json()["results"]
+    assert "order" in first
+    assert second["error"]["fields"][0]["message"].startswith("order is ")
+    assert "at most 2000" in second["error"]["message"]
+    assert row_counts(clean_db)["orders"] == 1
+
+
+def test_batches_of_one_caller_at_once_are_limited(
+    api: Callable[..., TestClient], alpha: CallerKey, beta: CallerKey, clean_db: str
+) -> None:
+    """Beyond ORDERS_MAX_BATCHES_IN_FLIGHT_PER_CALLER batches in progress, the caller's next
+    one answers 429 with Retry-After and writes nothing; another caller is not affected."""
+    from worker.api.submission import batch_slots
+
+    client = api(max_batches_in_flight_per_caller=1)
+    body = {"orders": [order("one")]}
+    with batch_slots.hold(alpha.id, 1):  # a batch of alpha's being taken in
+        refused = client.post("/v1/orders/batch", json=body, headers=alpha.headers)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "at most 1 at once" in refused.json()["message"]
+        assert row_counts(clean_db)["orders"] == 0
+        other = client.post("/v1/orders/batch", json=body, headers=beta.headers)
+        assert other.status_code == 202
+    again = client.post("/v1/orders/batch", json=body, headers=alpha.headers)
+    assert again.status_code == 202

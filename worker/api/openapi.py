@@ -25,6 +25,7 @@ ERROR_TEXT = {
     409: "Conflict (state, or Idempotency-Key in flight)",
     413: "Body too large",
     422: "Invalid content; `fields` names each problem",
+    429: "Too many requests of this caller at once; retry after `Retry-After` seconds",
     503: "A dependency (the upstream) could not be reached; try again",
 }
 

@@ -68,6 +68,7 @@ def _intake_route(
             broker=broker,
             metrics=metrics,
             defer_enqueue=defer_enqueue,
+            slots_per_caller=settings.max_batches_in_flight_per_caller if defer_enqueue else None,
         )
 
     router.add_api_route(
@@ -80,7 +81,7 @@ def _intake_route(
         openapi_extra=body,
         responses={
             200: {"model": model, "description": "Replay of an earlier request"},
-            **errors(400, 401, 409, 413, 422),
+            **errors(400, 401, 409, 413, 422, *((429,) if defer_enqueue else ())),
         },
         summary=summary,
     )

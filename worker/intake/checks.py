@@ -43,12 +43,12 @@ def request_hash(payload: Any) -> str:
     return sha256_hex(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
 
 
-def new_order(payload: dict[str, Any]) -> NewOrder:
-    """Wrap a payload that passed validation."""
+def new_order(payload: dict[str, Any], digest: str | None = None) -> NewOrder:
+    """Wrap a payload that passed validation (``digest``: its ``request_hash``, if known)."""
     ext = payload.get("external_id")
     # An empty external_id is no external_id (upstream, our id is sent in its place).
     ext = ext if isinstance(ext, str) and ext else None
-    return NewOrder(payload, str(payload["order_type"]), ext, request_hash(payload))
+    return NewOrder(payload, str(payload["order_type"]), ext, digest or request_hash(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +142,25 @@ def _errors_of(payload: dict[str, Any], may_hold_nul: bool) -> FieldErrors:
     return errors
 
 
-def check_item(payload: Any, *, may_hold_nul: bool = True) -> NewOrder | ItemError:
+def check_item(
+    payload: Any, *, may_hold_nul: bool = True, max_bytes: int | None = None
+) -> NewOrder | ItemError:
     """One order payload checked: ready to store, or why not (every bad field named).
 
     ``may_hold_nul=False`` skips the NUL scan when the raw body had no ``\\u0000`` escape.
     Payloads nested deeper than ``MAX_DEPTH`` levels are refused (they cannot be hashed).
+    ``max_bytes``: a payload larger than this as JSON is refused (an order in a batch is
+    bounded like a single order's body).
     """
     try:
         parse_order(payload)
         errors = _errors_of(payload, may_hold_nul)
         if not errors:
-            return new_order(payload)
+            blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+            if max_bytes is None or len(blob) <= max_bytes:
+                return new_order(payload, sha256_hex(blob))
+            message = f"order is {len(blob)} bytes as JSON, at most {max_bytes}"
+            errors = [{"field": ROOT_FIELD, "message": message}]
     except OrderValidationError as exc:
         errors = validation_errors(exc)
     except (RecursionError, orjson.JSONEncodeError):
@@ -191,9 +199,14 @@ def check_batch_shape(body: Any, max_items: int) -> list[Any]:
     return items  # type: ignore[return-value]
 
 
-def split_batch(items: list[Any], *, may_hold_nul: bool = True) -> list[NewOrder | ItemError]:
-    """Check each item on its own; one result per item, in order."""
-    return [check_item(payload, may_hold_nul=may_hold_nul) for payload in items]
+def split_batch(
+    items: list[Any], *, may_hold_nul: bool = True, max_order_bytes: int | None = None
+) -> list[NewOrder | ItemError]:
+    """Check each item on its own (each at most ``max_order_bytes``); one result per item."""
+    return [
+        check_item(payload, may_hold_nul=may_hold_nul, max_bytes=max_order_bytes)
+        for payload in items
+    ]
 
 
 def batch_errors(results: Sequence[object]) -> FieldErrors:

@@ -120,7 +120,7 @@ def accept_batch(
         KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     items = check_batch_shape(body, settings.max_batch_items)
-    results = split_batch(items, may_hold_nul=may_hold_nul)
+    results = split_batch(items, may_hold_nul=may_hold_nul, max_order_bytes=settings.max_body_bytes)
     if not any(isinstance(r, NewOrder) for r in results):
         raise _no_valid_order(results)
     claim = None
