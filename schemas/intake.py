@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.upstream import OrderPayload
+from schemas.upstream_responses import UPSTREAM_ID_PATTERN
 
 OrderStatus = Literal[
     "received",
@@ -233,8 +234,12 @@ class ResolveRequest(BaseModel):
         **examples({"upstream_id": "order-1f2e3d4c5b6a"}, {"not_created": True}),
     )
 
-    upstream_id: TextParam | None = Field(
-        default=None, description="Found upstream as this order id (its external_id must match)"
+    upstream_id: (
+        Annotated[str, StringConstraints(min_length=1, pattern=UPSTREAM_ID_PATTERN)] | None
+    ) = Field(
+        default=None,
+        description="Found upstream as this order id, e.g. order-<32 hex> (letters, digits, "
+        "- and _ only; its external_id must match)",
     )
     not_created: bool = Field(default=False, description="Not created upstream: re-submit it")
 

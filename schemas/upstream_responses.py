@@ -18,6 +18,7 @@ __all__ = [
     "SUBMIT_STATUS_COMPLETE",
     "SUBMIT_STATUS_FAILED",
     "SUBMIT_STATUS_SUBMITTED",
+    "UPSTREAM_ID_PATTERN",
     "CreditMemo",
     "ErrorBody",
     "Invoice",
@@ -36,6 +37,10 @@ MAX_UPSTREAM_ID_CHARS: Final = 100
 """Longest upstream order id we accept (INFERRED: the documented ids are ~38 characters); an
 answer with a longer one does not parse, so it is never half-stored."""
 UpstreamId = Annotated[str, Field(max_length=MAX_UPSTREAM_ID_CHARS)]
+UPSTREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+"""The shape of an upstream id we put in a URL path (documented: ``order-<32 hex>``): letters,
+digits, ``-`` and ``_`` only, so it can never climb out of its path segment (``../``, ``/``,
+``?``, ``#``, ``%``)."""
 
 SUBMIT_STATUS_COMPLETE: Final = "complete"
 SUBMIT_STATUS_SUBMITTED: Final = "submitted"

@@ -167,6 +167,24 @@ def test_resolve_found_upstream_checks_external_id(
     assert again.status_code == 409
 
 
+def test_resolve_refuses_an_upstream_id_that_is_a_path(
+    api: Callable[..., TestClient], alpha: CallerKey, ops: CallerKey, clean_db: str, stub_url: str
+) -> None:
+    """``upstream_id`` "../../../../oauth2/token" is 422 naming the field; the stub sees no
+    request outside the order objects."""
+    client = api(upstream_url=stub_url)
+    [order_id] = add_orders(clean_db, alpha.id, [new_payload(3)])
+    hold(clean_db, [order_id])
+    path = f"/v1/operator/orders/{order_id}/resolve"
+    for bad in ("../../../../oauth2/token", "../../../../_stub/config"):
+        answer = client.post(path, json={"upstream_id": bad}, headers=ops.headers)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["fields"][0]["field"] == "upstream_id"
+    with StubControl(stub_url) as control:
+        assert control.stats()["requests"].get("object", 0) == 0
+    assert orders_of(clean_db, [order_id])[order_id].status == "submit_unknown"
+
+
 def test_resolve_not_created_resubmits_after_a_fresh_look(
     api: Callable[..., TestClient],
     alpha: CallerKey,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from schemas.upstream_responses import OrderListPage, SubmitResponse
-from worker.errors import AmbiguousError, RetryableError
+from worker.errors import AmbiguousError, PermanentError, RetryableError
 from worker.settings import Settings
 from worker.upstream.client import UpstreamClient, fetch_token, token_lock_timeout_s
 
@@ -169,3 +169,23 @@ def test_overlong_upstream_fields_are_cut_to_their_columns():
     assert fields["upstream_id"] == "order-1"
     assert (len(fields["upstream_reference"]), len(fields["upstream_owner"])) == (100, 100)
     assert len(fields["upstream_status"]) == 64
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../../../oauth2/token", "../../../../_stub/config", "a/b", "x?y", "%2e%2e", ""]
+)
+def test_an_upstream_id_that_could_leave_its_path_is_never_sent(bad):
+    """An id of the wrong shape is refused before any request leaves; a good one is sent
+    inside its path segment."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "order-1", "external_id": "E"})
+
+    client = _client(handler)
+    with pytest.raises(PermanentError) as refused:
+        client.get_order(bad)
+    assert refused.value.reason == "invalid_upstream_id" and seen == []
+    client.get_order("order-4dd195c3eee4297e33aecb5436cf8092")
+    assert seen[0].url.path == "/api/objects/limio/orders/order-4dd195c3eee4297e33aecb5436cf8092"

@@ -10,22 +10,25 @@ which collapses under concurrency), all sharing one SSL context and one token ca
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.upstream_responses import (
+    UPSTREAM_ID_PATTERN,
     LimioOrderObject,
     OrderListPage,
     PreviewResponse,
     SubmitResponse,
     TokenResponse,
 )
-from worker.errors import AuthError, RetryableError, UpstreamError
+from worker.errors import AuthError, PermanentError, RetryableError, UpstreamError
 from worker.flow.gate import Gate
 from worker.settings import Settings
 from worker.upstream.auth import SharedTokenAuth
@@ -33,6 +36,7 @@ from worker.upstream.classify import error_for_exception, error_for_status
 from worker.upstream.token import TokenCache
 
 M = TypeVar("M", bound=BaseModel)
+_UPSTREAM_ID = re.compile(UPSTREAM_ID_PATTERN)
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 
 # Below uvicorn's 5 s keep-alive, so we never reuse a connection the server is closing.
@@ -223,8 +227,18 @@ class UpstreamClient:
         return self._call("POST", path, SubmitResponse, payload=payload, idempotent=False)
 
     def get_order(self, upstream_id: str) -> LimioOrderObject:
-        """``GET /api/objects/limio/orders/{id}``: the stored order object."""
-        path = f"/api/objects/limio/orders/{upstream_id}"
+        """``GET /api/objects/limio/orders/{id}``: the stored order object.
+
+        Raises:
+            PermanentError: ``upstream_id`` is not the shape of an upstream id (nothing sent:
+                ``../../oauth2/token`` must never take our token elsewhere on the upstream).
+        """
+        if not _UPSTREAM_ID.fullmatch(upstream_id):
+            raise PermanentError(
+                "invalid_upstream_id",
+                f"{upstream_id[:120]!r} is not an upstream order id (letters, digits, - and _)",
+            )
+        path = f"/api/objects/limio/orders/{quote(upstream_id, safe='')}"
         return self._call("GET", path, LimioOrderObject, idempotent=True)
 
     def list_orders(self, *, limit: int = 100, query_more: str | None = None) -> OrderListPage:
