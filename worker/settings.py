@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     webhook_chunk_size: int = Field(20, ge=1, le=200)
     webhook_max_in_flight_per_endpoint: int = Field(4, ge=1)
     webhook_max_endpoints_per_caller: int = Field(10, ge=1)
+    webhook_resolve_timeout_s: float = Field(2.0, gt=0)
+    webhook_registrations_per_minute: int = Field(10, ge=1)
 
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_batch_bytes: int = Field(32_000_000, gt=0)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import CallerKey, row_counts
+from tests.api.conftest import CallerKey, make_caller, row_counts
 
 
 def test_create_list_delete(client: TestClient, alpha: CallerKey) -> None:
@@ -124,3 +125,65 @@ def test_endpoints_per_caller_are_capped(
     endpoint_id = first.json()["id"]  # type: ignore[attr-defined]
     client.delete(f"/v1/webhook-endpoints/{endpoint_id}", headers=alpha.headers)
     assert register(alpha, 4).status_code == 201  # type: ignore[attr-defined]
+
+
+def test_a_slow_nameserver_never_stalls_the_api(
+    api: Callable[..., TestClient], clean_db: str
+) -> None:
+    """50 registrations whose names take 3 s to resolve (from 5 callers) answer 422 within
+    the resolve timeout, and meanwhile every other call is served at once: the look-ups never
+    sit on the shared thread pool."""
+    import threading
+    import time
+
+    from worker.api.webhook_guard import RegistrationGuard
+
+    client = api(webhook_allow_private=False)
+    release = threading.Event()
+
+    def slow_resolve(host: str, port: int) -> list[Any]:
+        release.wait(3)
+        raise OSError("no answer")
+
+    client.app.state.webhook_guard = RegistrationGuard(  # type: ignore[attr-defined]
+        per_minute=10, resolve_timeout_s=0.5, resolve=slow_resolve
+    )
+    callers = [make_caller(clean_db, f"slow-{i}") for i in range(5)]
+    statuses: list[int] = []
+
+    def register(caller: CallerKey) -> None:
+        body = {"url": "https://slow.example/hook"}
+        statuses.append(
+            client.post("/v1/webhook-endpoints", json=body, headers=caller.headers).status_code
+        )
+
+    threads = [threading.Thread(target=register, args=(c,)) for c in callers for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    latencies = []
+    for _ in range(5):
+        start = time.monotonic()
+        assert client.get("/v1/orders", headers=callers[0].headers).status_code == 200
+        latencies.append(time.monotonic() - start)
+    for thread in threads:
+        thread.join(10)
+    release.set()
+    assert max(latencies) < 0.5, latencies
+    assert statuses == [422] * 50
+
+
+def test_registrations_per_caller_are_rate_limited(
+    api: Callable[..., TestClient], alpha: CallerKey, beta: CallerKey
+) -> None:
+    """Beyond ORDERS_WEBHOOK_REGISTRATIONS_PER_MINUTE a minute: 429 with Retry-After."""
+    client = api(webhook_registrations_per_minute=3, webhook_max_endpoints_per_caller=10)
+    body = {"url": "http://127.0.0.1:9/hook"}
+    codes = [
+        client.post("/v1/webhook-endpoints", json=body, headers=alpha.headers).status_code
+        for _ in range(4)
+    ]
+    assert codes == [201, 201, 201, 429]
+    refused = client.post("/v1/webhook-endpoints", json=body, headers=alpha.headers)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+    assert client.post("/v1/webhook-endpoints", json=body, headers=beta.headers).status_code == 201

@@ -92,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lookup = getattr(app.state, "upstream_lookup", None)
         if lookup is not None:
             lookup.close()
+        guard = getattr(app.state, "webhook_guard", None)
+        if guard is not None:
+            guard.close()
 
     app = FastAPI(
         title="Partner order worker: intake API",

@@ -3,8 +3,11 @@
 The signing secret (``whsec_`` + base64 of 24 random bytes, Standard Webhooks) is shown once,
 in the answer to the POST. A URL that resolves to a private, loopback or link-local address
 is refused (422 naming ``url``, without the address) unless ``ORDERS_WEBHOOK_ALLOW_PRIVATE``
-is set. A caller has at most ``ORDERS_WEBHOOK_MAX_ENDPOINTS_PER_CALLER`` endpoints (409 beyond:
-each status change of its orders writes one delivery per endpoint). DELETE
+is set; the name is resolved off the shared thread pool, within
+``ORDERS_WEBHOOK_RESOLVE_TIMEOUT_S``, and a caller registers at most
+``ORDERS_WEBHOOK_REGISTRATIONS_PER_MINUTE`` a minute (``worker.api.webhook_guard``). A caller
+has at most ``ORDERS_WEBHOOK_MAX_ENDPOINTS_PER_CALLER`` endpoints (409 beyond: each status
+change of its orders writes one delivery per endpoint). DELETE
 disables the endpoint for good (its delivery log is kept, pending deliveries are cancelled);
 it then no longer appears in the list.
 """
@@ -16,9 +19,10 @@ import secrets
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from schemas.webhooks import (
     WebhookDeliveryPage,
@@ -30,12 +34,14 @@ from worker.api.deps import Caller, DbSession, SettingsDep, check_id
 from worker.api.errors import ApiError, json_response
 from worker.api.listing import decode_cursor, encode_cursor
 from worker.api.openapi import errors
+from worker.api.webhook_guard import RegistrationGuard
 from worker.db import transaction
 from worker.ids import new_id, utcnow
 from worker.models import Caller as CallerRow
 from worker.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from worker.settings import Settings
 from worker.views import iso
-from worker.webhooks.targets import TargetRefused, check_target
+from worker.webhooks.targets import TargetRefused
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 
@@ -83,19 +89,49 @@ def _registered(session: Session, caller_id: str) -> int:
 
 
 @router.post(
-    "", status_code=201, response_model=WebhookEndpointCreated, responses=errors(401, 409, 422)
+    "",
+    status_code=201,
+    response_model=WebhookEndpointCreated,
+    responses=errors(401, 409, 422, 429),
 )
-def create_endpoint(body: WebhookEndpointCreate, caller: Caller, settings: SettingsDep) -> Response:
+async def create_endpoint(
+    body: WebhookEndpointCreate, caller: Caller, settings: SettingsDep, request: Request
+) -> Response:
     """Register a URL for the caller's order events; the answer holds the signing secret."""
+    guard = registration_guard(request)
+    wait_s = guard.admit(caller.id)
+    if wait_s is not None:
+        message = (
+            f"too many webhook registrations: at most {guard.per_minute} a minute "
+            "(ORDERS_WEBHOOK_REGISTRATIONS_PER_MINUTE)"
+        )
+        raise ApiError(429, message, headers={"Retry-After": str(int(wait_s))})
     try:
         httpx.URL(body.url)
-        check_target(body.url, settings.webhook_allow_private)
+        await guard.check(body.url, allow_private=settings.webhook_allow_private)
     except (TargetRefused, httpx.InvalidURL) as exc:
         raise ApiError(422, f"url: {exc}", [{"field": "url", "message": str(exc)}]) from None
+    return await run_in_threadpool(_register, body, caller.id, settings)
+
+
+def registration_guard(request: Request) -> RegistrationGuard:
+    """The app's registration guard, built on first use."""
+    state = request.app.state
+    if getattr(state, "webhook_guard", None) is None:
+        settings = state.settings
+        state.webhook_guard = RegistrationGuard(
+            per_minute=settings.webhook_registrations_per_minute,
+            resolve_timeout_s=settings.webhook_resolve_timeout_s,
+        )
+    guard: RegistrationGuard = state.webhook_guard
+    return guard
+
+
+def _register(body: WebhookEndpointCreate, caller_id: str, settings: Settings) -> Response:
     event_types = sorted(set(body.event_types)) if body.event_types else None
     endpoint = WebhookEndpoint(
         id=new_id("whe"),
-        caller_id=caller.id,
+        caller_id=caller_id,
         url=body.url,
         secret=new_secret(),
         event_types=event_types,
@@ -105,7 +141,7 @@ def create_endpoint(body: WebhookEndpointCreate, caller: Caller, settings: Setti
     )
     cap = settings.webhook_max_endpoints_per_caller
     with transaction(settings.database_url) as session:
-        if _registered(session, caller.id) >= cap:
+        if _registered(session, caller_id) >= cap:
             raise ApiError(
                 409,
                 f"too many webhook endpoints: at most {cap} per caller; delete one first",
