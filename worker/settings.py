@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     console_secret: SecretStr | None = None
     """Signs console sessions; unset: a random secret kept in ``$ORDERS_HOME/console.secret``."""
     console_session_s: float = Field(8 * 3600.0, gt=0)
+    console_secure_cookie: bool = False
+    """Mark the session cookie ``Secure`` whatever the request's scheme (behind a TLS proxy)."""
+    console_signin_failures_per_minute: int = Field(10, ge=1)
 
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None

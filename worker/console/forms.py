@@ -7,6 +7,7 @@ answer is a redirect back with a message (``msg``) or the refusal (``error``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from worker.api.errors import ApiError
 from worker.api.operator import resolve_held, upstream_lookup
 from worker.console.replay import replay_failed
 from worker.console.session import COOKIE, Sessions
-from worker.console.web import Action, form_fields, redirect, render
+from worker.console.web import Action, SignInThrottle, form_fields, redirect, render
 from worker.db import transaction
 from worker.errors import InvalidInput, KeyAdminError, OrderError, OrderNotFound, WrongState
 from worker.ids import utcnow
@@ -71,6 +72,14 @@ async def login(request: Request) -> Response:
     """Sign in with an operator key: a session cookie, then the page asked for."""
     form = await form_fields(request)
     key = form.get("key", "").strip()
+    throttle: SignInThrottle = request.app.state.console_throttle
+    client = request.client.host if request.client else "-"
+    wait_s = throttle.wait_s(client)
+    if wait_s > 0:
+        message = f"Too many failed sign-ins from this address: wait {math.ceil(wait_s)} s."
+        response = render(request, "login.html", {"error": message}, 429)
+        response.headers["Retry-After"] = str(math.ceil(wait_s))
+        return response
     authenticator: Authenticator = request.app.state.authenticator
     owner = (
         (authenticator.cached(key) or await run_in_threadpool(authenticator.lookup, key))
@@ -78,6 +87,7 @@ async def login(request: Request) -> Response:
         else None
     )
     if owner is None:
+        throttle.failed(client)
         return render(request, "login.html", {"error": "Unknown or revoked key."}, 401)
     if owner.role != ROLE_OPERATOR:
         message = "This is a caller key: only operator keys open the console."
@@ -98,7 +108,9 @@ async def login(request: Request) -> Response:
         max_age=int(sessions.max_age_s),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Behind a TLS proxy: ORDERS_CONSOLE_SECURE_COOKIE, or the proxy's X-Forwarded-Proto
+        # from FORWARDED_ALLOW_IPS (uvicorn's proxy headers) makes the scheme https.
+        secure=settings.console_secure_cookie or request.url.scheme == "https",
         path="/console",
     )
     return response

@@ -8,7 +8,13 @@ A session stops working as soon as its operator signs out or its key is revoked 
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,22 +66,94 @@ templates.env.filters["iso"] = iso
 templates.env.filters["ago"] = _ago
 
 
+FLASH_COOKIE = "orders_console_flash"
+FLASH_MAX_CHARS = 1000
+# The console is never framed, never cached, never sniffed, and runs only its own script.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def render(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
-    """``templates/name`` with the session, the flash message and ``context``."""
-    base = {
-        "me": getattr(request.state, "console", None),
-        "msg": request.query_params.get("msg"),
-        "error": request.query_params.get("error"),
-    }
-    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
+    """``templates/name`` with the session, the flash message and ``context``.
+
+    The flash message comes only from the flash cookie our own redirect set (never from the
+    URL: a link cannot put words on a console page); it is shown once.
+    """
+    flash = _read_flash(request.cookies.get(FLASH_COOKIE))
+    base = {"me": getattr(request.state, "console", None), **flash}
+    response = templates.TemplateResponse(
+        request, name, {**base, **context}, status_code=status_code
+    )
+    if FLASH_COOKIE in request.cookies:
+        response.delete_cookie(FLASH_COOKIE, path="/console")
+    return response
 
 
 def redirect(path: str, **params: str | None) -> RedirectResponse:
-    """A 303 to ``path`` with the non-empty ``params`` (``msg``/``error`` are shown there)."""
+    """A 303 to ``path``: ``msg``/``error`` go in a one-time flash cookie, other non-empty
+    ``params`` in the query."""
+    flash = {k: v[:FLASH_MAX_CHARS] for k in ("msg", "error") if (v := params.pop(k, None))}
     query = urlencode({k: v for k, v in params.items() if v})
-    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+    response = RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+    if flash:
+        value = base64.urlsafe_b64encode(json.dumps(flash).encode()).decode()
+        response.set_cookie(
+            FLASH_COOKIE, value, max_age=60, path="/console", httponly=True, samesite="strict"
+        )
+    return response
+
+
+def _read_flash(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value.encode()))
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: str(data[k])[:FLASH_MAX_CHARS] for k in ("msg", "error") if data.get(k)}
+
+
+class SignInThrottle:
+    """Failed sign-ins per client address: at most ``per_minute`` a minute (each costs a
+    database look-up); beyond, the address waits (429) before it may try again."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = {}
+
+    def wait_s(self, client: str) -> float:
+        """Seconds ``client`` must wait before its next attempt (0: may try now)."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._failures.get(client)
+            if recent is None:
+                return 0.0
+            while recent and recent[0] <= now - 60:
+                recent.popleft()
+            if not recent:
+                del self._failures[client]
+                return 0.0
+            return max(0.0, recent[0] + 60 - now) if len(recent) >= self.per_minute else 0.0
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            if len(self._failures) > 100_000:  # a flood of addresses: forget the oldest
+                self._failures.pop(next(iter(self._failures)))
+            self._failures.setdefault(client, deque()).append(time.monotonic())
 
 
 def _operator_active(db_url: str, console: ConsoleSession) -> bool:
@@ -151,6 +229,17 @@ def install(app: FastAPI) -> None:
     app.state.console_sessions = Sessions(
         console_secret(settings), max_age_s=settings.console_session_s
     )
+    app.state.console_throttle = SignInThrottle(settings.console_signin_failures_per_minute)
+
+    @app.middleware("http")
+    async def console_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith("/console"):
+            response.headers.update(SECURITY_HEADERS)
+        return response
+
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(pages.router)
     app.include_router(forms.router)
