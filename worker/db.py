@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,15 @@ READ_ONLY_OPTION = "orders_read_only"
 """Execution option marking connections that only read (see :func:`read_session`)."""
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file ``path`` readable by its owner only (0600; its directory 0700
+    when created here): it holds webhook signing secrets and customers' order data. SQLite
+    gives its ``-wal`` and ``-shm`` files the database file's permissions."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
 
@@ -37,7 +47,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(parsed.database))
         engine = create_engine(
             url, connect_args={"timeout": 60, "check_same_thread": False}, **_JSON
         )

@@ -76,3 +76,9 @@ def test_no_console_secret_default_in_compose():
         env = service.get("environment") or {}
         if name != "api":
             assert "ORDERS_CONSOLE_SECRET" not in env, name
+
+
+def test_flower_is_not_published_to_the_world():
+    """Flower has no authentication: no port of it is published on every interface."""
+    for port in SERVICES["flower"].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port

@@ -107,3 +107,32 @@ def test_a_weak_secret_file_is_refused(tmp_path):
     (tmp_path / "console.secret").write_text("")
     with pytest.raises(ConfigError, match=r"console\.secret"):
         console_secret(Settings(home=tmp_path))
+
+
+def test_orders_migrate_keeps_the_sqlite_database_private(tmp_path):
+    """``orders migrate`` on a fresh home: the database file (and its WAL files) 0600, the
+    home 0700, whatever the umask."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "ORDERS_DATABASE_URL"}
+    env["ORDERS_HOME"] = str(home)
+    old = os.umask(0o022)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "from worker.cli import main; main()", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.umask(old)
+    assert done.returncode == 0, done.stderr
+    assert home.stat().st_mode & 0o777 == 0o700
+    files = [p for p in home.iterdir() if p.name.startswith("orders.db")]
+    assert files
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600, path

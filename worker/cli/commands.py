@@ -61,6 +61,7 @@ def migrate() -> None:
 
     settings = _settings()
     migrations.upgrade(settings.database_url)
+    migrations.make_private(settings.database_url, settings.home)
     typer.echo(f"database at head: {settings.database_url.split('@')[-1]}")
 
 
