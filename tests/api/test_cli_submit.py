@@ -138,3 +138,23 @@ def test_submit_resends_a_batch_after_a_500_without_duplicates(client, alpha, cl
     submit_file(flaky, path, batch_size=2, follow=False, timeout_s=1)
     assert transport.failed == 2
     assert row_counts(clean_db)["orders"] == 3
+
+
+def test_csv_path_indexes_are_capped_naming_the_cell(tmp_path: Path):
+    """``orderItems.300000000.quantity:json`` is refused at once (not gigabytes of list),
+    naming the file, line and column; an index up to 10,000 is fine."""
+    import time
+
+    path = tmp_path / "orders.csv"
+    path.write_text("order_type,orderItems.300000000.quantity:json\nnew,1\n")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"orders\.csv:2, column 'orderItems\.300000000") as bad:
+        read_orders(path)
+    assert "above 10000" in str(bad.value) and time.monotonic() - start < 1
+    ok = tmp_path / "ok.csv"
+    ok.write_text("order_type,orderItems.2.quantity:json\nnew,1\n")
+    assert read_orders(ok) == [{"order_type": "new", "orderItems": [None, None, {"quantity": 1}]}]
+    broken = tmp_path / "broken.csv"
+    broken.write_text("order_type,orderItems.0.quantity:json\nnew,{one\n")
+    with pytest.raises(ValueError, match=r"broken\.csv:2, column 'orderItems\.0\.quantity:json'"):
+        read_orders(broken)

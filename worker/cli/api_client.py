@@ -172,18 +172,43 @@ def settled(view: dict[str, Any]) -> bool:
     return view["status"] == "submit_unknown" and view.get("reason") == "held_for_operator"
 
 
-def _unflatten(row: dict[str, str]) -> dict[str, Any]:
-    """Dotted CSV columns to nested JSON; columns ending in ``:json`` hold JSON values."""
+MAX_PATH_INDEX = 10_000
+"""Largest list index a dotted CSV column may name (``orderItems.9999.quantity``): an index is
+a list that long in memory, so ``orderItems.300000000`` would take gigabytes."""
+
+
+def _index(part: str, cell: str) -> int:
+    """A list index of a dotted path, or ``ValueError`` naming ``cell``."""
+    if not part.isdigit():
+        raise ValueError(f"{cell}: {part!r} is not a list index (0 to {MAX_PATH_INDEX})")
+    index = int(part)
+    if index > MAX_PATH_INDEX:
+        raise ValueError(f"{cell}: list index {index} is above {MAX_PATH_INDEX}")
+    return index
+
+
+def _unflatten(row: dict[str, str], where: str = "row") -> dict[str, Any]:
+    """Dotted CSV columns to nested JSON; columns ending in ``:json`` hold JSON values.
+
+    Raises:
+        ValueError: a cell that cannot be placed (an index above ``MAX_PATH_INDEX``, a name
+            where a list index is due, a ``:json`` cell that is not JSON), named by ``where``
+            and its column.
+    """
     root: dict[str, Any] = {}
     for column, cell in row.items():
         if column is None or cell is None or cell == "":
             continue
+        here = f"{where}, column {column!r}"
         name, is_json = (column[:-5], True) if column.endswith(":json") else (column, False)
-        value: Any = orjson.loads(cell) if is_json else cell
+        try:
+            value: Any = orjson.loads(cell) if is_json else cell
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{here}: not valid JSON ({exc})") from None
         parts = name.split(".")
         node: Any = root
         for part, nxt in itertools.pairwise(parts):
-            key: Any = int(part) if isinstance(node, list) else part
+            key: Any = _index(part, here) if isinstance(node, list) else part
             if isinstance(node, list):
                 while len(node) <= key:
                     node.append(None)
@@ -194,7 +219,7 @@ def _unflatten(row: dict[str, str]) -> dict[str, Any]:
             node = child
         last: Any = parts[-1]
         if isinstance(node, list):
-            last = int(last)
+            last = _index(last, here)
             while len(node) <= last:
                 node.append(None)
         node[last] = value
@@ -213,7 +238,8 @@ def read_orders(path: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and "payload" in rows[0]:
             return [orjson.loads(r["payload"]) for r in rows]
-        return [_unflatten(r) for r in rows]
+        # Data rows start on line 2, after the header.
+        return [_unflatten(r, f"{path}:{n}") for n, r in enumerate(rows, start=2)]
     payloads = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
