@@ -142,3 +142,13 @@ def test_webhook_counts_read_only_recent_deliveries(
     page = client.get("/console/webhooks").text
     row = page.split("whe_1</a>", 1)[1].split("</tr>", 1)[0]
     assert '<td class="num">1</td>' in row and '<td class="num">3</td>' not in row
+
+
+def test_a_bogus_retry_status_is_a_4xx_not_a_500(client: TestClient, ops: CallerKey) -> None:
+    """``POST /console/retry`` with ``status=bogus`` answers 422 like its GET dry run."""
+    _sign_in(client, ops.key)
+    page = client.get("/console/overview").text
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert client.get("/console/retry?status=bogus").status_code == 422
+    answer = client.post("/console/retry", data={"csrf": csrf, "status": "bogus"})
+    assert answer.status_code == 422 and "bogus orders cannot be retried" in answer.text

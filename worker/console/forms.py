@@ -30,7 +30,7 @@ from worker.intake import actions
 from worker.intake.callers import ROLE_OPERATOR, end_sessions, hash_key, revoke
 from worker.models import Caller
 from worker.settings import Settings
-from worker.states import Status
+from worker.states import RETRYABLE_BY_OPERATOR, Status
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -145,8 +145,11 @@ async def retry_matching(request: Request, action: Action) -> Response:
     """Retry every order matching the form's filter (after its dry run on ``GET /retry``)."""
     me, form = action
     settings = _settings(request)
+    status = form.get("status") or "failed"
+    if status not in RETRYABLE_BY_OPERATOR:
+        return render(request, "error.html", {"message": f"{status} orders cannot be retried"}, 422)
     flt = actions.RetryFilter(
-        Status(form.get("status") or "failed"),
+        Status(status),
         form.get("reason") or None,
         form.get("batch") or None,
     )
