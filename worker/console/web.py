@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.console.session import (
     COOKIE,
@@ -221,6 +222,28 @@ async def _csrf_refused(request: Request, _: Exception) -> Response:
     return render(request, "error.html", {"message": message}, status_code=403)
 
 
+class ConsoleHeaders:
+    """Adds ``SECURITY_HEADERS`` to every answer under ``/console`` (plain ASGI: the body is
+    streamed through untouched, and errors propagate as they would without it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/console"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def install(app: FastAPI) -> None:
     """Mount the console (pages, actions, static files) on ``app``."""
     from worker.console import forms, pages
@@ -231,14 +254,7 @@ def install(app: FastAPI) -> None:
     )
     app.state.console_throttle = SignInThrottle(settings.console_signin_failures_per_minute)
 
-    @app.middleware("http")
-    async def console_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith("/console"):
-            response.headers.update(SECURITY_HEADERS)
-        return response
+    app.add_middleware(ConsoleHeaders)
 
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(pages.router)
