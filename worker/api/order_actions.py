@@ -70,7 +70,7 @@ async def retry_one(
     return json_response({"scheduled": n})
 
 
-@router.post("/retries", response_model=RetryResponse, responses=errors(401, 422))
+@router.post("/retries", response_model=RetryResponse, responses=errors(401, 409, 422))
 async def retry_matching(
     caller: Caller,
     settings: SettingsDep,
@@ -79,7 +79,9 @@ async def retry_matching(
 ) -> Response:
     """Schedule a retry of every order of the caller matching the filter (default: failed).
 
-    With ``dry_run`` nothing is scheduled: ``{"scheduled": 0, "matched": n, "sample": [ids]}``.
+    ``submit_unknown`` orders are never retried here (409 with how many matched: an operator
+    resolves each, after a fresh look upstream). With ``dry_run`` nothing is scheduled:
+    ``{"scheduled": 0, "matched": n, "sample": [ids]}``.
     A large retry is spread at ``ORDERS_RETRY_SPREAD_PER_S`` orders per second.
     """
     return await retry_by_filter(
