@@ -165,6 +165,10 @@ class StubControl:
         body = {"endpoint": endpoint, "faults": faults, "replace": replace}
         return dict(self._call("POST", "/_stub/script", body))
 
+    def clear_script(self) -> None:
+        """Drop every queued fault (the stub answers normally again)."""
+        self._call("DELETE", "/_stub/script")
+
     def orders(self) -> dict[str, Any]:
         """``{"count", "orders", "duplicates"}``: every order the stub created."""
         return dict(self._call("GET", "/_stub/orders"))
