@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, bindparam, insert, or_, select, update
+from sqlalchemy import CursorResult, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import ORDER_EVENTS as _EVENTS
@@ -318,6 +318,13 @@ def sharing_external_ids(
 
 
 def orders_tied_to(session: Session, upstream_id: str, *, exclude: str) -> list[str]:
-    """Our orders (any caller) other than ``exclude`` already tied to upstream ``upstream_id``."""
+    """Our orders (any caller) other than ``exclude`` already tied to upstream ``upstream_id``.
+
+    On PostgreSQL it first takes a transaction lock on ``upstream_id``, so two operators tying
+    two orders to one upstream order at once queue, and the second sees the first's tie
+    (SQLite: ``BEGIN IMMEDIATE`` already serialises the transactions).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(upstream_id))))
     stmt = select(Order.id).where(Order.upstream_id == upstream_id, Order.id != exclude)
     return sorted(session.scalars(stmt))
