@@ -315,3 +315,13 @@ def sharing_external_ids(
         if order_id not in excluded:
             out.setdefault(external_id or order_id, []).append((order_id, upstream_id))
     return out
+
+
+def known_upstream_id(session: Session) -> str | None:
+    """The upstream id of a recently created order (the breaker's fallback probe reads it)."""
+    return session.scalar(
+        select(Order.upstream_id)
+        .where(Order.upstream_id.is_not(None))
+        .order_by(Order.updated_at.desc())
+        .limit(1)
+    )

@@ -255,8 +255,16 @@ def test_a_fleet_wide_streak_opens_it_and_bumps_the_epoch():
     cfg = BreakerConfig()
     state = next_breaker(BreakerState(), totals(50), 1.0, cfg)
     assert state.mode is Mode.CLOSED
-    state = next_breaker(state, totals(0, failed=12, streak=12), 1.25, cfg)
+    state = next_breaker(state, totals(0, failed=8, streak=8), 1.25, cfg)
     assert state.mode is Mode.OPEN and state.epoch == 1
+
+
+def test_a_local_trip_opens_it_only_when_nobody_succeeded():
+    cfg = BreakerConfig()
+    quiet = Totals(failed=5, streak=5, trips=1)
+    assert next_breaker(BreakerState(), quiet, 1.0, cfg).mode is Mode.OPEN
+    busy = Totals(ok=40, failed=5, streak=5, trips=1)
+    assert next_breaker(BreakerState(), busy, 1.0, cfg).mode is Mode.CLOSED
 
 
 def test_one_orders_repeated_502s_do_not_open_it():

@@ -1,6 +1,7 @@
 """The outage breaker, fleet-wide. Pure.
 
-    closed ──(a streak of failures fleet-wide, or most recent calls failing)──> open
+    closed ──(a streak of failures fleet-wide, a process tripped with no success anywhere,
+              or most recent calls failing)──> open
     open ──(a probe of the same kind of call answered 2xx)──> half_open
     half_open ──(ramp_s without an outage)──> closed
     half_open ──(failures dominate again, as many as opened it)──> open
@@ -32,7 +33,7 @@ class BreakerConfig:
     half_life_s: float = 1.0
     min_failures: int = 20
     failure_share: float = 0.5
-    streak: int = 12
+    streak: int = 8
     """Failures in a row fleet-wide (no success reported in between) that open it at once."""
     probe_interval_s: float = 1.0
     ramp_s: float = 3.0
@@ -63,8 +64,10 @@ def next_breaker(
     failed = state.failed * decay + totals.failures
     state = replace(state, at=now, ok=ok, failed=failed)
     fresh = replace(state, ok=0.0, failed=0.0, since=now)
+    # A process that stopped after a run of failures, while nobody in the fleet succeeded.
+    tripped = totals.trips > 0 and totals.ok == 0
     if state.mode is Mode.CLOSED:
-        if totals.streak >= cfg.streak or _failing(ok, failed, cfg):
+        if tripped or totals.streak >= cfg.streak or _failing(ok, failed, cfg):
             return replace(fresh, mode=Mode.OPEN, epoch=state.epoch + 1)
         return state
     if state.mode is Mode.OPEN:

@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
@@ -38,7 +38,7 @@ OUTAGE_RETRY_S = 1.0
 # This many failures in a row in one process stop its calls for LOCAL_TRIP_S and tell the
 # fleet at once, before the controller's next turn.
 LOCAL_TRIP_FAILURES = 5
-LOCAL_TRIP_S = 1.0
+LOCAL_TRIP_S = 0.5
 # After a refusal the process stays below the concurrency that was refused this long, until
 # the controller's cut reaches it.
 REFUSAL_HOLD_S = 0.5
@@ -107,12 +107,12 @@ class Gate:
         self._finish(epoch, None, measured if measured is not None else time.monotonic() - started)
         return result
 
-    def probe(self, fn: Callable[[], object]) -> bool:
+    def probe(self, calls: Sequence[Callable[[], object]]) -> bool:
         """While the breaker is open: the fleet's probe, if the slot is free (one per interval).
 
-        ``fn`` is a call of the kind that was failing and creates nothing upstream (a preview).
-        It is not under the budget and spends no order's attempts. Only a 2xx counts as
-        health. Returns whether the probe went out and answered 2xx.
+        ``calls`` are tried in turn until one answers 2xx: calls that create nothing upstream
+        (a preview, a read). They are not under the budget and spend no order's attempts.
+        Only a 2xx counts as health. Returns whether a probe answered 2xx.
         """
         lease = self._lease
         if lease is None or lease.mode != Mode.OPEN:
@@ -122,16 +122,18 @@ class Gate:
                 return False
         except redis.RedisError:
             return False
-        try:
-            fn()
-        except UpstreamError as exc:
-            log.info("upstream_probe_failed", reason=exc.reason)
-            return False
-        with self._cond:
-            if self._lease is not None and self._lease.epoch == lease.epoch:
-                self._window.probe_ok += 1
-        self._wake.set()
-        return True
+        for fn in calls:
+            try:
+                fn()
+            except UpstreamError as exc:
+                log.info("upstream_probe_failed", reason=exc.reason)
+                continue
+            with self._cond:
+                if self._lease is not None and self._lease.epoch == lease.epoch:
+                    self._window.probe_ok += 1
+            self._wake.set()
+            return True
+        return False
 
     def allowance(self) -> int | None:
         """Calls the fleet may have in flight (the level it is heading for during a ramp),
@@ -245,8 +247,12 @@ class Gate:
                 if self._local_failures >= LOCAL_TRIP_FAILURES:
                     self._local_open_until = now + LOCAL_TRIP_S
                     self._local_failures = 0
+                    self._window.trips += 1
                     wake = True
-            is_open = lease is not None and lease.mode == Mode.OPEN
+            # Open fleet-wide, or tripped here: later failures are the upstream's trouble.
+            is_open = (lease is not None and lease.mode == Mode.OPEN) or (
+                signal is not Signal.OK and self._local_open_until > now and not wake
+            )
         if wake:
             self._wake.set()
         if error is None or isinstance(error, AmbiguousError):

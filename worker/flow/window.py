@@ -82,6 +82,8 @@ class Window:
     peak_in_use: int = 0
     retry_after_s: float = 0.0
     probe_ok: int = 0
+    trips: int = 0
+    """Times this process stopped calling after a run of failures (a local trip)."""
     wait_s: float = 0.0
     latency: dict[int, int] = field(default_factory=dict)
 
@@ -112,7 +114,7 @@ class Window:
         """The counters the sync script adds to the fleet's totals (zeros left out)."""
         out: dict[str, float] = {
             name: value
-            for name in ("ok", "dropped", "slow", "failed", "probe_ok")
+            for name in ("ok", "dropped", "slow", "failed", "probe_ok", "trips")
             if (value := getattr(self, name))
         }
         if self.retry_after_s:
@@ -136,6 +138,7 @@ class Totals:
     """Sum over processes of their peak calls in flight (an upper bound of the fleet's)."""
     retry_after_s: float = 0.0
     probe_ok: int = 0
+    trips: int = 0
     latency: Mapping[int, int] = field(default_factory=dict)
 
     @property
@@ -180,5 +183,6 @@ class Totals:
             in_flight_peak=int(num("peak_in_use")),
             retry_after_s=num("retry_after_s"),
             probe_ok=int(num("probe_ok")),
+            trips=int(num("trips")),
             latency=latency,
         )

@@ -221,21 +221,25 @@ class Pipeline:
     def _probe(self, held: list[Order]) -> None:
         """The fleet's probe while the breaker is open (one per interval fleet-wide).
 
-        A call of the kind that was failing that creates nothing upstream: a preview of a
-        waiting order, else a look-up of a submitted one. It spends no order's budget and moves
-        no order, whatever it answers; only its 2xx half-opens the breaker (never a 404 from an
-        endpoint the upstream may not have).
+        Calls that create nothing upstream: a preview of a waiting order (the kind of call
+        that was failing; a random one, so one payload the upstream always refuses cannot
+        hold the breaker open), else a read of an order the upstream created. The probe spends
+        no order's budget and moves no order, whatever it answers; only a 2xx half-opens the
+        breaker (never a 404 from an endpoint the upstream may not have).
         """
         assert self.gate is not None
+        rand = self._rand or random
+        calls: list[Callable[[], object]] = []
         previewable = [o for o in held if o.status in (S.RECEIVED, S.PREVIEWED)]
         if previewable:
-            payload = upstream_payload(previewable[0])
-            self.gate.probe(lambda: self.upstream.preview(payload, probe=True))
-            return
-        followed = [o for o in held if o.status == S.SUBMITTED and o.upstream_id]
-        if followed:
-            upstream_id = followed[0].upstream_id or ""
-            self.gate.probe(lambda: self.upstream.get_order(upstream_id, probe=True))
+            payload = upstream_payload(rand.choice(previewable))
+            calls.append(lambda: self.upstream.preview(payload, probe=True))
+        with transaction(self.db_url) as session:
+            upstream_id = repo.known_upstream_id(session)
+        if upstream_id:
+            calls.append(lambda: self.upstream.get_order(upstream_id, probe=True))
+        if calls:
+            self.gate.probe(calls)
 
     def decide(
         self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
