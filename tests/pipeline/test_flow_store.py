@@ -39,7 +39,8 @@ def test_leases_share_the_limit_fairly_between_processes(redis_client):
     a = store.sync("a", Report(demand=10, in_use=0, peak=0), ttl_s=5)
     b = store.sync("b", Report(demand=10, in_use=0, peak=0), ttl_s=5)
     assert (a.allot, b.allot) == (8, 8)
-    assert store.in_flight() == 16
+    assert store.in_flight(leased=True) == 16
+    assert store.in_flight() == 0
 
 
 def test_a_small_demand_leaves_the_rest_to_the_others(redis_client):

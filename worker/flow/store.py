@@ -98,7 +98,7 @@ if rps > 0 then
   end
 end
 local held = math.max(grant, in_use)
-redis.call('HSET', KEYS[2], tag, demand .. ' ' .. held .. ' ' .. peak)
+redis.call('HSET', KEYS[2], tag, demand .. ' ' .. held .. ' ' .. peak .. ' ' .. in_use)
 if peak_sum > tonumber(redis.call('HGET', KEYS[4], 'peak_in_use') or '0') then
   redis.call('HSET', KEYS[4], 'peak_in_use', peak_sum)
 end
@@ -259,14 +259,15 @@ class FlowStore:
         seconds, micros = self.redis.time()
         return seconds + micros / 1e6
 
-    def in_flight(self) -> int:
-        """Permits held by live processes (leases and calls beyond them)."""
+    def in_flight(self, *, leased: bool = False) -> int:
+        """Calls in flight in live processes as of their last sync (``leased``: the permits
+        their leases hold, which include the ones not in use)."""
         now_ms = int(self.now_s() * 1000)
         live = {_s(m) for m in self.redis.zrangebyscore(self.leases_key, now_ms, "+inf")}
         total = 0
         for tag, value in self.redis.hgetall(self.procs_key).items():
             if _s(tag) in live:
-                total += int(_s(value).split()[1])
+                total += int(_s(value).split()[1 if leased else 3])
         return total
 
     def stats(self) -> dict[str, float]:
