@@ -4,7 +4,7 @@
               or most recent calls failing)──> open
     open ──(a probe of the same kind of call answered 2xx)──> half_open
     half_open ──(ramp_s without an outage)──> closed
-    half_open ──(failures dominate again, as many as opened it)──> open
+    half_open ──(failures dominate again, at least min_failures of them)──> open
 
 While open the fleet sends only probes (one per ``probe_interval_s``, fleet-wide): a preview of
 an order that waits, which creates nothing upstream. Only a probe's 2xx half-opens it: a 404
@@ -72,9 +72,9 @@ def next_breaker(
         return state
     if state.mode is Mode.OPEN:
         return replace(fresh, mode=Mode.HALF_OPEN) if totals.probe_ok else state
-    # Half-open reopens on the same evidence that opened it, not on one failure: the probe
-    # proved the upstream answers, so a few failures may well be orders' own payloads.
-    if totals.streak >= cfg.streak or _failing(ok, failed, cfg):
+    # Half-open reopens on volume and share only, not on a streak or a trip: the probe proved
+    # the upstream answers, so a run of failures may well be orders' own payloads.
+    if _failing(ok, failed, cfg):
         return replace(fresh, mode=Mode.OPEN, epoch=state.epoch + 1)
     if now - state.since >= cfg.ramp_s:
         return replace(fresh, mode=Mode.CLOSED)

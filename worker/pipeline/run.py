@@ -221,11 +221,12 @@ class Pipeline:
     def _probe(self, held: list[Order]) -> None:
         """The fleet's probe while the breaker is open (one per interval fleet-wide).
 
-        Calls that create nothing upstream: a preview of a waiting order (the kind of call
+        One call that creates nothing upstream: a preview of a waiting order (the kind of call
         that was failing; a random one, so one payload the upstream always refuses cannot
-        hold the breaker open), else a read of an order the upstream created. The probe spends
-        no order's budget and moves no order, whatever it answers; only a 2xx half-opens the
-        breaker (never a 404 from an endpoint the upstream may not have).
+        hold the breaker open), or, every other probe, a read of an order the upstream created
+        (so waiting orders whose previews the upstream always refuses cannot either). The
+        probe spends no order's budget and moves no order, whatever it answers; only a 2xx
+        half-opens the breaker (never a 404 from an endpoint the upstream may not have).
         """
         assert self.gate is not None
         rand = self._rand or random
@@ -234,10 +235,12 @@ class Pipeline:
         if previewable:
             payload = upstream_payload(rand.choice(previewable))
             calls.append(lambda: self.upstream.preview(payload, probe=True))
-        with transaction(self.db_url) as session:
-            upstream_id = repo.known_upstream_id(session)
-        if upstream_id:
-            calls.append(lambda: self.upstream.get_order(upstream_id, probe=True))
+        if not calls or rand.random() < 0.5:
+            # Every other probe (or when nothing waits to be previewed): one call a slot.
+            with transaction(self.db_url) as session:
+                upstream_id = repo.known_upstream_id(session)
+            if upstream_id:
+                calls = [lambda: self.upstream.get_order(upstream_id, probe=True)]
         if calls:
             self.gate.probe(calls)
 
