@@ -354,8 +354,8 @@ class Matrix:
         started = time.monotonic()
         try:
             result = run()
-        except (TimeoutError, subprocess.SubprocessError, OSError) as exc:
-            print(f"[{rep + 1}] {made.row} / {made.variant}: ERROR {exc}", flush=True)
+        except Exception as exc:  # one broken row must not lose the others' figures
+            print(f"[{rep + 1}] {made.row} / {made.variant}: ERROR {exc!r}", flush=True)
             return
         made.runs.append(result)
         shown = ", ".join(f"{k} {v:.3g}" for k, v in result.items())
@@ -368,8 +368,8 @@ class Matrix:
         started = time.monotonic()
         try:
             phases = self.row_b_one_run()
-        except TimeoutError as exc:
-            print(f"[{rep + 1}] b one run: ERROR {exc}", flush=True)
+        except Exception as exc:  # one broken row must not lose the others' figures
+            print(f"[{rep + 1}] b one run: ERROR {exc!r}", flush=True)
             return
         for latency, result in zip(self.PHASES, phases, strict=True):
             b_lines[latency][1].runs.append(result)
