@@ -1,8 +1,11 @@
 """The fake upstream as a Starlette app: OAuth token, preview, submit, order objects.
 
-Every call goes through :meth:`UpstreamApi._serve`: count it; for ``/api`` only, answer 502
-during an outage, refuse it beyond the capacity, else hold a slot (:mod:`api_stub.load`) and
-add the latency; then serve a fault if :func:`choose_fault` picks one, else the endpoint.
+Every call but the control API first meets :class:`~api_stub.front.Front` (counted; the 502
+outage answers it there, whatever its path). Then :meth:`UpstreamApi._serve`: for ``/api``
+only, refuse it beyond the capacity or queue it (``capacity_mode``), else hold a slot
+(:mod:`api_stub.load`) and add the latency (jittered, read at admission); then serve a fault
+if :func:`choose_fault` picks one, else the endpoint. With ``order_list`` off the list
+answers 404 as if it did not exist.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Final
 from urllib.parse import parse_qs, unquote_plus
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,7 +28,8 @@ from starlette.routing import Route
 from api_stub.config import StubConfig
 from api_stub.control import control_routes
 from api_stub.faults import Fault, choose_fault
-from api_stub.load import api_latency_s, retry_after_headers
+from api_stub.front import Front
+from api_stub.load import api_latency_s, jitter_factor, retry_after_headers
 from api_stub.order_input import Problem, read_order
 from api_stub.paging import decode_cursor, encode_cursor
 from api_stub.pricing import build_preview
@@ -53,22 +58,29 @@ class UpstreamApi:
     async def _serve(self, endpoint: str, request: Request, handler: Handler) -> Response:
         state = self.state
         config = state.config
-        state.requests[endpoint] += 1
         if endpoint == "token":
             return await self._answer(endpoint, request, handler)
-        if config.outage:
-            state.outage_requests[endpoint] += 1
-            return error_response(502)
+        if config.capacity_mode == "queue":
+            async with state.load.queue(config.capacity) as others_in_flight:
+                return await self._held(endpoint, request, handler, others_in_flight)
         with state.load.admit(config.capacity) as others_in_flight:
             if others_in_flight is None:
                 status = config.over_capacity_status
                 state.refused[str(status)] += 1
                 headers = retry_after_headers(config.capacity_retry_after_s)
                 return error_response(status, headers=headers)
-            latency_s = api_latency_s(config, others_in_flight)
-            if latency_s:
-                await asyncio.sleep(latency_s)
-            return await self._answer(endpoint, request, handler)
+            return await self._held(endpoint, request, handler, others_in_flight)
+
+    async def _held(
+        self, endpoint: str, request: Request, handler: Handler, others_in_flight: int
+    ) -> Response:
+        """Serve a call that holds a slot: its latency (``config`` read now), then the answer."""
+        config = self.state.config
+        jitter = jitter_factor(config.jitter_sigma, self.state.jitter_rng)
+        latency_s = api_latency_s(config, others_in_flight, jitter)
+        if latency_s:
+            await asyncio.sleep(latency_s)
+        return await self._answer(endpoint, request, handler)
 
     async def _answer(self, endpoint: str, request: Request, handler: Handler) -> Response:
         state = self.state
@@ -184,6 +196,9 @@ class UpstreamApi:
         return await self._serve("list", request, self._list_orders)
 
     async def _list_orders(self, request: Request, held: bool) -> Response:
+        if not self.state.config.order_list:
+            self.state.counters["list_absent"] += 1
+            return error_response(404)
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
@@ -223,6 +238,6 @@ def create_app(config: StubConfig | None = None) -> Starlette:
         Route("/api/objects/limio/orders/{order_id}", api.get_order, methods=["GET"]),
         *control_routes(state),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(Front, state=state)])
     app.state.stub = state
     return app

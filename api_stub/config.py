@@ -46,9 +46,20 @@ class StubConfig(BaseModel):
         over_capacity_status: Status of that refusal, 429 or 503.
         capacity_retry_after_s: ``Retry-After`` of that refusal, rounded up to whole seconds;
             0 sends none.
-        outage: Every ``/api`` call answers 502 at once and changes nothing; tokens still work.
+        outage: Every call but the control API and the token endpoint (unknown paths
+            included) answers 502 at once and changes nothing; tokens still work.
         latency_per_in_flight_ms: Added to ``latency_ms`` for each other ``/api`` call in
             flight when a call is admitted, so latency grows with load.
+        jitter_sigma: Each call's latency is multiplied by ``exp(N(0, sigma))``: log-normal
+            around the median ``latency_ms`` (0: no jitter).
+        capacity_mode: Beyond ``capacity``, ``"refuse"`` answers ``over_capacity_status`` at
+            once; ``"queue"`` holds the call in a first-come queue inside the stub until a
+            slot frees (latency grows, nothing is refused).
+        order_list: Whether ``GET /api/objects/limio/orders`` exists; when off it answers
+            404 like an upstream without it (GET by id still works).
+        outage_token: The outage covers the token endpoint too.
+        refuse_connections: The public port stops accepting connections (and drops the
+            open ones) so calls fail with "connection refused"; needs a control port.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +82,11 @@ class StubConfig(BaseModel):
     capacity_retry_after_s: float = Field(default=1.0, ge=0)
     outage: bool = False
     latency_per_in_flight_ms: float = Field(default=0.0, ge=0)
+    jitter_sigma: float = Field(default=0.0, ge=0, le=3)
+    capacity_mode: Literal["refuse", "queue"] = "refuse"
+    order_list: bool = True
+    outage_token: bool = False
+    refuse_connections: bool = False
 
     @field_validator("payload_errors", mode="before")
     @classmethod

@@ -17,6 +17,19 @@ Shapes:
 * ``POST /_stub/reset``: optional ``{"config": {...}}`` (a full config, defaults filled in);
   forgets everything ``stats/reset`` does, and orders, tokens and script.
 * ``POST /_stub/tokens/expire``: ``{"expired": n}``.
+* ``POST /_stub/outage``: ``{"mode": "502"|"refuse", "for_s"?: s, "after_calls"?: n}``
+  begins an outage now (or after ``n`` more calls) and ends it after ``s`` seconds;
+  ``DELETE /_stub/outage`` ends it. Both answer the outage record (``stats["outage"]``)
+  and ``"config"``. ``PUT /_stub/config {"outage": true}`` or ``{"refuse_connections":
+  true}`` does the same by hand.
+* ``GET /_stub/listeners``: ``{"public": {"host", "port", "open"}, "control": {"host",
+  "port"}}`` (both ``null`` without a control port).
+
+Stats also carry ``responses`` (``{endpoint: {status: n}}``, every answer, the outage's
+and unknown paths' (``other``) included), ``mean_in_flight`` (time-weighted since the last
+reset), ``queued``/``peak_queued`` (queue mode), ``outage`` (``{"mode", "windows":
+[{"mode", "started_at", "ended_at"}], "calls", "calls_at": [epoch s]}``),
+``connections_aborted``, ``since`` and ``now`` (epoch s).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from starlette.routing import Route
 
 from api_stub.config import StubConfig
 from api_stub.faults import ScriptRequest
+from api_stub.outage import OutageRequest
 from api_stub.responses import json_response
 from api_stub.state import StubState
 from schemas.upstream import ROOT_FIELD, validation_errors
@@ -67,6 +81,10 @@ def _guard(handler: Endpoint) -> Endpoint:
             errors = validation_errors(exc)
         except _BadBody as exc:
             errors = exc.errors
+        except ValueError as exc:
+            # A config that validates but this stub cannot serve (refusing without a control port).
+            field, _, message = str(exc).partition(": ")
+            errors = [{"field": field, "message": message or field}]
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return json_response(400, {"message": message, "errors": errors})
 
@@ -82,9 +100,28 @@ def control_routes(state: StubState) -> list[Route]:
     async def get_config(request: Request) -> Response:
         return json_response(200, config_body())
 
+    async def settled() -> None:
+        if state.public_port is not None:
+            await state.public_port.settled()
+
     async def put_config(request: Request) -> Response:
         state.configure(state.config.updated(await _body(request)))
+        await settled()
         return json_response(200, config_body())
+
+    async def post_outage(request: Request) -> Response:
+        state.schedule_outage(OutageRequest.model_validate(await _body(request)))
+        await settled()
+        return json_response(200, state.outages.view() | {"config": config_body()})
+
+    async def delete_outage(request: Request) -> Response:
+        state.end_outage()
+        await settled()
+        return json_response(200, state.outages.view() | {"config": config_body()})
+
+    async def listeners(request: Request) -> Response:
+        port = state.public_port
+        return json_response(200, port.view() if port else {"public": None, "control": None})
 
     async def get_script(request: Request) -> Response:
         return json_response(200, {"pending": state.script.pending()})
@@ -116,6 +153,7 @@ def control_routes(state: StubState) -> list[Route]:
         body = await _body(request)
         config = StubConfig.model_validate(body["config"]) if "config" in body else None
         state.reset(config)
+        await settled()
         return json_response(200, {"config": config_body()})
 
     async def expire_tokens(request: Request) -> Response:
@@ -132,4 +170,7 @@ def control_routes(state: StubState) -> list[Route]:
         Route("/_stub/stats/reset", _guard(reset_stats), methods=["POST"]),
         Route("/_stub/reset", _guard(reset), methods=["POST"]),
         Route("/_stub/tokens/expire", _guard(expire_tokens), methods=["POST"]),
+        Route("/_stub/outage", _guard(post_outage), methods=["POST"]),
+        Route("/_stub/outage", _guard(delete_outage), methods=["DELETE"]),
+        Route("/_stub/listeners", _guard(listeners), methods=["GET"]),
     ]

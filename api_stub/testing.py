@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
-import uvicorn
 
-from api_stub.app import create_app
 from api_stub.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, StubConfig
-from api_stub.server import server_config
+from api_stub.server import StubServer
 
 __all__ = ["StubControl", "free_port", "running_stub", "stub_process"]
 
@@ -46,19 +44,16 @@ def running_stub(
 ) -> Iterator[str]:
     """Serve the stub in a background thread; yield its base URL (``http://127.0.0.1:P``).
 
+    It has a control port too (:class:`StubControl` finds it), so it can refuse connections.
+
     Args:
         config: Behaviour of the stub; default ``StubConfig()``.
         port: Port to bind; 0 picks a free one.
         startup_timeout_s: How long to wait for the server to accept connections.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((_HOST, port))
-    bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(config), _HOST, bound_port))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="api-stub", daemon=True
-    )
+    stub = StubServer(config or StubConfig(), _HOST, port, control_port=0)
+    server = stub.server
+    thread = threading.Thread(target=stub.run, name="api-stub", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + startup_timeout_s
@@ -66,13 +61,13 @@ def running_stub(
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the stub server did not start")
             time.sleep(0.01)
-        yield f"http://{_HOST}:{bound_port}"
+        yield f"http://{_HOST}:{stub.port}"
     finally:
         server.should_exit = True
         # Held requests would otherwise keep the server up for their whole hold time.
         server.force_exit = True
         thread.join(timeout=10)
-        sock.close()
+        stub.close()
 
 
 def _wait_until_up(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -102,9 +97,10 @@ def stub_process(
     Raises:
         RuntimeError: The process exited or did not answer in time (its stderr attached).
     """
-    port = free_port()
+    port, control_port = free_port(), free_port()
     base_url = f"http://{_HOST}:{port}"
     command = [sys.executable, "-m", "api_stub", "--host", _HOST, "--port", str(port)]
+    command += ["--control-port", str(control_port)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as stderr:
@@ -128,13 +124,43 @@ def stub_process(
 
 
 class StubControl:
-    """Client of the stub's ``/_stub/`` control API (and a token helper)."""
+    """Client of the stub's ``/_stub/`` control API (and a token helper).
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+    Control calls go to the stub's control port when it has one (asked at construction, or
+    given as ``control_url``), so they still work while the public port refuses connections.
+    """
+
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 10.0, control_url: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         # Idle connections are dropped well before uvicorn's 5 s keep-alive closes them.
         limits = httpx.Limits(keepalive_expiry=1.0)
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=limits)
+        self._public = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=limits)
+        self._timeout_s, self._limits = timeout_s, limits
+        self._control_url = control_url.rstrip("/") if control_url else None
+        self._client_: httpx.Client | None = None
+
+    @property
+    def control_url(self) -> str:
+        """Where control calls go: the control port if the stub has one, else ``base_url``."""
+        if self._control_url is None:
+            self._control_url = self.base_url
+            try:
+                control = self._public.get("/_stub/listeners").json()["control"]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                control = None  # an older stub, or not up yet: the public port serves control
+            if control is not None:
+                self._control_url = f"http://{control['host']}:{control['port']}"
+        return self._control_url
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._client_ is None:
+            self._client_ = httpx.Client(
+                base_url=self.control_url, timeout=self._timeout_s, limits=self._limits
+            )
+        return self._client_
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -191,34 +217,74 @@ class StubControl:
         *,
         over_capacity_status: int | None = None,
         retry_after_s: float | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
-        """Refuse ``/api`` calls beyond ``capacity`` in flight (0: no limit); return the config.
+        """Limit ``/api`` calls in flight to ``capacity`` (0: no limit); return the config.
 
         Args:
-            capacity: Most calls in flight at once.
+            capacity: Most calls served at once.
             over_capacity_status: 429 or 503; unchanged if ``None``.
             retry_after_s: ``Retry-After`` of a refusal (0: none); unchanged if ``None``.
+            mode: ``"refuse"`` (answer the status at once) or ``"queue"`` (wait inside the
+                stub: latency grows, nothing refused); unchanged if ``None``.
         """
         fields: dict[str, Any] = {"capacity": capacity}
         if over_capacity_status is not None:
             fields["over_capacity_status"] = over_capacity_status
         if retry_after_s is not None:
             fields["capacity_retry_after_s"] = retry_after_s
+        if mode is not None:
+            fields["capacity_mode"] = mode
         return self.configure(**fields)
 
-    def set_outage(self, on: bool = True) -> dict[str, Any]:
-        """Switch the outage on (every ``/api`` call answers 502) or off; return the config."""
-        return self.configure(outage=on)
+    def set_outage(self, on: bool = True, *, mode: str = "502") -> dict[str, Any]:
+        """Switch an outage on or off now; return the config.
+
+        ``mode="502"``: every path but the token and control answers 502; ``"refuse"``: the
+        public port refuses connections. ``on=False`` ends either.
+        """
+        if not on:
+            return self.configure(outage=False, refuse_connections=False)
+        return self.configure(outage=mode == "502", refuse_connections=mode == "refuse")
+
+    def outage(
+        self, mode: str = "502", *, for_s: float | None = None, after_calls: int = 0
+    ) -> dict[str, Any]:
+        """Begin an outage now or after ``after_calls`` more calls, for ``for_s`` seconds.
+
+        Returns the outage record (``stats()["outage"]``) and ``"config"``.
+        """
+        body = {"mode": mode, "for_s": for_s, "after_calls": after_calls}
+        return dict(self._call("POST", "/_stub/outage", body))
+
+    def end_outage(self) -> dict[str, Any]:
+        """End any outage now, and cancel a scheduled one."""
+        return dict(self._call("DELETE", "/_stub/outage"))
+
+    def set_order_list(self, on: bool) -> dict[str, Any]:
+        """Offer ``GET /api/objects/limio/orders`` or not (404); return the config."""
+        return self.configure(order_list=on)
+
+    def listeners(self) -> dict[str, Any]:
+        """``{"public": {"host", "port", "open"}, "control": {"host", "port"}}``."""
+        return dict(self._call("GET", "/_stub/listeners"))
 
     def set_latency(
-        self, latency_ms: float | None = None, *, per_in_flight_ms: float | None = None
+        self,
+        latency_ms: float | None = None,
+        *,
+        per_in_flight_ms: float | None = None,
+        jitter_sigma: float | None = None,
     ) -> dict[str, Any]:
-        """Set the base latency and its growth per call in flight; ``None`` leaves one as is."""
+        """Set the median latency, its growth per call in flight and its log-normal jitter;
+        ``None`` leaves one as is. New calls take it at once."""
         fields: dict[str, Any] = {}
         if latency_ms is not None:
             fields["latency_ms"] = latency_ms
         if per_in_flight_ms is not None:
             fields["latency_per_in_flight_ms"] = per_in_flight_ms
+        if jitter_sigma is not None:
+            fields["jitter_sigma"] = jitter_sigma
         return self.configure(**fields)
 
     def reset(self, config: dict[str, Any] | None = None) -> None:
@@ -234,13 +300,15 @@ class StubControl:
     ) -> str:
         """Obtain an access token with client credentials (form body)."""
         form = {"grant_type": "client_credentials", "client_id": client_id}
-        response = self._client.post("/oauth2/token", data=form | {"client_secret": client_secret})
+        response = self._public.post("/oauth2/token", data=form | {"client_secret": client_secret})
         response.raise_for_status()
         return str(response.json()["access_token"])
 
     def close(self) -> None:
-        """Close the HTTP client."""
-        self._client.close()
+        """Close the HTTP clients."""
+        if self._client_ is not None:
+            self._client_.close()
+        self._public.close()
 
     def __enter__(self) -> Self:
         return self

@@ -22,6 +22,12 @@ Redis is our own instance (its command counts are ours alone); the database is
 
     python bench/e2e.py
     python bench/e2e.py --orders 2000 --latency-ms 0,50 --naive-orders 500,50
+    python bench/e2e.py --orders 3000 --latency-ms 50 --naive-orders 100 \\
+        --warm-s 120 --warm-latency-ms 0
+
+``--warm-s S --warm-latency-ms W``: after the 200-order warm-up the stub answers in W ms and
+orders keep coming for S seconds on the same processes; then the stub goes back to the
+measured latency and the timed window starts (an upstream whose latency moved under us).
 """
 
 from __future__ import annotations
@@ -200,6 +206,8 @@ class E2E:
             with httpx.Client(base_url=fleet.api_url(0), headers=headers, timeout=120) as client:
                 warm = self._post_batches(client, 200, ids_file)
                 self._wait_final(len(warm))
+                if a.warm_s > 0:
+                    warm += self._warm_at(client, ids_file, len(warm), latency_ms)
                 rss_warm = rss_mb(fleet)
                 meter = Meter(fleet, self.db, self.redis.client(), self.redis.proc.pid)
                 poller = subprocess.Popen(
@@ -214,6 +222,9 @@ class E2E:
                 idle = meter.read(extra)
                 time.sleep(a.get_phase_s)
                 before = meter.read(extra)
+                # The stub's load figures cover the timed window only (its CPU is cumulative).
+                stub.reset_stats()
+                before["upstream"] = 0
                 gets = a.poll_rate * a.get_phase_s
                 idle_cost = Meter.per_order(idle, before, 1)["cpu_ms"]
                 get_cost = {k: v / gets for k, v in idle_cost.items() if v / gets >= 0.01}
@@ -223,6 +234,7 @@ class E2E:
                 self._wait_final(len(warm) + len(ids))
                 elapsed = time.perf_counter() - started
                 after = meter.read(extra)
+                load = stub.stats()
                 stop_file.touch()
                 out, _ = poller.communicate(timeout=60)
                 poll = json.loads(out.decode().strip().splitlines()[-1])
@@ -244,8 +256,33 @@ class E2E:
             "get_cpu_ms": get_cost,
             "rss_mb_warm": rss_warm,
             "rss_mb_end": rss_end,
+            "warm_latency_ms": a.warm_latency_ms if a.warm_s > 0 else None,
+            "warm_s": a.warm_s,
+            "stub_peak_in_flight": load["peak_in_flight"],
+            "stub_mean_in_flight": load["mean_in_flight"],
+            "stub_refused": sum(load["refused"].values()),
             **Meter.per_order(before, after, len(ids)),
         }
+
+    def _warm_at(
+        self, client: httpx.Client, ids_file: Path, final_before: int, latency_ms: float
+    ) -> list[str]:
+        """Keep the pipeline busy at ``--warm-latency-ms`` for ``--warm-s`` (same processes),
+        then set the stub back to ``latency_ms``: an upstream whose latency moved."""
+        a, stub = self.args, self.fleet.stub
+        assert stub is not None
+        stub.set_latency(a.warm_latency_ms)
+        posted: list[str] = []
+        deadline = time.monotonic() + a.warm_s
+        while time.monotonic() < deadline:
+            # At most two batches ahead of the workers: busy, never a long backlog at the switch.
+            if final_before + len(posted) - self._final() < 2 * a.batch:
+                posted += self._post_batches(client, a.batch, ids_file)
+            else:
+                time.sleep(0.1)
+        self._wait_final(final_before + len(posted))
+        stub.set_latency(latency_ms)
+        return posted
 
 
 def show(row: dict[str, Any]) -> None:
@@ -283,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-url", default=DB_URL)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--warm-s",
+        type=float,
+        default=0.0,
+        help="after the warm-up, keep posting at --warm-latency-ms this long (no restart)",
+    )
+    parser.add_argument("--warm-latency-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
     latencies = [float(x) for x in args.latency_ms.split(",")]
     naive_ns = [int(x) for x in args.naive_orders.split(",")]

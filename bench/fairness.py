@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import statistics
 import sys
@@ -109,6 +110,8 @@ class Bench:
             "ORDERS_SWEEP_INTERVAL_S": "1",
             "PYTHONPATH": str(REPO),
         }
+        if self.args.ceiling:
+            env["ORDERS_UPSTREAM_MAX_IN_FLIGHT"] = str(self.args.ceiling)
         procs = Procs()
         python = sys.executable
         try:
@@ -253,6 +256,8 @@ def main() -> int:
     parser.add_argument("--db-url", default=DB_URL)
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--ceiling", type=int, help="ORDERS_UPSTREAM_MAX_IN_FLIGHT (default unset)")
+    parser.add_argument("--json", type=Path, help="write the medians here")
     args = parser.parse_args()
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-fair-"))
@@ -285,6 +290,9 @@ def main() -> int:
     print(f"\nmedians of {args.repeat}:")
     for name, rows in results.items():
         print(f"  {name}: " + ", ".join(f"{k} {med(rows, k):.3g}" for k in rows[0]))
+    if args.json:
+        medians = {name: {k: med(rows, k) for k in rows[0]} for name, rows in results.items()}
+        args.json.write_text(json.dumps(medians, indent=1))
     if {"B alone", "A then B"} <= results.keys():
         alone, mixed = med(results["B alone"], "b_s"), med(results["A then B"], "b_s")
         print(f"B with A's backlog: {mixed:.2f} s against a bound of {2 * alone + 1:.2f} s")

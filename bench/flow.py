@@ -18,6 +18,7 @@ Every process started here is stopped by its PID (its own session), also on erro
 
     python bench/flow.py --repeat 3
     python bench/flow.py --only capacity --repeat 1
+    python bench/flow.py --matrix --quick --rows a,c,f   # issue 15's matrix: bench/flow_matrix.py
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Bench:
             warm, _ = self.db.add(40, "warm", True)
             enqueue_orders(self.celery, warm, chunk_size=50)
             self.wait("warm", 40, 120)
-            yield
+            yield procs
         finally:
             procs.stop()
 
@@ -236,11 +237,22 @@ def main() -> int:
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--baseline", type=Path, default=Path("/work/main"))
     parser.add_argument("--timeout-s", type=float, default=300.0)
+    from bench import flow_matrix
+
+    flow_matrix.add_arguments(parser)
     args = parser.parse_args()
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-flow-"))
     print(f"db {args.db_url.split('@')[-1]}  redis {args.redis_url}  logs {tmp}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if args.matrix:
+        args.tmp = tmp
+        try:
+            return flow_matrix.main(args)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            dispose_all()
     results: dict[str, list[dict[str, float]]] = {}
     try:
         with stub_process(["--latency-ms", "0"]) as stub_url:

@@ -328,3 +328,13 @@ def orders_tied_to(session: Session, upstream_id: str, *, exclude: str) -> list[
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext(upstream_id))))
     stmt = select(Order.id).where(Order.upstream_id == upstream_id, Order.id != exclude)
     return sorted(session.scalars(stmt))
+
+
+def known_upstream_id(session: Session) -> str | None:
+    """The upstream id of a recently created order (the breaker's fallback probe reads it)."""
+    return session.scalar(
+        select(Order.upstream_id)
+        .where(Order.upstream_id.is_not(None))
+        .order_by(Order.updated_at.desc())
+        .limit(1)
+    )

@@ -135,14 +135,14 @@ def test_metrics_show_the_upstream_budget(
     """What the workers left in Redis: limit, ceiling, breaker, refusals; one status line."""
     app = api(upstream_max_in_flight=16)
     settings = app.app.state.settings  # type: ignore[attr-defined]
-    gate = Gate(build_store(settings, redis_client), ttl_s=30)
+    gate = Gate(build_store(settings, redis_client), ttl_s=3)
 
     def refused() -> None:
         raise RetryableError("upstream_429", status_code=429)
 
     with pytest.raises(UpstreamUnavailable):
         gate.call(refused)
-    gate.report()
+    gate.sync()
     gate.close()
     operator = make_caller(app.app.state.settings.database_url, "ops", role="operator")  # type: ignore[attr-defined]
     text = app.get("/metrics", headers=operator.headers).text

@@ -103,9 +103,12 @@ def test_orders_the_upstream_always_refuses_end_failed_after_an_outage(
     runtime_factory, caller_id, stub, clean_db
 ):
     """Payloads whose preview always answers 502 (an unknown subscription) are all that is
-    left when an outage ends: the breaker's probe must not be one of them, or it stays open
-    and they wait forever without spending their budget. They end failed, upstream_502."""
+    left when an outage ends. Their previews can never be the probe that proves the upstream
+    is back; a read of an order the upstream created (2xx) is: the breaker half-opens and they
+    end failed, upstream_502, spending their own budget, not waiting forever for free."""
     rt = runtime_factory(retry_max_attempts=10, retry_base_s=0.05, retry_cap_s=0.1)
+    good = add_orders(clean_db, caller_id, [new_payload(100)])
+    assert {o.status for o in drive(rt, good, timeout_s=20).values()} == {"complete"}
     unknown = {"forSubscription": {"id": "sub-" + "f" * 32}}
     ids = add_orders(clean_db, caller_id, [new_payload(i, **unknown) for i in range(8)])
     stub.set_outage(True)
@@ -119,3 +122,24 @@ def test_orders_the_upstream_always_refuses_end_failed_after_an_outage(
     stub.set_outage(False)
     orders = drive(rt, ids, timeout_s=20)
     assert {(o.status, o.reason) for o in orders.values()} == {("failed", "upstream_502")}
+
+
+def test_the_breaker_stays_open_until_a_probe_answers_2xx(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """Through 5 s of outage the breaker stays open (its probes answer 502) and the orders
+    wait having spent at most the one attempt that met the outage; then they complete."""
+    rt = runtime_factory(retry_max_attempts=3, retry_base_s=0.05, retry_cap_s=0.1)
+    ids = add_orders(clean_db, caller_id, [new_payload(i) for i in range(6)])
+    stub.set_outage(True)
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        rt.pipeline.run(ids)
+        time.sleep(0.1)
+    assert rt.gate.admission().kind == "probe"
+    with transaction(clean_db) as session:
+        rows = list(session.execute(select(Order.status, Order.attempts).where(Order.id.in_(ids))))
+    assert all(status == "received" and attempts <= 2 for status, attempts in rows), rows
+    stub.set_outage(False)
+    orders = drive(rt, ids, timeout_s=20)
+    assert {o.status for o in orders.values()} == {"complete"}

@@ -1,150 +1,256 @@
-"""The permit script and the gate against a real Redis: ceiling, expiry, pause, probes, rate."""
+"""The budget's Redis side and the gate against a real Redis: leases, fair shares, expiry,
+the controller's turn, pauses, the probe, the rate ceiling, clocks."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
 
-from worker.errors import RetryableError, UpstreamUnavailable
+from worker.errors import PermanentError, RetryableError, UpstreamUnavailable
 from worker.flow.breaker import BreakerState, Mode
 from worker.flow.gate import Gate
-from worker.flow.limit import LimitConfig, LimitState
-from worker.flow.state import FlowConfig, FlowState
-from worker.flow.store import FlowStore
+from worker.flow.state import FlowConfig, initial_state
+from worker.flow.store import FlowStore, Report, flow_prefix
 
 
 def store_for(client: redis.Redis, ceiling: int, *, rps: float = 0.0) -> FlowStore:
-    return FlowStore(client, "orders:flow:test", FlowConfig(LimitConfig(ceiling), max_rps=rps))
+    return FlowStore(client, flow_prefix("test"), FlowConfig(ceiling=ceiling, max_rps=rps))
 
 
-def set_state(store: FlowStore, state: FlowState) -> None:
-    store.redis.hset(store.state_key, mapping=state.to_fields())
+def wait_for(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
-def test_grants_stop_at_the_ceiling_and_resume_after_release(redis_client):
-    store = store_for(redis_client, 4)
-    set_state(store, FlowState(LimitState(100.0)))
-    now = time.time()
-    first = store.acquire(3, prefix="a:", ttl_s=30, now_s=now)
-    second = store.acquire(3, prefix="b:", ttl_s=30, now_s=now)
-    assert (first.count, first.first_position) == (3, 1)
-    assert (second.count, second.first_position) == (1, 4)
-    assert store.acquire(1, prefix="c:", ttl_s=30, now_s=now).count == 0
-    store.release(["a:1", "a:2"])
-    assert store.acquire(5, prefix="d:", ttl_s=30, now_s=now).count == 2
+def test_leases_share_the_limit_fairly_between_processes(redis_client):
+    """Two processes wanting 10 each under a limit of 16 end at 8 and 8; the first one's
+    early grab shrinks at its next sync."""
+    store = store_for(redis_client, 16)
+    a = store.sync("a", Report(demand=10, in_use=0, peak=0), ttl_s=5)
+    b = store.sync("b", Report(demand=10, in_use=0, peak=0), ttl_s=5)
+    assert (a.allot, b.allot) == (10, 6)
+    a = store.sync("a", Report(demand=10, in_use=0, peak=0), ttl_s=5)
+    b = store.sync("b", Report(demand=10, in_use=0, peak=0), ttl_s=5)
+    assert (a.allot, b.allot) == (8, 8)
+    assert store.in_flight(leased=True) == 16
+    assert store.in_flight() == 0
 
 
-def test_the_learned_limit_binds_below_the_ceiling(redis_client):
-    store = store_for(redis_client, 64)
-    set_state(store, FlowState(LimitState(5.7)))
-    assert store.acquire(10, prefix="a:", ttl_s=30, now_s=time.time()).count == 5
+def test_a_small_demand_leaves_the_rest_to_the_others(redis_client):
+    store = store_for(redis_client, 16)
+    store.sync("small", Report(demand=3, in_use=3, peak=3), ttl_s=5)
+    big = store.sync("big", Report(demand=40, in_use=0, peak=0), ttl_s=5)
+    assert big.allot == 13
 
 
-def test_permits_of_a_dead_holder_expire(redis_client):
-    """Nobody releases them: after their time-to-live they are free again."""
-    store = store_for(redis_client, 2)
-    set_state(store, FlowState(LimitState(2.0)))
-    now = time.time()
-    assert store.acquire(2, prefix="dead:", ttl_s=5, now_s=now).count == 2
-    assert store.acquire(1, prefix="x:", ttl_s=5, now_s=now + 4.9).count == 0
-    assert store.acquire(2, prefix="y:", ttl_s=5, now_s=now + 5.1).count == 2
-
-
-def test_a_pause_grants_nothing_and_says_how_long(redis_client):
+def test_the_lease_of_a_dead_process_expires(redis_client):
+    """Nobody renews it: after its time-to-live its permits are free again."""
     store = store_for(redis_client, 8)
-    now = time.time()
-    set_state(store, FlowState(LimitState(8.0), paused_until=now + 3))
-    grant = store.acquire(1, prefix="a:", ttl_s=30, now_s=now)
-    assert (grant.count, grant.code) == (0, 1)
-    assert 2.9 <= grant.wait_s <= 3.01  # whole milliseconds, rounded up
+    store.sync("dead", Report(demand=8, in_use=8, peak=8), ttl_s=0.3)
+    assert store.sync("live", Report(demand=8, in_use=0, peak=0), ttl_s=5).allot == 0
+    time.sleep(0.35)
+    assert store.sync("live", Report(demand=8, in_use=0, peak=0), ttl_s=5).allot == 8
 
 
-def test_an_open_breaker_lets_one_probe_per_interval_through(redis_client):
+def test_a_host_clock_30_s_fast_changes_nothing(redis_client, monkeypatch):
+    """Every time in the budget is Redis's: a process whose clock runs 30 s ahead neither
+    expires the others' leases nor sees a pause end early."""
     store = store_for(redis_client, 8)
-    set_state(store, FlowState(LimitState(8.0), BreakerState(Mode.OPEN)))
-    now = time.time()
-    grants = [store.acquire(4, prefix=f"p{i}:", ttl_s=30, now_s=now) for i in range(5)]
-    assert [g.count for g in grants] == [1, 0, 0, 0, 0]
-    assert {g.code for g in grants[1:]} == {2}
+    store.sync("honest", Report(demand=4, in_use=4, peak=4), ttl_s=5)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 30)
+    fast = store.sync("fast", Report(demand=8, in_use=0, peak=0), ttl_s=5)
+    assert fast.allot == 4
+    state = store.read()
+    store.write(type(state)(state.loss, state.latency, paused_until=store.now_s() + 20))
+    assert store.sync("fast", Report(demand=8, in_use=0, peak=0), ttl_s=5).paused_s > 19
 
 
-def test_the_rate_ceiling_spaces_calls(redis_client):
-    """At 20 calls/s, 2 s of asking gets about 40 permits (+ a 100 ms burst)."""
-    store = store_for(redis_client, 1000, rps=20)
-    set_state(store, FlowState(LimitState(1000.0)))
-    start = time.time()
-    granted = 0
-    for step in range(200):
-        grant = store.acquire(5, prefix=f"r{step}:", ttl_s=30, now_s=start + step * 0.01)
-        granted += grant.count
-    assert 38 <= granted <= 43
-
-
-def _hammer(url: str, rounds: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    client = redis.Redis.from_url(url)
-    gate = Gate(store_for(client, 5), ttl_s=30, max_wait_s=30)
-    peak = 0
-
-    def call() -> None:
-        nonlocal peak
-        peak = max(peak, int(client.zcard("orders:flow:test:permits")))
-        time.sleep(0.002)
-
-    threads = [
-        threading.Thread(target=lambda: [gate.call(call) for _ in range(rounds)]) for _ in range(8)
+def test_one_controller_turn_per_interval_fleet_wide(redis_client):
+    store = store_for(redis_client, 8)
+    turns = [
+        store.sync(f"p{i}", Report(demand=1, in_use=0, peak=0), ttl_s=5).turn for i in range(6)
     ]
+    assert turns.count(True) == 1
+    time.sleep(store.cfg.interval_s + 0.05)
+    assert store.sync("p9", Report(demand=1, in_use=0, peak=0), ttl_s=5).turn
+
+
+def _hammer(redis_url: str, calls: int, out: multiprocessing.Queue) -> None:
+    client = redis.Redis.from_url(redis_url)
+    gate = Gate(store_for(client, 5), ttl_s=3)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        now = client.incr("test:concurrent")
+        client.set("test:peak", max(int(client.get("test:peak") or 0), now))
+        time.sleep(0.005)
+        client.decr("test:concurrent")
+
+    def worker() -> None:
+        try:
+            for _ in range(calls):
+                gate.call(one)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     gate.close()
-    out.put(peak)
+    out.put(len(errors))
 
 
-def test_ceiling_holds_across_processes_and_threads(redis_url):
-    """Four processes of eight threads each never hold more than the ceiling of 5."""
+def test_the_ceiling_holds_across_processes_and_threads(redis_url):
+    """Four processes of eight threads each never have more than the ceiling of 5 calls out."""
     client = redis.Redis.from_url(redis_url)
-    set_state(store_for(client, 5), FlowState(LimitState(5.0)))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_hammer, args=(redis_url, 15, out)) for _ in range(4)]
     for p in procs:
         p.start()
-    peaks = [out.get(timeout=120) for _ in procs]
+    failures = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
-    assert max(peaks) <= 5
-    assert client.zcard("orders:flow:test:permits") == 0
+    assert failures == [0, 0, 0, 0]
+    assert 1 <= int(client.get("test:peak")) <= 5
 
 
-def test_the_gate_spares_the_budget_of_pushback_and_reports_it(redis_client):
-    """A 429 becomes UpstreamUnavailable (no retry budget spent) and pauses the fleet."""
+def test_a_short_refusal_spares_the_budget_and_pauses_nobody(redis_client):
+    """A 429 with Retry-After 1 becomes UpstreamUnavailable (no retry budget spent); the
+    fleet is not paused by it."""
     store = store_for(redis_client, 8)
-    gate = Gate(store, ttl_s=30)
+    gate = Gate(store, ttl_s=3)
 
     def refused() -> None:
-        raise RetryableError("upstream_429", status_code=429, retry_after_s=5.0)
+        raise RetryableError("upstream_429", status_code=429, retry_after_s=1.0)
 
     with pytest.raises(UpstreamUnavailable) as caught:
         gate.call(refused)
     assert caught.value.reason == "upstream_429"
-    state = gate.report()
-    assert state is not None and state.paused_until > time.time() + 4
-    with pytest.raises(UpstreamUnavailable) as paused:
-        gate.call(lambda: None)
-    assert paused.value.reason == "upstream_paused"
+    time.sleep(store.cfg.interval_s + 0.05)
+    gate.sync()
+    store.control()
+    assert store.read().paused_until == 0.0
+    assert gate.call(lambda: "fine") == "fine"
     assert store.stats()["dropped"] == 1
     gate.close()
 
 
-def test_permits_of_a_live_call_are_renewed(redis_client):
-    """A call longer than the permit's life keeps its permit: its process renews it."""
+def test_a_long_retry_after_pauses_the_fleet(redis_client):
+    store = store_for(redis_client, 8)
+    gate = Gate(store, ttl_s=3)
+
+    def refused() -> None:
+        raise RetryableError("upstream_503", status_code=503, retry_after_s=30.0)
+
+    with pytest.raises(UpstreamUnavailable):
+        gate.call(refused)
+    time.sleep(store.cfg.interval_s + 0.05)
+    gate.sync()
+    store.control()
+    gate.sync()
+    with pytest.raises(UpstreamUnavailable) as paused:
+        gate.call(lambda: None)
+    assert paused.value.reason == "upstream_paused"
+    gate.close()
+
+
+def open_breaker(store: FlowStore, epoch: int = 1) -> None:
+    state = initial_state(store.cfg)
+    store.write(
+        type(state)(state.loss, state.latency, BreakerState(Mode.OPEN, since=0.0, epoch=epoch))
+    )
+
+
+def test_only_a_2xx_probe_half_opens_and_one_probe_per_interval(redis_client):
+    """A probe answered 404 (an endpoint the upstream does not have) keeps it open; the next
+    probe slot comes a second later; a probe's 2xx half-opens it."""
+    store = store_for(redis_client, 8)
+    open_breaker(store)
+    gate = Gate(store, ttl_s=3)
+    gate.sync()
+    with pytest.raises(UpstreamUnavailable):
+        gate.call(lambda: None)
+
+    def not_found() -> None:
+        raise PermanentError("upstream_404", status_code=404)
+
+    assert gate.probe([not_found]) is False
+    assert gate.probe([lambda: None]) is False  # the slot is taken for this interval
+    time.sleep(store.cfg.interval_s + 0.05)
+    gate.sync()
+    store.control()
+    assert store.read().breaker.mode is Mode.OPEN
+    wait_for(lambda: gate.probe([lambda: None]), timeout_s=3)
+    time.sleep(store.cfg.interval_s + 0.05)
+    gate.sync()
+    store.control()
+    assert store.read().breaker.mode is Mode.HALF_OPEN
+    gate.close()
+
+
+def test_a_failure_of_a_call_admitted_before_the_breaker_opened_spends_no_budget(redis_client):
+    """Its epoch is older: it counts for nothing and its order waits for free."""
+    store = store_for(redis_client, 8)
+    gate = Gate(store, ttl_s=3)
+    gate.sync()
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[BaseException] = []
+
+    def slow_failure() -> None:
+        started.set()
+        release.wait(5)
+        raise RetryableError("upstream_502", status_code=502)
+
+    def run() -> None:
+        try:
+            gate.call(slow_failure)
+        except BaseException as exc:
+            seen.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait(5)
+    open_breaker(store, epoch=1)
+    gate.sync()
+    release.set()
+    t.join(5)
+    assert isinstance(seen[0], UpstreamUnavailable)
+    assert seen[0].reason == "upstream_unavailable"
+    gate.close()
+
+
+def test_the_rate_ceiling_spaces_calls(redis_client):
+    """At 20 calls/s, 1.5 s of asking gets about 30 calls (+ a 100 ms burst)."""
+    store = store_for(redis_client, 1000, rps=20)
+    gate = Gate(store, ttl_s=3)
+    done = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        try:
+            gate.call(lambda: None)
+            done += 1
+        except UpstreamUnavailable:
+            break
+    assert 20 <= done <= 40
+    gate.close()
+
+
+def test_a_call_longer_than_the_lease_keeps_its_permit(redis_client):
+    """The syncer renews the lease while the call lasts."""
     store = store_for(redis_client, 4)
-    gate = Gate(store, ttl_s=0.5, report_interval_s=0.1)
+    gate = Gate(store, ttl_s=0.5, sync_interval_s=0.1)
     seen: list[int] = []
 
     def long_call() -> None:
@@ -152,6 +258,5 @@ def test_permits_of_a_live_call_are_renewed(redis_client):
         seen.append(store.in_flight())
 
     gate.call(long_call)
-    assert seen == [1]
-    assert store.in_flight() == 0
+    assert seen and seen[0] >= 1
     gate.close()

@@ -1,4 +1,6 @@
-"""The pure decisions of the call budget: signals, the learned limit, the breaker, the state."""
+"""The pure decisions of the call budget: signals, the loss and latency rules, the breaker, and
+the controller run against modelled upstreams (capacity by refusal, by slowing down, latency
+that moves under a running fleet)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,51 @@ import math
 
 from worker.errors import AmbiguousError, PermanentError, RetryableError
 from worker.flow.breaker import BreakerConfig, BreakerState, Mode, next_breaker
-from worker.flow.limit import LimitConfig, LimitState, initial_limit, next_limit
-from worker.flow.state import FlowConfig, FlowState, admission, observe
-from worker.flow.window import MAX_PAUSE_S, Signal, Window, clamp_retry_after_s, signal_of
+from worker.flow.latency import LatencyConfig, initial_latency, next_latency
+from worker.flow.loss import LossConfig, LossState, initial_loss, next_loss
+from worker.flow.state import (
+    FlowConfig,
+    FlowState,
+    Verdict,
+    admission,
+    decide,
+    initial_state,
+)
+from worker.flow.window import (
+    MAX_PAUSE_S,
+    Signal,
+    Totals,
+    Window,
+    bucket_of,
+    clamp_retry_after_s,
+    signal_of,
+)
 
-CFG = LimitConfig(ceiling=256)
+INTERVAL_S = 0.25
 
 
-def ok(n: int, latency_s: float = 0.05, peak: int = 0) -> Window:
-    return Window(ok=n, latency_sum_s=n * latency_s, peak_in_flight=peak)
+def totals(
+    ok: int = 0,
+    *,
+    latency_s: float = 0.05,
+    dropped: int = 0,
+    failed: int = 0,
+    in_flight: int = 0,
+    streak: int = 0,
+    retry_after_s: float = 0.0,
+    probe_ok: int = 0,
+) -> Totals:
+    latency = {bucket_of(latency_s): ok} if ok else {}
+    return Totals(
+        ok=ok,
+        dropped=dropped,
+        failed=failed,
+        streak=streak,
+        in_flight_peak=in_flight,
+        retry_after_s=retry_after_s,
+        probe_ok=probe_ok,
+        latency=latency,
+    )
 
 
 def test_signals_come_from_status_codes_and_error_types():
@@ -29,8 +67,9 @@ def test_signals_come_from_status_codes_and_error_types():
     assert signal_of(PermanentError("upstream_400", status_code=400)) is Signal.OK
 
 
-def test_absurd_retry_after_values_are_clamped():
-    """inf and 1e12 pause at most a day; NaN and negatives are ignored or zero."""
+def test_absurd_retry_after_values_are_clamped_to_minutes():
+    """inf and 1e12 pause at most five minutes; NaN is ignored, negatives are zero."""
+    assert MAX_PAUSE_S == 300.0
     assert clamp_retry_after_s(math.inf) == MAX_PAUSE_S
     assert clamp_retry_after_s(1e12) == MAX_PAUSE_S
     assert clamp_retry_after_s(math.nan) is None
@@ -38,123 +77,269 @@ def test_absurd_retry_after_values_are_clamped():
     assert clamp_retry_after_s(3) == 3
 
 
-def test_a_fresh_fleet_starts_low_and_doubles_while_the_upstream_keeps_up():
-    state = initial_limit(CFG)
+def test_the_fleet_median_comes_from_added_histograms():
+    """Windows of two processes add up; the median falls in the right bucket (10 %)."""
+    a, b = Window(), Window()
+    for _ in range(30):
+        a.add(Signal.OK, latency_s=0.010, retry_after_s=None)
+    for _ in range(10):
+        b.add(Signal.OK, latency_s=0.200, retry_after_s=None)
+    merged: dict[int, int] = {}
+    for w in (a, b):
+        for k, v in w.latency.items():
+            merged[k] = merged.get(k, 0) + v
+    median = Totals(ok=40, latency=merged).percentile_s(0.5)
+    assert median is not None and 0.009 <= median <= 0.011
+    assert Totals(ok=3, latency={bucket_of(0.01): 3}).percentile_s(0.5) is None
+
+
+# ---------------------------------------------------------------- loss rule
+
+
+def test_slow_start_doubles_while_used_and_stops_at_the_ceiling():
+    cfg = LossConfig(ceiling=100)
+    state = initial_loss(cfg)
     assert state.limit == 32
-    state = next_limit(state, ok(40, peak=30), now=1.0, cfg=CFG)
+    state = next_loss(state, losses=0, in_flight=32, busy=True, now=1, cfg=cfg)
     assert state.limit == 64
-    # Not busy (few in flight compared with the limit): no evidence, no growth.
-    assert next_limit(state, ok(5, peak=3), now=2.0, cfg=CFG).limit == 64
+    state = next_loss(state, losses=0, in_flight=10, busy=False, now=2, cfg=cfg)
+    assert state.limit == 64
+    state = next_loss(state, losses=0, in_flight=64, busy=True, now=3, cfg=cfg)
+    assert state.limit == 100
 
 
-def test_a_refusal_cuts_to_below_the_concurrency_that_was_refused():
-    """Refused at position 17: the capacity is 16 or less, whatever the limit was."""
-    state = LimitState(limit=200.0, changed_at=0.0, floor_s=0.05)
-    after = next_limit(state, Window(ok=10, dropped=5, refused_at=17), now=1.0, cfg=CFG)
-    assert after.limit == 16
-    assert after.dropped_at_limit == 17
+def test_a_refusal_cuts_to_beta_of_the_refused_level_once_per_cooldown():
+    cfg = LossConfig(ceiling=1024)
+    state = LossState(limit=64.0)
+    state = next_loss(state, losses=3, in_flight=20, busy=True, now=10.0, cfg=cfg)
+    assert state.limit == 20 * cfg.beta and state.w_max == 20
+    # Answers to calls started before the cut are no new overload.
+    again = next_loss(state, losses=5, in_flight=14, busy=True, now=10.2, cfg=cfg)
+    assert again.limit == state.limit
 
 
-def test_one_change_per_interval():
-    """Answers to calls sent under the old limit do not shrink it twice."""
-    state = LimitState(limit=90.0, changed_at=1.0, floor_s=0.05)
-    after = next_limit(state, Window(dropped=3, refused_at=95), now=1.1, cfg=CFG)
-    assert after.limit == 90
-    # Unless the limit still allows the concurrency that was just refused.
-    refused = next_limit(state, Window(dropped=3, refused_at=40), now=1.1, cfg=CFG)
-    assert refused.limit == 39
+def test_the_cubic_curve_is_back_at_the_refused_level_within_a_few_seconds():
+    cfg = LossConfig(ceiling=1024)
+    state = LossState(limit=11.2, w_max=16.0, cut_at=0.0)
+    t = 0.0
+    while state.limit < 15.9:
+        t += INTERVAL_S
+        state = next_loss(state, losses=0, in_flight=int(state.limit), busy=True, now=t, cfg=cfg)
+    assert t <= 3.0
 
 
-def test_rising_latency_shrinks_the_limit():
-    state = LimitState(limit=100.0, changed_at=0.0, floor_s=0.05)
-    after = next_limit(state, ok(50, latency_s=0.2, peak=90), now=1.0, cfg=CFG)
-    assert after.limit == 90
+def simulate_capacity_by_refusal(
+    capacity: int, *, ceiling: int, seconds: float = 60.0, call_s: float = 0.05
+) -> tuple[float, float]:
+    """Goodput share of ideal and refused share of calls, with a demand that never ends.
+
+    Each interval the fleet runs ``limit`` calls at once; the ones beyond the capacity are
+    refused at once and their slot asks again (a refused call costs no time), but the gate
+    holds the process below the refused level after the first refusal, so each overloaded
+    interval costs as many refusals as slots above the capacity.
+    """
+    cfg = FlowConfig(ceiling=ceiling)
+    state = initial_state(cfg)
+    per_slot = INTERVAL_S / call_s
+    served = refused = 0.0
+    t = 0.0
+    while t < seconds:
+        t += INTERVAL_S
+        limit = min(state.limit, ceiling)
+        over = max(0, limit - capacity)
+        ok = int((limit - over) * per_slot)
+        served += ok
+        refused += over
+        state = decide(
+            state,
+            totals(ok, latency_s=call_s, dropped=over, in_flight=limit, retry_after_s=1.0),
+            t,
+            cfg,
+        )
+    ideal = capacity * per_slot * (seconds / INTERVAL_S)
+    return served / ideal, refused / (served + refused)
 
 
-def test_growth_past_the_last_refusal_is_slow():
-    """Back up quickly to 0.9 x the refused level, then one more permit per probe interval."""
-    state = LimitState(limit=10.0, changed_at=0.0, floor_s=0.05, dropped_at_limit=20.0)
-    grown = next_limit(state, ok(20, peak=10), now=1.0, cfg=CFG)
-    assert 10 < grown.limit <= 18
-    at_level = LimitState(limit=18.0, changed_at=0.0, floor_s=0.05, dropped_at_limit=20.0)
-    assert next_limit(at_level, ok(20, peak=18), now=1.0, cfg=CFG).limit == 18
-    later = next_limit(at_level, ok(20, peak=18), now=CFG.probe_interval_s, cfg=CFG)
-    assert later.limit == 19
+def test_capacity_by_refusal_runs_near_capacity_with_few_refusals():
+    """Capacity 16, no ceiling: at least 90 % of ideal and at most 1 % refused."""
+    goodput, refused = simulate_capacity_by_refusal(16, ceiling=1024)
+    assert goodput >= 0.9
+    assert refused <= 0.01
 
 
-def test_never_above_the_ceiling_nor_below_the_minimum():
-    cfg = LimitConfig(ceiling=16)
-    state = LimitState(limit=16.0)
-    assert next_limit(state, ok(20, peak=16), now=1.0, cfg=cfg).limit == 16
-    low = LimitState(limit=1.0)
-    assert next_limit(low, Window(dropped=1, refused_at=1), now=1.0, cfg=cfg).limit == 1
+def test_a_ceiling_at_the_capacity_runs_at_the_ceiling():
+    """The operator's word: with no refusals and no latency rise, the ceiling is the limit."""
+    goodput, refused = simulate_capacity_by_refusal(16, ceiling=16)
+    assert goodput >= 0.97 and refused == 0
 
 
-BR = BreakerConfig()
+# ---------------------------------------------------------------- latency rule
 
 
-def test_most_calls_failing_opens_the_breaker():
-    state = next_breaker(BreakerState(), Window(ok=5, failed=25), now=1.0, cfg=BR)
-    assert state.mode is Mode.OPEN
+def run_latency(cfg: LatencyConfig, medians: list[float], in_flight: int = 64) -> list[float]:
+    state = initial_latency(cfg)
+    limits = []
+    for i, median in enumerate(medians):
+        state = next_latency(
+            state,
+            median_s=median,
+            in_flight=min(in_flight, int(state.limit)),
+            busy=True,
+            now=i * INTERVAL_S,
+            cfg=cfg,
+        )
+        limits.append(state.limit)
+    return limits
 
 
-def test_an_outage_after_a_busy_healthy_second_opens_it_within_tens_of_calls():
-    """Hundreds of recent successes do not hide 20 failures in a row."""
-    state = BreakerState()
-    for t in range(10):
-        state = next_breaker(state, Window(ok=40), now=t * 0.1, cfg=BR)
-    state = next_breaker(state, Window(ok=3, failed=8), now=1.0, cfg=BR)
-    state = next_breaker(state, Window(failed=10), now=1.1, cfg=BR)
+def test_a_latency_shift_up_and_down_costs_a_few_seconds_at_most():
+    """1 ms for a minute, then 50 ms (the upstream slowed for everyone), then 1 ms again:
+    the limit is reduced for at most 2 s at each shift."""
+    cfg = LatencyConfig(ceiling=256)
+    medians = [0.001] * 240 + [0.05] * 240 + [0.001] * 240
+    limits = run_latency(cfg, medians)
+    reduced_s = sum(INTERVAL_S for lim in limits[240:] if lim < 256)
+    assert reduced_s <= 2.0
+    assert limits[-1] == 256
+
+
+def test_a_baseline_learnt_at_1ms_does_not_throttle_a_50ms_upstream():
+    """The finding of the outside run: minutes at ~1 ms, then 50 ms, must not collapse it."""
+    cfg = LatencyConfig(ceiling=1024)
+    limits = run_latency(cfg, [0.001] * 480 + [0.05] * 120, in_flight=200)
+    assert min(limits[-100:]) == 1024
+
+
+def test_jitter_around_a_steady_median_never_cuts():
+    """Medians wandering +-15 % around 50 ms (log-normal jitter, sampled) never cross."""
+    cfg = LatencyConfig(ceiling=256)
+    medians = [0.05 * (1 + 0.15 * math.sin(i)) for i in range(400)]
+    assert min(run_latency(cfg, medians)) == 256
+
+
+def simulate_capacity_by_slowdown(
+    capacity: int, *, base_s: float = 0.05, seconds: float = 60.0
+) -> tuple[float, float]:
+    """Calls beyond the capacity queue upstream: latency = base x in_flight / capacity.
+
+    Returns goodput against ideal and the mean calls in flight at the upstream over capacity.
+    """
+    cfg = FlowConfig(ceiling=1024)
+    state = initial_state(cfg)
+    served = 0.0
+    in_flight_sum = 0.0
+    steps = int(seconds / INTERVAL_S)
+    for i in range(steps):
+        n = state.limit
+        latency = base_s * max(1.0, n / capacity)
+        ok = int(n * INTERVAL_S / latency)
+        served += ok
+        in_flight_sum += n
+        state = decide(state, totals(ok, latency_s=latency, in_flight=n), (i + 1) * INTERVAL_S, cfg)
+    ideal = capacity / base_s * seconds
+    return served / ideal, in_flight_sum / steps / capacity
+
+
+def test_capacity_by_slowing_down_holds_near_capacity():
+    """Nothing refused: the latency rule holds the fleet at most 1.5x the capacity in
+    flight, and at 90 % of the upstream's throughput at least."""
+    goodput, over = simulate_capacity_by_slowdown(16)
+    assert goodput >= 0.9
+    assert over <= 1.5
+
+
+# ---------------------------------------------------------------- breaker
+
+
+def test_a_fleet_wide_streak_opens_it_and_bumps_the_epoch():
+    cfg = BreakerConfig()
+    state = next_breaker(BreakerState(), totals(50), 1.0, cfg)
     assert state.mode is Mode.CLOSED
-    state = next_breaker(state, Window(failed=2), now=1.2, cfg=BR)
-    assert state.mode is Mode.OPEN
+    state = next_breaker(state, totals(0, failed=8, streak=8), 1.25, cfg)
+    assert state.mode is Mode.OPEN and state.epoch == 1
+
+
+def test_a_local_trip_opens_it_only_when_nobody_succeeded():
+    cfg = BreakerConfig()
+    quiet = Totals(failed=5, streak=5, trips=1)
+    assert next_breaker(BreakerState(), quiet, 1.0, cfg).mode is Mode.OPEN
+    busy = Totals(ok=40, failed=5, streak=5, trips=1)
+    assert next_breaker(BreakerState(), busy, 1.0, cfg).mode is Mode.CLOSED
 
 
 def test_one_orders_repeated_502s_do_not_open_it():
-    """A few failures among many successes, or too few failures: closed."""
+    cfg = BreakerConfig()
     state = BreakerState()
-    for t in range(10):
-        state = next_breaker(state, Window(ok=30, failed=1), now=t * 0.1, cfg=BR)
+    for i in range(200):
+        state = next_breaker(state, totals(40, failed=1, streak=1), i * 0.25, cfg)
     assert state.mode is Mode.CLOSED
-    lone = next_breaker(BreakerState(), Window(failed=12), now=1.0, cfg=BR)
-    assert lone.mode is Mode.CLOSED
 
 
-def test_a_probe_half_opens_and_a_quiet_ramp_closes():
-    opened = BreakerState(Mode.OPEN, since=0.0, window_start=0.0)
-    assert next_breaker(opened, Window(failed=1), now=1.0, cfg=BR).mode is Mode.OPEN
-    half = next_breaker(opened, Window(ok=1), now=2.0, cfg=BR)
-    assert half.mode is Mode.HALF_OPEN
-    # A few failures after the probe may be orders' own payloads: still half-open; as many
-    # failures as opened it, dominating, reopen it.
-    assert next_breaker(half, Window(failed=3, ok=1), now=2.5, cfg=BR).mode is Mode.HALF_OPEN
-    many = Window(failed=BR.min_failures, ok=1)
-    assert next_breaker(half, many, now=2.5, cfg=BR).mode is Mode.OPEN
-    assert next_breaker(half, Window(ok=20), now=2.0 + BR.ramp_s, cfg=BR).mode is Mode.CLOSED
+def test_only_a_probe_2xx_half_opens_it():
+    """Successes of calls admitted before it opened, or a 404 (counted as ok by the gate,
+    but never as a probe success), leave it open; a probe's 2xx half-opens it."""
+    cfg = BreakerConfig()
+    state = BreakerState(Mode.OPEN, since=0.0, epoch=3)
+    state = next_breaker(state, totals(25), 1.0, cfg)
+    assert state.mode is Mode.OPEN
+    state = next_breaker(state, totals(0, probe_ok=1), 2.0, cfg)
+    assert state.mode is Mode.HALF_OPEN
+    state = next_breaker(state, totals(40), 2.0 + cfg.ramp_s, cfg)
+    assert state.mode is Mode.CLOSED
 
 
-def test_recovery_ramps_from_a_small_limit():
-    """Probes succeed: the fleet restarts at a couple of calls, not at its old limit."""
-    cfg = FlowConfig(LimitConfig(ceiling=256))
-    state = FlowState(LimitState(limit=128.0), BreakerState(Mode.OPEN, since=0.0))
-    after = observe(state, Window(ok=1, latency_sum_s=0.05, peak_in_flight=1), 3.0, cfg)
-    assert after.breaker.mode is Mode.HALF_OPEN
-    assert after.limit.limit == 2
-    assert after.limit.dropped_at_limit == 128
+def test_after_an_outage_the_limit_restarts_at_half_and_doubles():
+    cfg = FlowConfig(ceiling=1024)
+    state = FlowState(initial_loss(cfg.loss), initial_latency(cfg.latency))
+    state = FlowState(
+        state.loss.__class__(limit=64.0),
+        state.latency,
+        BreakerState(Mode.OPEN, since=0.0, epoch=1),
+    )
+    state = decide(state, totals(0, probe_ok=1), 10.0, cfg)
+    assert state.breaker.mode is Mode.HALF_OPEN
+    assert state.limit == 32 and state.target == 64
+    limits = []
+    for i in range(4):
+        state = decide(state, totals(100, in_flight=state.limit), 10.25 + i * 0.25, cfg)
+        limits.append(state.limit)
+    assert limits[0] >= 64 and state.ramp == 0
 
 
-def test_retry_after_pauses_everyone_and_admission_follows_the_state():
-    cfg = FlowConfig(LimitConfig(ceiling=16))
-    state = observe(FlowState(LimitState(16.0)), Window(dropped=1, retry_after_s=3.0), 10.0, cfg)
-    assert state.paused_until == 13.0
-    assert admission(state, 11.0).kind == "wait"
-    assert admission(state, 13.5).kind == "go"
-    opened = FlowState(LimitState(16.0), BreakerState(Mode.OPEN))
-    assert admission(opened, 1.0).kind == "probe"
+# ---------------------------------------------------------------- pauses
+
+
+def test_a_one_second_retry_after_does_not_pause_the_fleet():
+    cfg = FlowConfig(ceiling=1024)
+    state = decide(initial_state(cfg), totals(50, dropped=1, retry_after_s=1.0), 5.0, cfg)
+    assert state.paused_until == 0.0
+
+
+def test_a_long_retry_after_pauses_the_fleet_clamped():
+    cfg = FlowConfig(ceiling=1024)
+    state = decide(initial_state(cfg), totals(0, dropped=1, retry_after_s=30.0), 5.0, cfg)
+    assert state.paused_until == 35.0
+    state = decide(initial_state(cfg), totals(0, dropped=1, retry_after_s=1e12), 5.0, cfg)
+    assert state.paused_until == 5.0 + MAX_PAUSE_S
+
+
+def test_refusals_that_go_on_after_cuts_pause_the_fleet():
+    cfg = FlowConfig(ceiling=1024)
+    state = initial_state(cfg)
+    for i in range(4):
+        state = decide(state, totals(10, dropped=2, retry_after_s=1.0, in_flight=8), i * 0.5, cfg)
+    assert state.paused_until > 1.5
+
+
+def test_admission_follows_pause_and_breaker():
+    assert admission(Mode.CLOSED, 0.0).kind is Verdict.GO
+    assert admission(Mode.CLOSED, 3.0).kind is Verdict.WAIT
+    assert admission(Mode.OPEN, 0.0).kind is Verdict.PROBE
 
 
 def test_state_round_trips_through_the_hash():
-    cfg = FlowConfig(LimitConfig(ceiling=16))
-    state = FlowState(LimitState(12.5, 3.0, 0.05, 17.0), BreakerState(Mode.HALF_OPEN, 2.0), 9.0, 7)
-    assert FlowState.from_fields(state.to_fields(), cfg) == state
-    assert FlowState.from_fields({}, cfg).limit.limit == 16
+    cfg = FlowConfig(ceiling=64)
+    state = decide(initial_state(cfg), totals(100, in_flight=32, latency_s=0.02), 3.0, cfg)
+    raw = state.to_fields()
+    assert FlowState.from_fields(raw, cfg) == state
+    assert FlowState.from_fields({"limit": "x"}, cfg) == initial_state(cfg)

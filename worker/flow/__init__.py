@@ -1,12 +1,14 @@
-"""The fleet-wide upstream call budget: permits, a learned limit, an outage breaker.
+"""The fleet-wide upstream call budget: leases of permits, a controller, an outage breaker.
 
-    window.py   what one process saw over a short window of calls (pure)
-    limit.py    the learned concurrency limit: AIMD on drops and latency (pure)
+    window.py   what calls said: one process's window, the fleet's totals (pure)
+    loss.py     the loss rule: CUBIC on concurrency after refusals and timeouts (pure)
+    latency.py  the latency rule: a baseline that follows the upstream, cuts that are tested (pure)
     breaker.py  the outage breaker: closed, open (probes only), half-open ramp (pure)
-    state.py    the shared state of the fleet and how a window moves it (pure)
-    store.py    Redis I/O: permits (sorted set + Lua), shared state (compare-and-set), probes
-    gate.py     one per process: batches permit requests, releases, reports windows
+    state.py    the shared state and the controller that moves it once per interval (pure)
+    store.py    Redis I/O: leases (one sync script), totals, the controller's turn, the probe slot
+    gate.py     one per process: permits from its lease by a counter, a syncer thread
+    view.py     the budget as operators see it (/metrics, the CLI, the console)
 
-Every worker process on every host takes a permit from Redis before an upstream API call and
-gives it back after; permits expire, so a dead process never keeps them.
+Every worker process holds a lease of permits from Redis and hands them to its threads without a
+round trip; leases expire, so a dead process never keeps them.
 """

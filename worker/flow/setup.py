@@ -5,17 +5,18 @@ from __future__ import annotations
 import redis
 
 from worker.flow.gate import Gate
-from worker.flow.limit import LimitConfig
 from worker.flow.state import FlowConfig
 from worker.flow.store import FlowStore, flow_prefix
 from worker.ids import sha256_hex
 from worker.settings import Settings
 
+# A process's lease lives this long unless it syncs again (about ten times a second): long
+# enough to ride out a stalled moment, short enough that a dead process's permits free soon.
+LEASE_TTL_S = 3.0
+
 
 def flow_config(settings: Settings) -> FlowConfig:
-    return FlowConfig(
-        LimitConfig(ceiling=settings.upstream_max_in_flight), max_rps=settings.upstream_max_rps
-    )
+    return FlowConfig(ceiling=settings.upstream_max_in_flight, max_rps=settings.upstream_max_rps)
 
 
 def build_store(settings: Settings, client: redis.Redis) -> FlowStore:
@@ -24,10 +25,5 @@ def build_store(settings: Settings, client: redis.Redis) -> FlowStore:
     return FlowStore(client, flow_prefix(digest), flow_config(settings))
 
 
-# A permit lives this long unless its process renews it (every report, ~10 times a second):
-# long enough to ride out a stalled process, short enough that a dead one frees its permits.
-PERMIT_TTL_S = 10.0
-
-
 def build_gate(settings: Settings, client: redis.Redis) -> Gate:
-    return Gate(build_store(settings, client), ttl_s=PERMIT_TTL_S)
+    return Gate(build_store(settings, client), ttl_s=LEASE_TTL_S)

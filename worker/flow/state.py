@@ -1,114 +1,201 @@
-"""The fleet's shared view of the upstream, and how one process's window moves it. Pure.
+"""The fleet's shared view of the upstream, and the controller that moves it. Pure.
 
-Stored in one Redis hash (see ``store.py``) and changed by compare-and-set on ``version``.
+One process at a time (whoever holds the controller's turn in Redis) reads the fleet's totals
+of the last interval and calls :func:`decide`; the result is stored in one Redis hash and every
+process's sync script reads its ``limit``, ``mode``, ``paused_until`` and ``epoch``.
+All times are Redis server time (seconds), never a host's clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from enum import StrEnum
 
 from worker.flow.breaker import BreakerConfig, BreakerState, Mode, next_breaker
-from worker.flow.limit import LimitConfig, LimitState, initial_limit, next_limit
-from worker.flow.window import Window
+from worker.flow.latency import LatencyConfig, LatencyState, initial_latency, next_latency
+from worker.flow.loss import LossConfig, LossState, initial_loss, next_loss
+from worker.flow.window import Totals, clamp_retry_after_s
 
-# Where the limit restarts when the breaker lets probes through again: no stampede.
-RAMP_START = 2.0
+# A Retry-After up to this long delays only the call it answered (its order waits it out);
+# longer ones pause the whole fleet.
+LONG_RETRY_AFTER_S = 2.0
+# Refusals in this many intervals in a row after a cut pause the fleet as well: the cuts alone
+# are not relieving the upstream.
+REFUSED_INTERVALS_TO_PAUSE = 4
+# The fleet uses its limit when its peak in flight reaches this share of it.
+BUSY_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class FlowConfig:
-    limit: LimitConfig
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    ceiling: int
     max_rps: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class FlowState:
-    limit: LimitState
-    breaker: BreakerState = field(default_factory=BreakerState)
-    paused_until: float = 0.0
-    version: int = 0
+    interval_s: float = 0.25
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
     @property
-    def effective_limit(self) -> int:
-        return max(1, int(self.limit.limit))
+    def loss(self) -> LossConfig:
+        return LossConfig(ceiling=self.ceiling)
 
-    def to_fields(self) -> dict[str, str]:
-        """The Redis hash fields (strings)."""
-        lim, br = self.limit, self.breaker
-        return {
-            "limit": repr(lim.limit),
-            "changed_at": repr(lim.changed_at),
-            "floor_s": repr(lim.floor_s),
-            "dropped_at_limit": repr(lim.dropped_at_limit),
-            "mode": str(br.mode),
-            "since": repr(br.since),
-            "window_start": repr(br.window_start),
-            "ok": repr(br.ok),
-            "failed": repr(br.failed),
-            "streak": str(br.streak),
-            "paused_until": repr(self.paused_until),
-            "version": str(self.version),
-        }
-
-    @classmethod
-    def from_fields(cls, raw: dict[str, Any], cfg: FlowConfig) -> FlowState:
-        """Parse the hash; an empty or damaged hash is the initial state."""
-        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
-        try:
-            lim = LimitState(
-                float(f["limit"]),
-                float(f["changed_at"]),
-                float(f["floor_s"]),
-                float(f["dropped_at_limit"]),
-            )
-            br = BreakerState(
-                Mode(_s(f["mode"])),
-                float(f["since"]),
-                float(f["window_start"]),
-                float(f["ok"]),
-                float(f["failed"]),
-                int(f["streak"]),
-            )
-            return cls(lim, br, float(f["paused_until"]), int(f["version"]))
-        except (KeyError, ValueError):
-            return cls(initial_limit(cfg.limit), version=int(f.get("version") or 0))
+    @property
+    def latency(self) -> LatencyConfig:
+        return LatencyConfig(ceiling=self.ceiling)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def observe(state: FlowState, window: Window, now: float, cfg: FlowConfig) -> FlowState:
-    """The shared state after one process reports ``window`` at ``now``."""
-    paused_until = state.paused_until
-    if window.retry_after_s:
-        # The upstream asked everyone to wait, not only the call it answered.
-        paused_until = max(paused_until, now + window.retry_after_s)
-    breaker = next_breaker(state.breaker, window, now, cfg.breaker)
-    limit = state.limit
-    if breaker.mode is Mode.HALF_OPEN and state.breaker.mode is Mode.OPEN:
-        before = max(limit.limit, limit.dropped_at_limit)
-        start = min(RAMP_START, float(cfg.limit.ceiling))
-        limit = replace(limit, limit=start, changed_at=now, dropped_at_limit=before)
-    elif breaker.mode is not Mode.OPEN:
-        limit = next_limit(limit, window, now, cfg.limit)
-    return FlowState(limit, breaker, paused_until, state.version + 1)
+class Verdict(StrEnum):
+    GO = "go"
+    WAIT = "wait"
+    PROBE = "probe"
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     """Whether a call may start: ``go``, ``wait`` (``wait_s``), or ``probe`` only."""
 
-    kind: str
+    kind: Verdict
     wait_s: float = 0.0
 
 
-def admission(state: FlowState, now: float) -> Admission:
-    """What the shared state allows a new call at ``now``."""
-    if state.paused_until > now:
-        return Admission("wait", state.paused_until - now)
+@dataclass(frozen=True, slots=True)
+class FlowState:
+    loss: LossState
+    latency: LatencyState
+    breaker: BreakerState = field(default_factory=BreakerState)
+    paused_until: float = 0.0
+    ramp: float = 0.0
+    """After an outage: the limit climbs from half its old level, doubling each interval."""
+    ramp_to: float = 0.0
+    refused_intervals: int = 0
+    version: int = 0
+
+    @property
+    def limit(self) -> int:
+        """Calls the fleet may have in flight (the configured ceiling applies on top)."""
+        value = min(self.loss.limit, self.latency.limit)
+        if self.ramp:
+            value = min(value, self.ramp)
+        return max(1, int(value))
+
+    @property
+    def target(self) -> int:
+        """The level the limit is heading for (what chunks are sized from during a ramp)."""
+        return max(self.limit, int(self.ramp_to)) if self.ramp else self.limit
+
+    def to_fields(self) -> dict[str, str]:
+        lo, la, br = self.loss, self.latency, self.breaker
+        values: dict[str, float | str] = {
+            "limit": self.limit,
+            "target": self.target,
+            "loss_limit": lo.limit,
+            "w_max": lo.w_max,
+            "loss_cut_at": lo.cut_at,
+            "lat_limit": la.limit,
+            "baseline_s": la.baseline_s,
+            "cut_from": la.cut_from,
+            "cut_ratio": la.cut_ratio,
+            "cut_median_s": la.cut_median_s,
+            "lat_cut_at": la.cut_at,
+            "mode": str(br.mode),
+            "since": br.since,
+            "epoch": br.epoch,
+            "br_at": br.at,
+            "br_ok": br.ok,
+            "br_failed": br.failed,
+            "paused_until": self.paused_until,
+            "ramp": self.ramp,
+            "ramp_to": self.ramp_to,
+            "refused_intervals": self.refused_intervals,
+            "version": self.version,
+        }
+        return {k: (v if isinstance(v, str) else repr(v)) for k, v in values.items()}
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[str, str], cfg: FlowConfig) -> FlowState:
+        """Parse the hash; an empty or damaged hash is the initial state."""
+        try:
+            f = {k: float(v) for k, v in raw.items() if k != "mode"}
+            return cls(
+                LossState(f["loss_limit"], f["w_max"], f["loss_cut_at"]),
+                LatencyState(
+                    f["lat_limit"],
+                    f["baseline_s"],
+                    f["cut_from"],
+                    f["cut_ratio"],
+                    f["cut_median_s"],
+                    f["lat_cut_at"],
+                ),
+                BreakerState(
+                    Mode(raw["mode"]),
+                    f["since"],
+                    int(f["epoch"]),
+                    f["br_at"],
+                    f["br_ok"],
+                    f["br_failed"],
+                ),
+                f["paused_until"],
+                f["ramp"],
+                f["ramp_to"],
+                int(f["refused_intervals"]),
+                int(f["version"]),
+            )
+        except (KeyError, ValueError):
+            return initial_state(cfg)
+
+
+def initial_state(cfg: FlowConfig) -> FlowState:
+    return FlowState(initial_loss(cfg.loss), initial_latency(cfg.latency))
+
+
+def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> FlowState:
+    """The shared state after one interval whose fleet-wide results were ``totals``."""
+    breaker = next_breaker(state.breaker, totals, now, cfg.breaker)
+    version = state.version + 1
+    if breaker.mode is Mode.OPEN:
+        return replace(state, breaker=breaker, ramp=0.0, refused_intervals=0, version=version)
+    limit = state.limit
+    busy = totals.in_flight_peak >= BUSY_SHARE * limit
+    loss = next_loss(
+        state.loss,
+        losses=totals.losses,
+        in_flight=totals.in_flight_peak,
+        busy=busy,
+        now=now,
+        cfg=cfg.loss,
+    )
+    latency = next_latency(
+        state.latency,
+        median_s=totals.percentile_s(0.5),
+        in_flight=totals.in_flight_peak,
+        busy=busy,
+        now=now,
+        cfg=cfg.latency,
+    )
+    ramp, ramp_to = state.ramp, state.ramp_to
     if state.breaker.mode is Mode.OPEN:
-        return Admission("probe")
-    return Admission("go")
+        # A probe answered: start again at half the old level and double each interval.
+        ramp_to = float(min(state.loss.limit, state.latency.limit))
+        ramp = max(1.0, ramp_to / 2)
+    elif ramp:
+        ramp = ramp * 2
+        if ramp >= ramp_to:
+            ramp, ramp_to = 0.0, 0.0
+    refused = state.refused_intervals + 1 if totals.dropped else 0
+    paused_until = state.paused_until
+    retry_after = clamp_retry_after_s(totals.retry_after_s) or 0.0
+    if totals.dropped and (
+        retry_after > LONG_RETRY_AFTER_S or refused >= REFUSED_INTERVALS_TO_PAUSE
+    ):
+        # The upstream means it: everyone waits (at least a second when it named no time).
+        paused_until = max(paused_until, now + max(retry_after, 1.0))
+        refused = 0
+    return FlowState(loss, latency, breaker, paused_until, ramp, ramp_to, refused, version)
+
+
+def admission(mode: Mode, paused_s: float) -> Admission:
+    """What the shared state (as a process last saw it) allows a new call now."""
+    if paused_s > 0:
+        return Admission(Verdict.WAIT, paused_s)
+    if mode is Mode.OPEN:
+        return Admission(Verdict.PROBE)
+    return Admission(Verdict.GO)

@@ -1,80 +1,166 @@
-"""Redis I/O of the call budget: permits, the shared state, fleet counters. Thin wrappers.
+"""Redis I/O of the call budget: leases of permits, the fleet's totals, the shared state.
 
-Permits are members of one sorted set scored by their expiry (ms): the acquire script drops
-expired ones first, so a process that died holding permits frees them when they expire.
+Each worker process holds a *lease*: an allotment of permits it hands out to its own threads
+without asking Redis. One script (``sync``) renews the lease, adds the process's window of
+results to the fleet's totals, and answers the allotment: a fair share (water-filling the
+processes' demands) of the limit that the others do not hold. A process that dies stops
+renewing, and its lease (with everything it held) expires after ``ttl``.
+The controller's turn (``take``/``write``) goes to one process per interval.
+All keys of one upstream share a hash tag (one Redis Cluster slot), and every time is the
+Redis server's ``TIME``: no host clock ends up in a score.
+
 No library fits here: ``limits`` and ``pyrate-limiter`` count calls started (a rate), not calls
-in flight with expiry, and two round trips per call would cost more than the call bookkeeping
-itself; so one short Lua script grants up to ``want`` permits at once, under the learned limit,
-the ceiling, a pause, the breaker (one probe per interval) and an optional rate (GCRA).
+in flight with expiry, and a round trip per call would cost more than the call bookkeeping.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from worker.flow.state import FlowConfig, FlowState, observe
-from worker.flow.window import Window
+from worker.flow.state import FlowConfig, FlowState, decide, initial_state
+from worker.flow.window import Totals
 
-# KEYS: permits, state, rate, probe.  ARGV: now_ms, ttl_ms, ceiling, want, id_prefix, rps,
-# probe_interval_ms. Returns {granted, first_position, limit, wait_ms, code}; code 0 granted
-# (or saturated), 1 paused, 2 breaker open and the probe slot taken, 3 rate-limited.
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local st = redis.call('HMGET', KEYS[2], 'limit', 'paused_until', 'mode')
-local ceiling = tonumber(ARGV[3])
-local limit = math.max(1, math.floor(math.min(tonumber(st[1]) or ceiling, ceiling)))
-local paused = (tonumber(st[2]) or 0) * 1000
-if paused > now then return {0, 0, limit, math.ceil(paused - now), 1} end
-local n = redis.call('ZCARD', KEYS[1])
-local k = math.min(tonumber(ARGV[4]), limit - n)
-if st[3] == 'open' then
-  if k < 1 or redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[7]) == false then
-    return {0, 0, limit, tonumber(ARGV[7]), 2}
+_SYNC = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tag = ARGV[1]
+local demand, in_use, peak = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, d in ipairs(dead) do redis.call('HDEL', KEYS[2], d) end
+if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), tag)
+for i = 15, #ARGV, 2 do
+  local name, v = ARGV[i], tonumber(ARGV[i + 1])
+  if name == 'retry_after_s' then
+    if v > tonumber(redis.call('HGET', KEYS[4], name) or '0') then
+      redis.call('HSET', KEYS[4], name, v)
+    end
+  elseif name == 'wait_s' then
+    redis.call('HINCRBYFLOAT', KEYS[5], name, v)
+  else
+    redis.call('HINCRBY', KEYS[4], name, v)
+    if string.sub(name, 1, 1) ~= 'b' then redis.call('HINCRBY', KEYS[5], name, v) end
   end
-  k = 1
 end
-local rps = tonumber(ARGV[6])
-if k > 0 and rps > 0 then
-  local t = 1000 / rps
-  local burst = math.max(t, 100)
-  local tat = math.max(tonumber(redis.call('GET', KEYS[3]) or 0), now)
-  local allowed = math.floor((now + burst - tat) / t)
-  if allowed < 1 then return {0, 0, limit, math.ceil(tat + t - burst - now), 3} end
-  k = math.min(k, allowed)
-  redis.call('SET', KEYS[3], tat + k * t, 'PX', math.ceil(tat + k * t - now) + 1000)
+local trailing = tonumber(ARGV[12])
+if tonumber(ARGV[13]) == 1 then
+  redis.call('HSET', KEYS[4], 'streak', trailing)
+elseif trailing > 0 then
+  redis.call('HINCRBY', KEYS[4], 'streak', trailing)
 end
-if k < 0 then k = 0 end
-for i = 1, k do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[5] .. i) end
-return {k, n + 1, limit, 0, 0}
+local st = redis.call('HMGET', KEYS[3], 'limit', 'mode', 'paused_until', 'epoch', 'target')
+local ceiling = tonumber(ARGV[6])
+local limit = math.max(1, math.min(tonumber(st[1]) or tonumber(ARGV[14]), ceiling))
+local target = math.max(limit, math.min(tonumber(st[5]) or limit, ceiling))
+local mode = st[2] or 'closed'
+local paused_ms = math.ceil((tonumber(st[3]) or 0) * 1000 - now)
+local procs = redis.call('HGETALL', KEYS[2])
+local demands, held_others, peak_sum = {demand}, 0, peak
+for i = 1, #procs, 2 do
+  if procs[i] ~= tag then
+    local d, h, p = string.match(procs[i + 1], '(%d+) (%d+) (%d+)')
+    table.insert(demands, tonumber(d))
+    held_others = held_others + tonumber(h)
+    peak_sum = peak_sum + tonumber(p)
+  end
+end
+local grant = 0
+if mode ~= 'open' and paused_ms <= 0 then
+  table.sort(demands)
+  local left, n, level = limit, #demands, nil
+  for i, d in ipairs(demands) do
+    local share = left / (n - i + 1)
+    if d > share then level = share break end
+    left = left - d
+  end
+  local fair = demand
+  if level ~= nil then fair = math.min(demand, math.max(1, math.floor(level))) end
+  grant = math.max(0, math.min(fair, limit - held_others))
+end
+local tokens = -1
+local rps = tonumber(ARGV[8])
+if rps > 0 then
+  tokens = 0
+  local want = tonumber(ARGV[9])
+  if want > 0 and grant > 0 then
+    local step = 1000 / rps
+    local burst = math.max(step, 100)
+    local tat = math.max(tonumber(redis.call('GET', KEYS[7]) or 0), now)
+    local allowed = math.floor((now + burst - tat) / step)
+    if allowed > 0 then
+      tokens = math.min(want, allowed)
+      local tat2 = tat + tokens * step
+      redis.call('SET', KEYS[7], tat2, 'PX', math.ceil(tat2 - now) + 1000)
+    end
+  end
+end
+local held = math.max(grant, in_use)
+redis.call('HSET', KEYS[2], tag, demand .. ' ' .. held .. ' ' .. peak .. ' ' .. in_use)
+if peak_sum > tonumber(redis.call('HGET', KEYS[4], 'peak_in_use') or '0') then
+  redis.call('HSET', KEYS[4], 'peak_in_use', peak_sum)
+end
+local turn = 0
+if redis.call('SET', KEYS[6], tag, 'NX', 'PX', ARGV[7]) then turn = 1 end
+return {now, grant, limit, mode, paused_ms, tonumber(st[4]) or 0, turn, tokens,
+        held_others + held, target}
 """
 
-_CAS = """
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local totals = redis.call('HGETALL', KEYS[1])
+local streak = redis.call('HGET', KEYS[1], 'streak')
+redis.call('DEL', KEYS[1])
+if streak then redis.call('HSET', KEYS[1], 'streak', streak) end
+return {now, totals, redis.call('HGETALL', KEYS[2])}
+"""
+
+_WRITE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if (v or '0') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] == '1' then redis.call('HDEL', KEYS[2], 'streak') end
 return 1
 """
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
-    """The answer to one acquire: ``count`` permits named ``prefix + 1..count``."""
+class Lease:
+    """The answer to one sync (times in Redis server seconds)."""
 
-    count: int
-    first_position: int
+    now_s: float
+    allot: int
     limit: int
-    wait_s: float
-    code: int
+    mode: str
+    paused_s: float
+    epoch: int
+    turn: bool
+    """This process holds the controller's turn for the next interval."""
+    tokens: int
+    """Calls it may start under the rate ceiling (-1: no rate ceiling)."""
+    in_flight: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a process tells the fleet at a sync."""
+
+    demand: int
+    in_use: int
+    peak: int
+    trailing_failures: int = 0
+    had_ok: bool = False
+    fields: dict[str, float] | None = None
+    want_tokens: int = 0
 
 
 def flow_prefix(digest: str) -> str:
-    """Keys of one upstream (same digest as its token key)."""
-    return f"orders:flow:{digest}"
+    """Keys of one upstream (same digest as its token key), in one hash slot."""
+    return f"orders:flow:{{{digest}}}"
 
 
 class FlowStore:
@@ -83,68 +169,119 @@ class FlowStore:
     def __init__(self, client: redis.Redis, prefix: str, cfg: FlowConfig) -> None:
         self.redis = client
         self.cfg = cfg
-        self.permits_key = f"{prefix}:permits"
+        self.leases_key = f"{prefix}:leases"
+        self.procs_key = f"{prefix}:procs"
         self.state_key = f"{prefix}:state"
+        self.totals_key = f"{prefix}:totals"
         self.stats_key = f"{prefix}:stats"
+        self.turn_key = f"{prefix}:turn"
         self._rate_key = f"{prefix}:rate"
         self._probe_key = f"{prefix}:probe"
-        self._acquire = client.register_script(_ACQUIRE)
-        self._cas = client.register_script(_CAS)
+        self._sync = client.register_script(_SYNC)
+        self._take = client.register_script(_TAKE)
+        self._write = client.register_script(_WRITE)
 
-    def acquire(self, want: int, *, prefix: str, ttl_s: float, now_s: float) -> Grant:
-        """Grant up to ``want`` permits (ids ``prefix + 1..n``) expiring after ``ttl_s``."""
-        args = [
-            int(now_s * 1000),
+    def sync(self, tag: str, report: Report, *, ttl_s: float) -> Lease:
+        """Renew this process's lease, add its window to the totals, get its allotment."""
+        cfg = self.cfg
+        args: list[Any] = [
+            tag,
+            report.demand,
+            report.in_use,
+            report.peak,
             int(ttl_s * 1000),
-            self.cfg.limit.ceiling,
-            want,
-            prefix,
-            self.cfg.max_rps,
-            int(self.cfg.breaker.probe_interval_s * 1000),
+            cfg.ceiling,
+            int(cfg.interval_s * 1000),
+            cfg.max_rps,
+            report.want_tokens,
+            0,
+            0,
+            report.trailing_failures,
+            1 if report.had_ok else 0,
+            cfg.loss.initial,
         ]
-        keys = [self.permits_key, self.state_key, self._rate_key, self._probe_key]
-        k, first, limit, wait_ms, code = (int(v) for v in self._acquire(keys=keys, args=args))
-        return Grant(k, first, limit, wait_ms / 1000, code)
+        for name, value in (report.fields or {}).items():
+            args += [name, value]
+        keys = [
+            self.leases_key,
+            self.procs_key,
+            self.state_key,
+            self.totals_key,
+            self.stats_key,
+            self.turn_key,
+            self._rate_key,
+        ]
+        r = self._sync(keys=keys, args=args)
+        mode = r[3].decode() if isinstance(r[3], bytes) else str(r[3])
+        return Lease(
+            now_s=int(r[0]) / 1000,
+            allot=int(r[1]),
+            limit=int(r[2]),
+            mode=mode,
+            paused_s=max(0.0, int(r[4]) / 1000),
+            epoch=int(r[5]),
+            turn=bool(int(r[6])),
+            tokens=int(r[7]),
+            in_flight=int(r[8]),
+            target=int(r[9]),
+        )
 
-    def renew(self, ids: list[str], *, expires_at_s: float) -> None:
-        """Push the expiry of permits still held (never re-adds one already gone)."""
-        if ids:
-            ms = int(expires_at_s * 1000)
-            self.redis.zadd(self.permits_key, dict.fromkeys(ids, ms), xx=True)
+    def claim_probe(self, tag: str) -> bool:
+        """The fleet's probe slot for the next ``probe_interval_s`` (one probe at a time)."""
+        ms = int(self.cfg.breaker.probe_interval_s * 1000)
+        return bool(self.redis.set(self._probe_key, tag, nx=True, px=ms))
 
-    def release(self, ids: list[str]) -> None:
-        if ids:
-            self.redis.zrem(self.permits_key, *ids)
+    def control(self) -> FlowState | None:
+        """Take the interval's totals and move the shared state (the controller's turn).
+
+        Returns the new state, or None when another process changed it meanwhile.
+        """
+        now_ms, totals_raw, state_raw = self._take(keys=[self.totals_key, self.state_key])
+        state = FlowState.from_fields(_pairs(state_raw), self.cfg)
+        totals = Totals.from_fields(_pairs(totals_raw))
+        new = decide(state, totals, int(now_ms) / 1000, self.cfg)
+        reset = "1" if new.breaker.mode is not state.breaker.mode else "0"
+        args: list[Any] = [str(state.version), reset]
+        for key, value in new.to_fields().items():
+            args += [key, value]
+        written = self._write(keys=[self.state_key, self.totals_key], args=args)
+        return new if written else None
 
     def read(self) -> FlowState:
-        return FlowState.from_fields(self.redis.hgetall(self.state_key), self.cfg)
+        raw = self.redis.hgetall(self.state_key)
+        return FlowState.from_fields(_pairs_dict(raw), self.cfg) if raw else initial_state(self.cfg)
 
-    def report(self, window: Window, now_s: float | None = None) -> FlowState:
-        """Apply ``window`` to the shared state (compare-and-set, retried on a race)."""
-        self._count(window)
-        for _ in range(10):
-            state = self.read()
-            new = observe(state, window, time.time() if now_s is None else now_s, self.cfg)
-            args: list[Any] = [str(state.version)]
-            for key, value in new.to_fields().items():
-                args += [key, value]
-            if self._cas(keys=[self.state_key], args=args):
-                return new
-        return self.read()
+    def write(self, state: FlowState) -> None:
+        """Replace the shared state (operators and tests)."""
+        self.redis.hset(self.state_key, mapping=state.to_fields())
 
-    def _count(self, window: Window) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for name in ("ok", "dropped", "slow", "failed"):
-            if value := getattr(window, name):
-                pipe.hincrby(self.stats_key, name, value)
-        if window.wait_s:
-            pipe.hincrbyfloat(self.stats_key, "wait_s", window.wait_s)
-        pipe.execute()
+    def now_s(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
 
-    def in_flight(self, now_s: float | None = None) -> int:
-        now_ms = int((time.time() if now_s is None else now_s) * 1000)
-        return int(self.redis.zcount(self.permits_key, now_ms, "+inf"))
+    def in_flight(self, *, leased: bool = False) -> int:
+        """Calls in flight in live processes as of their last sync (``leased``: the permits
+        their leases hold, which include the ones not in use)."""
+        now_ms = int(self.now_s() * 1000)
+        live = {_s(m) for m in self.redis.zrangebyscore(self.leases_key, now_ms, "+inf")}
+        total = 0
+        for tag, value in self.redis.hgetall(self.procs_key).items():
+            if _s(tag) in live:
+                total += int(_s(value).split()[1 if leased else 3])
+        return total
 
     def stats(self) -> dict[str, float]:
         raw = self.redis.hgetall(self.stats_key)
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {_s(k): float(v) for k, v in raw.items()}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _pairs_dict(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in raw.items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from worker.flow.store import FlowStore
@@ -30,12 +29,12 @@ class Snapshot:
 
 def snapshot(store: FlowStore) -> Snapshot:
     """Read the shared state, the permits in flight and the fleet counters."""
-    now = time.time()
+    now = store.now_s()
     state = store.read()
     return Snapshot(
-        ceiling=store.cfg.limit.ceiling,
-        limit=min(state.effective_limit, store.cfg.limit.ceiling),
-        in_flight=store.in_flight(now),
+        ceiling=store.cfg.ceiling,
+        limit=min(state.limit, store.cfg.ceiling),
+        in_flight=store.in_flight(),
         breaker=str(state.breaker.mode),
         paused_s=max(0.0, state.paused_until - now),
         calls=store.stats(),

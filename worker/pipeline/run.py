@@ -163,7 +163,7 @@ class Pipeline:
         run.attempts = {o.id: o.attempts for o in orders.values()}
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
         if probe:
-            self._probe()
+            self._probe(probe)
         flight = Flight(self, run)
         for event in events:
             step = "preview" if event["to_status"] == S.PREVIEWING else "submit"
@@ -188,17 +188,19 @@ class Pipeline:
             self.apply(decisions, run)
         return run.result
 
-    def _hold_back(self, session: Any, orders: dict[str, Order], run: _Run, now: datetime) -> bool:
+    def _hold_back(
+        self, session: Any, orders: dict[str, Order], run: _Run, now: datetime
+    ) -> list[Order]:
         """While the fleet may not call (breaker open, long pause), leave the orders waiting.
 
         They stay in the database with ``reason`` and ``next_attempt_at`` and no history row.
-        Returns whether this run should offer the fleet's probe (breaker open).
+        Returns the orders held back while the breaker is open (one may be the fleet's probe).
         """
         if self.gate is None:
-            return False
+            return []
         verdict = self.gate.admission()
         if verdict.kind == "go" or (verdict.kind == "wait" and verdict.wait_s <= SHORT_WAIT_S):
-            return False
+            return []
         waiting = [o for o in orders.values() if o.status in _CALLING]
         if verdict.kind == "probe":
             delay_s, reason = OUTAGE_RETRY_S, "upstream_unavailable"
@@ -214,20 +216,33 @@ class Pipeline:
             orders.pop(order_id, None)
             if short:
                 run.result.requeue.append((order_id, delay_s))
-        return verdict.kind == "probe"
+        return [o for o in waiting if o.id in set(held)] if verdict.kind == "probe" else []
 
-    def _probe(self) -> None:
-        """The fleet's probe while the breaker is open: one read of the order list (one per
-        interval fleet-wide; the gate refuses the others at once).
+    def _probe(self, held: list[Order]) -> None:
+        """The fleet's probe while the breaker is open (one per interval fleet-wide).
 
-        Not an order's own call: an order the upstream always refuses (a payload it answers
-        502) would keep the breaker open forever and wait for free; a read that needs no payload
-        says whether the upstream itself is back.
+        One call that creates nothing upstream: a preview of a waiting order (the kind of call
+        that was failing; a random one, so one payload the upstream always refuses cannot
+        hold the breaker open), or, every other probe, a read of an order the upstream created
+        (so waiting orders whose previews the upstream always refuses cannot either). The
+        probe spends no order's budget and moves no order, whatever it answers; only a 2xx
+        half-opens the breaker (never a 404 from an endpoint the upstream may not have).
         """
-        try:
-            self.upstream.list_orders(limit=1)
-        except UpstreamError as exc:
-            log.info("upstream_probe_failed", reason=exc.reason)
+        assert self.gate is not None
+        rand = self._rand or random
+        calls: list[Callable[[], object]] = []
+        previewable = [o for o in held if o.status in (S.RECEIVED, S.PREVIEWED)]
+        if previewable:
+            payload = upstream_payload(rand.choice(previewable))
+            calls.append(lambda: self.upstream.preview(payload, probe=True))
+        if not calls or rand.random() < 0.5:
+            # Every other probe (or when nothing waits to be previewed): one call a slot.
+            with transaction(self.db_url) as session:
+                upstream_id = repo.known_upstream_id(session)
+            if upstream_id:
+                calls = [lambda: self.upstream.get_order(upstream_id, probe=True)]
+        if calls:
+            self.gate.probe(calls)
 
     def decide(
         self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run

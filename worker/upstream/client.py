@@ -167,15 +167,27 @@ class UpstreamClient:
         payload: Any = None,
         params: dict[str, Any] | None = None,
         idempotent: bool,
+        budget: bool = True,
     ) -> M:
-        """One request (holding a permit of the budget); the answer parsed into ``model``."""
+        """One request (holding a permit of the budget unless ``budget`` is false: the
+        breaker's probe); the answer parsed into ``model``."""
+
+        elapsed: list[float] = []
 
         def request() -> M:
             return self._request(
-                method, path, model, payload=payload, params=params, idempotent=idempotent
+                method,
+                path,
+                model,
+                payload=payload,
+                params=params,
+                idempotent=idempotent,
+                elapsed=elapsed,
             )
 
-        return request() if self._gate is None else self._gate.call(request)
+        if self._gate is None or not budget:
+            return request()
+        return self._gate.call(request, lambda: elapsed[0] if elapsed else None)
 
     def _request(
         self,
@@ -186,6 +198,7 @@ class UpstreamClient:
         payload: Any,
         params: dict[str, Any] | None,
         idempotent: bool,
+        elapsed: list[float] | None = None,
     ) -> M:
         url = f"{self._settings.upstream_url}{path}"
         content = orjson.dumps(payload) if payload is not None else None
@@ -198,6 +211,9 @@ class UpstreamClient:
             raise
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
+        if elapsed is not None:
+            # Time to the answer, read before parsing: what the latency rule compares.
+            elapsed.append(response.elapsed.total_seconds())
         body = _json(response)
         error = error_for_status(
             response.status_code,
@@ -216,18 +232,22 @@ class UpstreamClient:
         except ValidationError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
 
-    def preview(self, payload: dict[str, Any]) -> PreviewResponse:
-        """``POST /api/partner/order/preview``: safe to repeat."""
+    def preview(self, payload: dict[str, Any], *, probe: bool = False) -> PreviewResponse:
+        """``POST /api/partner/order/preview``: safe to repeat (``probe``: the breaker's
+        probe, outside the budget)."""
         path = self._settings.upstream_preview_path
-        return self._call("POST", path, PreviewResponse, payload=payload, idempotent=True)
+        return self._call(
+            "POST", path, PreviewResponse, payload=payload, idempotent=True, budget=not probe
+        )
 
     def submit(self, payload: dict[str, Any]) -> SubmitResponse:
         """``POST /api/partner/order``: NOT safe to repeat; transport failures are ambiguous."""
         path = self._settings.upstream_submit_path
         return self._call("POST", path, SubmitResponse, payload=payload, idempotent=False)
 
-    def get_order(self, upstream_id: str) -> LimioOrderObject:
-        """``GET /api/objects/limio/orders/{id}``: the stored order object.
+    def get_order(self, upstream_id: str, *, probe: bool = False) -> LimioOrderObject:
+        """``GET /api/objects/limio/orders/{id}``: the stored order object (``probe``: the
+        breaker's probe, outside the budget).
 
         Raises:
             PermanentError: ``upstream_id`` is not the shape of an upstream id (nothing sent:
@@ -239,7 +259,7 @@ class UpstreamClient:
                 f"{upstream_id[:120]!r} is not an upstream order id (letters, digits, - and _)",
             )
         path = f"/api/objects/limio/orders/{quote(upstream_id, safe='')}"
-        return self._call("GET", path, LimioOrderObject, idempotent=True)
+        return self._call("GET", path, LimioOrderObject, idempotent=True, budget=not probe)
 
     def list_orders(self, *, limit: int = 100, query_more: str | None = None) -> OrderListPage:
         """``GET /api/objects/limio/orders``: one page of order summaries, newest first."""

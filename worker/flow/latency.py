@@ -1,0 +1,107 @@
+"""The latency rule: an upstream that slows down under our load is queueing our calls. Pure.
+
+Compares the fleet's median time-to-answer over an interval with a baseline. The baseline
+follows the upstream both ways: down at once (any lower median is the new baseline), up when
+a cut proved the slowdown is not ours. A cut is a test: the limit goes down in proportion to
+the excess (Little's law; a quarter at least), and if the median did not fall with it after
+``verify_s``, the upstream got slower for everyone (it moves over a day), so the baseline
+moves up to the new level and the limit goes back to where it was. Only a slowdown that falls
+when we send less is queueing; while cuts keep making it fall, the rule keeps cutting, which
+finds the knee even when the first median it saw was already queued. The tolerance (``ratio``
+and an absolute ``margin_s``) is wide enough that our own CPU and GIL noise on a 1 ms upstream
+never crosses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyConfig:
+    ceiling: int
+    min_limit: int = 4
+    ratio: float = 1.4
+    margin_s: float = 0.02
+    verify_s: float = 0.75
+    growth: float = 1.1
+    max_cut: float = 0.75
+    """A cut lowers the calls in flight by a quarter at least: enough for its effect on the
+    median to stand out of the noise (and of the histogram's 10 % buckets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyState:
+    limit: float
+    baseline_s: float = 0.0
+    cut_from: float = 0.0
+    """The limit before the pending cut (0: no cut pending)."""
+    cut_ratio: float = 1.0
+    """How much the pending cut lowered the calls in flight (new / old)."""
+    cut_median_s: float = 0.0
+    cut_at: float = 0.0
+
+
+def initial_latency(cfg: LatencyConfig) -> LatencyState:
+    return LatencyState(limit=float(cfg.ceiling))
+
+
+def threshold_s(baseline_s: float, cfg: LatencyConfig) -> float:
+    return max(baseline_s * cfg.ratio, baseline_s + cfg.margin_s)
+
+
+def next_latency(
+    state: LatencyState,
+    *,
+    median_s: float | None,
+    in_flight: int,
+    busy: bool,
+    now: float,
+    cfg: LatencyConfig,
+) -> LatencyState:
+    """The latency limit after an interval whose successful calls had ``median_s``."""
+    ceiling = float(cfg.ceiling)
+    limit = min(state.limit, ceiling)
+    if median_s is None:
+        return replace(state, limit=limit)
+    baseline = state.baseline_s
+    if baseline <= 0 or median_s < baseline:
+        baseline = median_s
+    high = threshold_s(baseline, cfg)
+    if state.cut_from:
+        if now - state.cut_at < max(cfg.verify_s, 4 * median_s):
+            return replace(state, limit=limit, baseline_s=baseline)
+        # Queueing: the median fell with the calls in flight (half of that at least).
+        fell = median_s <= state.cut_median_s * (1 - 0.5 * (1 - state.cut_ratio))
+        if not fell:
+            # Sending less did not make it faster: this is the upstream's own latency now
+            # (slower for everyone, or the level below the knee): the new baseline.
+            return LatencyState(limit=state.cut_from, baseline_s=median_s)
+        # It fell: still past the knee, so keep going down until it stops falling (a
+        # baseline first seen while already queueing is found this way too).
+        return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+    if median_s <= high:
+        grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
+        return LatencyState(limit=grown, baseline_s=baseline)
+    return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+
+
+def _cut(
+    limit: float,
+    median_s: float,
+    in_flight: int,
+    baseline_s: float,
+    high_s: float,
+    now: float,
+    cfg: LatencyConfig,
+) -> LatencyState:
+    base = min(limit, float(in_flight)) if in_flight else limit
+    cut = max(float(cfg.min_limit), base * min(cfg.max_cut, max(0.5, high_s / median_s)))
+    return LatencyState(
+        limit=cut,
+        baseline_s=baseline_s,
+        cut_from=limit,
+        cut_ratio=min(1.0, cut / base) if base else 1.0,
+        cut_median_s=median_s,
+        cut_at=now,
+    )

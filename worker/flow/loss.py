@@ -1,0 +1,72 @@
+"""The loss rule: how many calls in flight the upstream takes before it refuses. Pure.
+
+CUBIC applied to concurrency (the curve TCP CUBIC and the AWS SDKs' adaptive retry mode use):
+a refusal (429, 503) or a timeout cuts the limit to ``beta`` times the level that was refused;
+the limit then climbs back along a cubic curve that is steep far below that level, flat near it
+(so the fleet spends most of its time just under the capacity) and steep again past it (so a
+capacity that grew is found). With capacity C the limit averages close to C, with refusals only
+at the top of each cycle. Before the first refusal the limit doubles every interval (slow start)
+while the fleet uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class LossConfig:
+    ceiling: int
+    min_limit: int = 1
+    initial: int = 32
+    beta: float = 0.7
+    scale: float = 0.4
+    """CUBIC's C: calls per s**3. With beta 0.7 the curve is back at a level of 16 in ~2.3 s."""
+    cooldown_s: float = 0.4
+    """After a cut, losses of calls started under the old limit are not a new overload."""
+
+
+@dataclass(frozen=True, slots=True)
+class LossState:
+    limit: float
+    w_max: float = 0.0
+    """The level of the last refusal (0: never refused)."""
+    cut_at: float = 0.0
+
+
+def initial_loss(cfg: LossConfig) -> LossState:
+    return LossState(limit=float(min(cfg.ceiling, cfg.initial)))
+
+
+def cubic_s(w_max: float, cfg: LossConfig) -> float:
+    """Seconds after a cut at which the curve is back at ``w_max`` (CUBIC's K)."""
+    return (w_max * (1 - cfg.beta) / cfg.scale) ** (1 / 3)
+
+
+def next_loss(
+    state: LossState, *, losses: int, in_flight: int, busy: bool, now: float, cfg: LossConfig
+) -> LossState:
+    """The loss limit after an interval with ``losses`` refusals or timeouts.
+
+    Args:
+        in_flight: The fleet's peak calls in flight during the interval.
+        busy: Whether the fleet used most of its limit (no growth when it did not).
+    """
+    ceiling = float(cfg.ceiling)
+    limit = min(state.limit, ceiling)
+    if losses and now - state.cut_at >= cfg.cooldown_s:
+        # Refused with this many in flight: the capacity is below it, whatever the limit.
+        level = max(float(cfg.min_limit), min(limit, float(in_flight) if in_flight else limit))
+        cut = max(float(cfg.min_limit), level * cfg.beta)
+        return LossState(limit=cut, w_max=level, cut_at=now)
+    if losses:
+        return replace(state, limit=limit)
+    if not state.w_max:
+        grown = limit * 2 if busy else limit
+        return replace(state, limit=min(ceiling, grown))
+    t = now - state.cut_at
+    curve = cfg.scale * (t - cubic_s(state.w_max, cfg)) ** 3 + state.w_max
+    if not busy and curve > limit:
+        # Nobody is using the room: don't climb past what was refused on faith alone.
+        curve = max(limit, min(curve, state.w_max))
+    return replace(state, limit=max(float(cfg.min_limit), min(ceiling, max(limit, curve))))
