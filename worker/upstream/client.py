@@ -10,6 +10,7 @@ which collapses under concurrency), all sharing one SSL context and one token ca
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 import threading
@@ -213,7 +214,8 @@ class UpstreamClient:
             raise error_for_exception(exc, idempotent=idempotent) from exc
         if elapsed is not None:
             # Time to the answer, read before parsing: what the latency rule compares.
-            elapsed.append(response.elapsed.total_seconds())
+            with contextlib.suppress(RuntimeError):  # a transport that never closed it
+                elapsed.append(response.elapsed.total_seconds())
         body = _json(response)
         error = error_for_status(
             response.status_code,
