@@ -120,7 +120,7 @@ def test_orders_the_upstream_always_refuses_end_failed_after_an_outage(
         reasons = set(session.scalars(select(Order.reason).where(Order.id.in_(ids))))
     assert reasons == {"upstream_unavailable"}  # the breaker opened: they wait for free
     stub.set_outage(False)
-    orders = drive(rt, ids, timeout_s=20)
+    orders = drive(rt, ids, timeout_s=45)
     assert {(o.status, o.reason) for o in orders.values()} == {("failed", "upstream_502")}
 
 

@@ -25,7 +25,7 @@ from worker.errors import AmbiguousError, RetryableError, UpstreamError
 from worker.ids import new_id, utcnow
 from worker.models import Order
 from worker.pipeline.backoff import RetryPolicy
-from worker.pipeline.flight import Flight
+from worker.pipeline.flight import Answer, Flight
 from worker.pipeline.outcomes import (
     Decision,
     Timing,
@@ -126,6 +126,7 @@ class Pipeline:
         self._rand = rand
         self.gate = gate
         self.actor = "worker"
+        self._probes = 0
 
     def run(self, ids: Sequence[str]) -> RunResult:
         """Take every due order of ``ids`` as far as it can go now."""
@@ -164,7 +165,13 @@ class Pipeline:
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
         if probe:
             self._probe(probe)
-        flight = Flight(self, run)
+        flight = Flight(
+            self.executor,
+            call=self.call,
+            settle=lambda answers: self._settle(answers, run),
+            renew=lambda ids: self._renew(ids, run),
+            beat_s=self.settings.lease_s / 3,
+        )
         for event in events:
             step = "preview" if event["to_status"] == S.PREVIEWING else "submit"
             flight.start(orders[event["order_id"]], step)
@@ -235,7 +242,8 @@ class Pipeline:
         if previewable:
             payload = upstream_payload(rand.choice(previewable))
             calls.append(lambda: self.upstream.preview(payload, probe=True))
-        if not calls or rand.random() < 0.5:
+        self._probes += 1
+        if not calls or self._probes % 2 == 0:
             # Every other probe (or when nothing waits to be previewed): one call a slot.
             with transaction(self.db_url) as session:
                 upstream_id = repo.known_upstream_id(session)
@@ -243,6 +251,17 @@ class Pipeline:
                 calls = [lambda: self.upstream.get_order(upstream_id, probe=True)]
         if calls:
             self.gate.probe(calls)
+
+    def _settle(self, answers: list[Answer], run: _Run) -> set[str]:
+        """Decide what each answer does to its order and write them in one transaction."""
+        decisions = [self.decide(o, step, ans, err, run=run) for o, step, ans, err in answers]
+        return self.apply(decisions, run)
+
+    def _renew(self, ids: list[str], run: _Run) -> None:
+        lease_until = utcnow() + timedelta(seconds=self.settings.lease_s)
+        with transaction(self.db_url) as session:
+            repo.renew_leases(session, ids, owner=run.owner, lease_until=lease_until)
+        run.lease_until = lease_until
 
     def decide(
         self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
