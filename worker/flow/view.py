@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from worker.flow.store import FlowStore
 
 
@@ -45,16 +47,18 @@ def line_from_metrics(text: str) -> str | None:
     """The ``orders status`` line from the API's ``/metrics`` text (None if it has no budget)."""
     values: dict[str, float] = {}
     breaker = "?"
-    for raw in text.splitlines():
-        if not raw.startswith("orders_upstream_"):
+    dropped = 0.0
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("orders_upstream_"):
             continue
-        name, _, value = raw.rpartition(" ")
-        if name.startswith("orders_upstream_breaker{") and float(value) == 1.0:
-            breaker = name.split('"')[1]
-        elif name == 'orders_upstream_calls_total{signal="dropped"}':
-            values["dropped"] = float(value)
-        elif "{" not in name:
-            values[name.removeprefix("orders_upstream_")] = float(value)
+        for sample in family.samples:
+            if sample.name == "orders_upstream_breaker" and sample.value == 1.0:
+                breaker = sample.labels.get("state", "?")
+            elif sample.name == "orders_upstream_calls_total":
+                if sample.labels.get("signal") == "dropped":
+                    dropped = sample.value
+            elif not sample.labels:
+                values[sample.name.removeprefix("orders_upstream_")] = sample.value
     if "limit" not in values:
         return None
     return Snapshot(
@@ -63,5 +67,5 @@ def line_from_metrics(text: str) -> str | None:
         in_flight=int(values.get("in_flight", 0)),
         breaker=breaker,
         paused_s=values.get("paused_seconds", 0.0),
-        calls={"dropped": values.get("dropped", 0.0)},
+        calls={"dropped": dropped},
     ).line()
