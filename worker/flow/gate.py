@@ -43,7 +43,7 @@ LOCAL_TRIP_S = 0.5
 # the controller's cut reaches it.
 REFUSAL_HOLD_S = 0.5
 # Immediate syncs (on demand) are at least this far apart.
-MIN_SYNC_GAP_S = 0.01
+MIN_SYNC_GAP_S = 0.02
 
 
 class Gate:
@@ -157,6 +157,7 @@ class Gate:
         allotment is used up (at most ``max_wait_s``)."""
         self._ensure_syncer()
         deadline = time.monotonic() + self.max_wait_s
+        asked = False
         with self._cond:
             self._waiting += 1
             try:
@@ -176,8 +177,12 @@ class Gate:
                             self._tokens -= 1
                         lease = self._lease
                         return lease.epoch if lease is not None else 0
-                    self._wake.set()
-                    self._cond.wait(min(deadline - now, 0.05))
+                    if not asked:
+                        # More demand than the allotment: the syncer asks for more now.
+                        self._wake.set()
+                        asked = True
+                    # Woken by a permit put back or a sync that brought more (no polling).
+                    self._cond.wait(min(deadline - now, 0.5))
             finally:
                 self._waiting -= 1
 
@@ -335,7 +340,10 @@ class Gate:
                 self._tokens = -1
             else:
                 self._tokens = max(0, self._tokens) + lease.tokens
-            self._cond.notify_all()
+            if lease.mode == Mode.OPEN or lease.paused_s > 0:
+                self._cond.notify_all()  # every waiter has to hear it
+            elif (free := self._allot - self._in_use) > 0:
+                self._cond.notify(free)
         if lease.turn:
             try:
                 self.store.control()
