@@ -155,3 +155,20 @@ def test_a_504_to_a_submit_is_reconciled_not_resubmitted(
     assert ("submit_unknown", "submit_504") in steps
     assert (order.status, order.reason) == ("submit_unknown", "held_for_operator")
     assert stub.orders()["count"] == 0
+
+
+def test_without_a_list_an_order_whose_id_is_known_is_followed_by_id(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """A 404 from the order list is "cannot look", not "not found": an order whose upstream id
+    we know (a late answer, an operator's note) is followed with a GET by id and completes;
+    nothing is submitted again."""
+    rt = runtime_factory()
+    [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
+    assert drive(rt, [oid])[oid].status == "complete"
+    _unknown(clean_db, [oid])
+    stub.script("list", [{"status": 404, "times": 5}])
+    order = drive(rt, [oid])[oid]
+    assert order.status == "complete"
+    assert ("submitted", "reconciled") in _reasons(clean_db, oid)
+    assert stub.orders()["count"] == 1

@@ -74,8 +74,8 @@ def reconcile_decisions(
     try:
         found = find_upstream(upstream, set(by_ext), max_pages=settings.reconcile_max_pages)
     except PermanentError:
-        # The upstream offers no list to search (404/405...): nothing can be found there.
-        found = {}
+        # The upstream offers no list to search (404/405...): not "not found", only unknown.
+        return [_no_list(order, now=now, timing=timing) for order in orders]
     except UpstreamError as exc:
         return [_lookup_failed(order, exc, now=now, timing=timing) for order in orders]
     decisions = []
@@ -154,6 +154,21 @@ def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -
     return Decision(
         Move(order.id, S.SUBMIT_UNKNOWN, S.SUBMITTED, values, reason="reconciled", message=msg),
         timing.follow_interval_s,
+    )
+
+
+def _no_list(order: Order, *, now: datetime, timing: Timing) -> Decision:
+    """Without an order list: an order whose upstream id we know is followed by
+    ``GET /api/objects/limio/orders/{id}`` (the follow-up step); one without is held, never
+    resubmitted blind (the policy's "not found" needs a list that was searched)."""
+    if not order.upstream_id:
+        return _hold(order, "the upstream has no order list to search and no id is known")
+    values: dict[str, Any] = {**_RELEASE, "submitted_at": now}
+    values |= {"next_attempt_at": now, "due_at": now}
+    msg = f"no order list upstream; following {order.upstream_id} by id"
+    return Decision(
+        Move(order.id, S.SUBMIT_UNKNOWN, S.SUBMITTED, values, reason="reconciled", message=msg),
+        0.0,
     )
 
 
