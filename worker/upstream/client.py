@@ -10,6 +10,7 @@ which collapses under concurrency), all sharing one SSL context and one token ca
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 from typing import Any, TypeVar
@@ -194,6 +195,11 @@ class UpstreamClient:
             raise
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
+        if response.is_success:
+            # The common case parsed once, bytes to model (no intermediate dict); anything the
+            # model refuses takes the general path below, which names the failure.
+            with contextlib.suppress(ValidationError):
+                return model.model_validate_json(response.content)
         body = _json(response)
         error = error_for_status(response.status_code, body, response.headers.get("retry-after"))
         if error is not None:
