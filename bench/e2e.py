@@ -243,7 +243,7 @@ class E2E:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(120)
                 stop_file.touch()
-                out, _ = poller.communicate(timeout=60)
+                out, _ = poller.communicate(timeout=180)
                 poll = json.loads(out.decode().strip().splitlines()[-1])
                 rss_end = rss_mb(fleet)
         finally:

@@ -71,6 +71,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks, timeout=15)
+        for task in list(tasks):  # still unanswered after 15 s: counted as errors
+            task.cancel()
+            errors += 1
     return {
         "count": len(latencies),
         "errors": errors,
