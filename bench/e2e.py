@@ -188,6 +188,21 @@ class E2E:
                 raise TimeoutError(f"{self._final()} of {n} final")
             time.sleep(0.1)
 
+    def _profile(self, latency_ms: float) -> list[subprocess.Popen[bytes]]:
+        """py-spy flame graphs (CPU: ``--gil``) of the worker host and the API over the timed
+        window, to ``--profile DIR`` (nothing without it)."""
+        if self.args.profile is None:
+            return []
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        spies = []
+        for kind, proc in (("worker", self.fleet.hosts[0]), ("api", self.fleet.apis[0])):
+            out = self.args.profile / f"{kind}-{latency_ms:g}ms{self.args.profile_tag}.svg"
+            argv = ["py-spy", "record", "--pid", str(proc.pid), "--subprocesses", "--gil",
+                    "--rate", "200", "--nonblocking", "-o", str(out)]  # fmt: skip
+            spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+        time.sleep(1.0)  # py-spy attaches before the clock starts
+        return spies
+
     def one(self, latency_ms: float, naive_n: int) -> dict[str, Any]:
         a, fleet, stub = self.args, self.fleet, self.fleet.stub
         assert stub is not None
@@ -228,6 +243,7 @@ class E2E:
                 gets = a.poll_rate * a.get_phase_s
                 idle_cost = Meter.per_order(idle, before, 1)["cpu_ms"]
                 get_cost = {k: v / gets for k, v in idle_cost.items() if v / gets >= 0.01}
+                spies = self._profile(latency_ms)
                 started = time.perf_counter()
                 ids = self._post_batches(client, a.orders, ids_file)
                 posted_s = time.perf_counter() - started
@@ -235,8 +251,11 @@ class E2E:
                 elapsed = time.perf_counter() - started
                 after = meter.read(extra)
                 load = stub.stats()
+                for spy in spies:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(120)
                 stop_file.touch()
-                out, _ = poller.communicate(timeout=60)
+                out, _ = poller.communicate(timeout=180)
                 poll = json.loads(out.decode().strip().splitlines()[-1])
                 rss_end = rss_mb(fleet)
         finally:
@@ -295,7 +314,9 @@ def show(row: dict[str, Any]) -> None:
         f"naive {row['naive_per_s']:.1f}/s on {row['naive_orders']}: {row['ratio']:.1f}x\n"
         f"    poll at {row['poll_rate']:.0f}/s: "
         f"p50 {poll['p50_ms']:.1f} ms, p99 {poll['p99_ms']:.1f} ms, max {poll['max_ms']:.0f} ms, "
-        f"errors {poll['errors']}; CPU ms per GET (polling alone): "
+        f"errors {poll['errors']}; poller behind schedule p99 {poll['behind_p99_ms']:.1f} ms, "
+        f"max {poll['behind_max_ms']:.0f} ms\n"
+        f"    CPU ms per GET (polling alone): "
         + ", ".join(f"{k} {v:.2f}" for k, v in row["get_cpu_ms"].items())
         + "\n"
         f"    CPU ms/order: {cpu} (total {row['cpu_ms_total']:.2f})\n"
@@ -327,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         help="after the warm-up, keep posting at --warm-latency-ms this long (no restart)",
     )
     parser.add_argument("--warm-latency-ms", type=float, default=0.0)
+    parser.add_argument("--profile", type=Path, help="write py-spy flame graphs to this folder")
+    parser.add_argument("--profile-tag", default="", help="suffix of the flame graph names")
     args = parser.parse_args(argv)
     latencies = [float(x) for x in args.latency_ms.split(",")]
     naive_ns = [int(x) for x in args.naive_orders.split(",")]
@@ -334,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rows = []
+    print(
+        "workers run at nice 10 (the API at nice 0): a host shared by both gives the API the CPU "
+        "first, as separate API and worker hosts would",
+        flush=True,
+    )
     try:
         with services(tmp, own_postgres=False, db_url=args.db_url) as (db_url, own_redis, _):
             fleet = Fleet(tmp, db_url=db_url, redis_url=own_redis.url, stub_args=[], settings={

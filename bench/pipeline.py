@@ -73,7 +73,7 @@ from worker.queue.enqueue import enqueue_orders  # noqa: E402
 from worker.settings import Settings, normalise_database_url  # noqa: E402
 
 PG_URL = "postgresql://root@127.0.0.1:5432/root"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")  # a scratch database
 PREVIEW_PATH = "/api/partner/order/preview"
 SUBMIT_PATH = "/api/partner/order"
 TICK_S = os.sysconf("SC_CLK_TCK")

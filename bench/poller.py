@@ -4,7 +4,9 @@
 request is planned for an order id from FILE (re-read each second: the ids accepted so far);
 each one's latency counts from its planned time, so a slow answer delays none of the next
 ones' plans and queueing is measured (no coordinated omission). Stops when the stop file
-exists (or after ``--max-s``) and prints one JSON line: count, errors, p50/p90/p99/max ms.
+exists (or after ``--max-s``) and prints one JSON line: count, errors, p50/p90/p99/max ms, and
+how far behind its schedule the poller itself sent (``behind_p99_ms``, ``behind_max_ms``: the
+time from a request's planned moment to the moment the client started it).
 It is its own process, at a higher CPU priority (nice -10 when allowed), so that neither the
 benchmark's own work nor the fleet's delays a poll on this shared machine: a caller polling us
 runs on its own machine.
@@ -32,6 +34,7 @@ def _pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, float]:
     ids: list[str] = []
     latencies: list[float] = []
+    behind: list[float] = []
     errors = 0
     headers = {"Authorization": f"Bearer {args.key}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -39,6 +42,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         async def one(order_id: str, planned: float) -> None:
             nonlocal errors
+            behind.append((time.perf_counter() - planned) * 1000)
             try:
                 answer = await client.get(f"/v1/orders/{order_id}", timeout=10)
                 if answer.status_code != 200:
@@ -67,6 +71,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks, timeout=15)
+        for task in list(tasks):  # still unanswered after 15 s: counted as errors
+            task.cancel()
+            errors += 1
     return {
         "count": len(latencies),
         "errors": errors,
@@ -74,6 +81,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "p90_ms": _pct(latencies, 0.9),
         "p99_ms": _pct(latencies, 0.99),
         "max_ms": max(latencies, default=float("nan")),
+        "behind_p99_ms": _pct(behind, 0.99),
+        "behind_max_ms": max(behind, default=float("nan")),
     }
 
 

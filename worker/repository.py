@@ -191,18 +191,18 @@ def claim(
     ids = list(ids)
     if not ids:
         return []
+    c = _ORDERS.c
     stmt = (
-        update(Order)
-        .where(Order.id.in_(ids), Order.status == str(frm), Order.lease_owner.is_(None))
+        update(_ORDERS)
+        .where(c.id.in_(ids), c.status == str(frm), c.lease_owner.is_(None))
         .values(
             status=str(to),
             lease_owner=owner,
             due_at=lease_until,
             updated_at=now,
-            attempts=Order.attempts + 1,
+            attempts=c.attempts + 1,
         )
-        .returning(Order.id, Order.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(c.id, c.attempts)
     )
     rows = session.execute(stmt).all()
     events = [
@@ -220,12 +220,12 @@ def lease(
     ids = list(ids)
     if not ids:
         return []
+    c = _ORDERS.c
     stmt = (
-        update(Order)
-        .where(Order.id.in_(ids), Order.status == str(status), Order.lease_owner.is_(None))
+        update(_ORDERS)
+        .where(c.id.in_(ids), c.status == str(status), c.lease_owner.is_(None))
         .values(lease_owner=owner, due_at=lease_until)
-        .returning(Order.id)
-        .execution_options(synchronize_session=False)
+        .returning(c.id)
     )
     return list(session.execute(stmt).scalars())
 
@@ -233,10 +233,9 @@ def lease(
 def release(session: Session, order_id: str, *, now: datetime, owner: str, **values: Any) -> bool:
     """Give back the lease (same status, no history row), setting ``values``."""
     stmt = (
-        update(Order)
-        .where(Order.id == order_id, Order.lease_owner == owner)
+        update(_ORDERS)
+        .where(_ORDERS.c.id == order_id, _ORDERS.c.lease_owner == owner)
         .values(lease_owner=None, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return bool(result.rowcount)
@@ -262,10 +261,9 @@ def renew_leases(session: Session, ids: Iterable[str], *, owner: str, lease_unti
     if not ids:
         return 0
     stmt = (
-        update(Order)
-        .where(Order.id.in_(ids), Order.lease_owner == owner)
+        update(_ORDERS)
+        .where(_ORDERS.c.id.in_(ids), _ORDERS.c.lease_owner == owner)
         .values(due_at=lease_until)
-        .execution_options(synchronize_session=False)
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return int(result.rowcount or 0)

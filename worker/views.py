@@ -5,7 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from worker.models import OrderEvent, OrderLike
+
+ViewSource = OrderLike | Row[Any]
+"""A stored order: loaded (ORM), just created (plain data) or a row of its view columns."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -15,7 +20,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def upstream_view(order: OrderLike) -> dict[str, Any] | None:
+def upstream_view(order: ViewSource) -> dict[str, Any] | None:
     """The upstream's answer as recorded, or None until the order was submitted."""
     if order.upstream_id is None and order.upstream_status is None:
         return None
@@ -28,7 +33,7 @@ def upstream_view(order: OrderLike) -> dict[str, Any] | None:
     }
 
 
-def order_view(order: OrderLike) -> dict[str, Any]:
+def order_view(order: ViewSource) -> dict[str, Any]:
     """The contract's order view (design.md section 6)."""
     return {
         "id": order.id,

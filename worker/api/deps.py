@@ -20,7 +20,7 @@ from worker.api.auth import CallerRef, current_caller
 from worker.api.broker import Broker
 from worker.api.errors import ApiError
 from worker.api.metrics import Metrics
-from worker.db import read_session
+from worker.db import read_engine, read_session
 from worker.intake.idempotency import MAX_IDEMPOTENCY_KEY_CHARS, normalise_key
 from worker.settings import Settings
 
@@ -60,6 +60,17 @@ async def in_session(settings: Settings, fn: Callable[..., T], *args: Any) -> T:
             session.close()
             if isinstance(bind, Connection):
                 bind.close()
+
+    return await run_in_threadpool(call)
+
+
+async def in_connection(settings: Settings, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(connection, *args)`` in a worker thread on a read-only Core connection (no
+    session, no ORM): for the hottest reads."""
+
+    def call() -> T:
+        with read_engine(settings.database_url).connect() as conn:
+            return fn(conn, *args)
 
     return await run_in_threadpool(call)
 

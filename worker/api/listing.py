@@ -16,10 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from worker.api.deps import ID_PATTERN
 from worker.api.errors import ApiError
+from worker.api.order_reads import VIEW_COLUMNS
 from worker.intake.store import find_for_caller
 from worker.models import Order, OrderEvent
 from worker.views import event_view, order_view
@@ -59,8 +60,9 @@ class OrderFilter:
     created_before: datetime | None = None
 
 
-def _query(caller_id: str, flt: OrderFilter) -> Select[Order]:
-    stmt = select(Order).where(Order.caller_id == caller_id).options(defer(Order.payload))
+def _query(caller_id: str, flt: OrderFilter) -> Select[Any]:
+    # Rows of the view's columns (no ORM objects): the page is shaped and serialised as is.
+    stmt = select(*VIEW_COLUMNS).where(Order.caller_id == caller_id)
     if flt.statuses:
         stmt = stmt.where(Order.status.in_(flt.statuses))
     if flt.external_id is not None:
@@ -82,7 +84,7 @@ def order_page(
     stmt = _query(caller_id, flt)
     if after_id is not None:
         stmt = stmt.where(Order.id < after_id)
-    rows = list(session.scalars(stmt.order_by(Order.id.desc()).limit(limit + 1)))
+    rows = list(session.execute(stmt.order_by(Order.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return {

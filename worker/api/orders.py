@@ -11,9 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from schemas.intake import BatchResponse, EventPage, OrderPage, OrderStatus, OrderView, TextParam
 from worker.api.deps import (
@@ -24,15 +23,15 @@ from worker.api.deps import (
     SettingsDep,
     as_utc,
     check_id,
+    in_connection,
     in_session,
 )
 from worker.api.errors import ApiError, json_response
 from worker.api.listing import EVENT_ID, OrderFilter, decode_cursor, event_page, order_page
 from worker.api.openapi import BATCH_BODY, ORDER_BODY, errors
+from worker.api.order_reads import etag, not_modified, view_bytes
 from worker.api.submission import Accept, submit
 from worker.intake import service as intake_service
-from worker.intake.store import find_for_caller
-from worker.views import order_view
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
@@ -108,18 +107,39 @@ _intake_route(
 )
 
 
-def _view(session: Session, caller_id: str, order_id: str) -> dict[str, Any] | None:
-    order = find_for_caller(session, caller_id, order_id)
-    return None if order is None else order_view(order)
+NO_STORE = "no-store"
+ORDER_VIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The order view",
+        "headers": {
+            "ETag": {"description": "Strong tag of this answer", "schema": {"type": "string"}},
+            "Cache-Control": {"description": "`no-store`", "schema": {"type": "string"}},
+        },
+    },
+    304: {"description": "Unchanged since the ETag sent in `If-None-Match` (no body)"},
+    **errors(401, 404),
+}
 
 
-@router.get("/{order_id}", response_model=OrderView, responses=errors(401, 404))
-async def get_order(order_id: str, caller: Caller, settings: SettingsDep) -> Response:
-    """The order view."""
-    view = await in_session(settings, _view, caller.id, check_id(order_id))
-    if view is None:
+@router.get("/{order_id}", response_model=OrderView, responses=ORDER_VIEW_RESPONSES)
+async def get_order(
+    order_id: str,
+    caller: Caller,
+    settings: SettingsDep,
+    if_none_match: Annotated[
+        str | None,
+        Header(alias="If-None-Match", description="An ETag from an earlier answer"),
+    ] = None,
+) -> Response:
+    """The order view; poll with ``If-None-Match: <ETag>`` to get ``304`` while unchanged."""
+    body = await in_connection(settings, view_bytes, caller.id, check_id(order_id))
+    if body is None:
         raise ApiError(404, f"order {order_id} not found")
-    return json_response(view)
+    tag = etag(body)
+    headers = {"ETag": tag, "Cache-Control": NO_STORE}
+    if not_modified(if_none_match, tag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, headers=headers, media_type="application/json")
 
 
 @router.get("", response_model=OrderPage, responses=errors(401, 422))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, or_, select, union_all, update
+from sqlalchemy import Select, bindparam, exists, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from worker.models import Caller, Order
@@ -39,6 +39,26 @@ def callers_with_work(session: Session) -> list[str]:
     return list(session.scalars(stmt))
 
 
+def _due_statement() -> Select[tuple[str]]:
+    parts = [
+        select(Order.id)
+        .where(*_waiting(bindparam("caller_id"), status), Order.due_at <= bindparam("now"))
+        .order_by(Order.id)
+        .limit(bindparam("limit"))
+        .subquery()
+        .select()
+        for status in _RESTING
+    ]
+    merged = union_all(*parts).subquery()
+    return select(merged.c.id).order_by(merged.c.id).limit(bindparam("limit"))
+
+
+# Built once: the dispatcher runs these after every chunk, and building the union (and its
+# cache key) each time was a tenth of a worker process's CPU at 0 ms latency (py-spy).
+_DUE = _due_statement()
+_SCHEDULED = [select(exists().where(*_waiting(bindparam("caller_id"), st))) for st in _RESTING]
+
+
 def due_orders(session: Session, caller_id: str, *, now: datetime, limit: int) -> list[str]:
     """The caller's oldest ``limit`` orders that are due now, oldest first.
 
@@ -47,24 +67,13 @@ def due_orders(session: Session, caller_id: str, *, now: datetime, limit: int) -
     """
     if limit <= 0:
         return []
-    parts = [
-        select(Order.id)
-        .where(*_waiting(caller_id, status), Order.due_at <= now)
-        .order_by(Order.id)
-        .limit(limit)
-        .subquery()
-        .select()
-        for status in _RESTING
-    ]
-    merged = union_all(*parts).subquery()
-    return list(session.scalars(select(merged.c.id).order_by(merged.c.id).limit(limit)))
+    params = {"caller_id": caller_id, "now": now, "limit": limit}
+    return list(session.scalars(_DUE, params))
 
 
 def has_scheduled(session: Session, caller_id: str) -> bool:
     """Whether the caller has any resting order scheduled (due now or later)."""
-    return any(
-        session.scalar(select(exists().where(*_waiting(caller_id, status)))) for status in _RESTING
-    )
+    return any(session.scalar(stmt, {"caller_id": caller_id}) for stmt in _SCHEDULED)
 
 
 def claim(session: Session, ids: Sequence[str], *, now: datetime, grace_s: float) -> list[str]:

@@ -216,6 +216,11 @@ class UpstreamClient:
             # Time to the answer, read before parsing: what the latency rule compares.
             with contextlib.suppress(RuntimeError):  # a transport that never closed it
                 elapsed.append(response.elapsed.total_seconds())
+        if response.is_success:
+            # The common case parsed once, bytes to model (no intermediate dict); anything the
+            # model refuses takes the general path below, which names the failure.
+            with contextlib.suppress(ValidationError):
+                return model.model_validate_json(response.content)
         body = _json(response)
         error = error_for_status(
             response.status_code,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from schemas.webhooks import WebhookEvent
@@ -32,19 +32,25 @@ def wants(endpoint_types: list[str] | None, etype: str) -> bool:
     return not endpoint_types or etype in endpoint_types or "order.*" in endpoint_types
 
 
+# Built once: it runs after every chunk's moves, mostly to find that no endpoint listens.
+_ENDPOINTS = select(
+    WebhookEndpoint.id, WebhookEndpoint.caller_id, WebhookEndpoint.event_types
+).where(
+    WebhookEndpoint.enabled.is_(True),
+    WebhookEndpoint.caller_id.in_(
+        select(Order.caller_id)
+        .where(Order.id.in_(bindparam("order_ids", expanding=True)))
+        .distinct()
+    ),
+)
+
+
 def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
     """Write one pending delivery per (event, subscribed endpoint); returns their ids."""
     if not events:
         return []
     order_ids = {e["order_id"] for e in events}
-    endpoints = session.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.caller_id, WebhookEndpoint.event_types).where(
-            WebhookEndpoint.enabled.is_(True),
-            WebhookEndpoint.caller_id.in_(
-                select(Order.caller_id).where(Order.id.in_(order_ids)).distinct()
-            ),
-        )
-    ).all()
+    endpoints = session.execute(_ENDPOINTS, {"order_ids": sorted(order_ids)}).all()
     if not endpoints:
         return []
     by_caller: dict[str, list[tuple[str, list[str] | None]]] = {}
