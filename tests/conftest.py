@@ -5,16 +5,25 @@ Redis (a dedicated database, flushed per test).
 - ``ORDERS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``; if nothing answers there,
   a bundled redis-server is started for the session).
 Each test starts from empty tables and an empty Redis database.
+
+Under pytest-xdist (``-n``) every worker gets its own of both, so tests never meet across
+workers: worker ``gwN`` uses the PostgreSQL database ``<name>_gwN`` (created when missing) and
+the Redis database ``(index - N) mod 16`` of the same server (Celery's broadcasts are prefixed
+with the database index, so they stay apart too). SQLite files are per session already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 from sqlalchemy import text
 
 from worker import migrate
@@ -26,10 +35,54 @@ from worker.settings import Settings, get_settings, normalise_database_url
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
+def _xdist_worker_number() -> int | None:
+    """N for the xdist worker ``gwN`` running this process; None outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker.removeprefix("gw")) if worker.startswith("gw") else None
+
+
+def redis_url_for_worker(url: str, number: int) -> str:
+    """``url`` moved to the Redis database ``(index - number) mod 16``."""
+    parts = urlsplit(url)
+    index = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(index - number) % 16}"))
+
+
+def postgres_url_for_worker(url: str, number: int) -> str:
+    """``url`` moved to the database ``<name>_gw<number>``, created from ``url`` when missing."""
+    parts = urlsplit(url)
+    name = f"{parts.path.strip('/')}_gw{number}"
+    plain = url.replace("+psycopg", "")
+    with psycopg.connect(plain, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            # Another run may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give an xdist worker its own PostgreSQL database and Redis database (see above)."""
+    number = _xdist_worker_number()
+    if number is None:
+        return
+    redis_url = os.environ.get("ORDERS_TEST_REDIS_URL")
+    if redis_url:
+        os.environ["ORDERS_TEST_REDIS_URL"] = redis_url_for_worker(redis_url, number)
+    db = os.environ.get("ORDERS_DATABASE_URL")
+    if db and normalise_database_url(db).startswith("postgresql"):
+        os.environ["ORDERS_DATABASE_URL"] = postgres_url_for_worker(
+            normalise_database_url(db), number
+        )
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     """A real Redis for the session: the configured one, else a bundled redis-server."""
-    url = os.environ.get("ORDERS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    number = _xdist_worker_number()
+    default = redis_url_for_worker(DEFAULT_TEST_REDIS_URL, number or 0)
+    url = os.environ.get("ORDERS_TEST_REDIS_URL", default)
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError:
