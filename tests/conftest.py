@@ -8,8 +8,9 @@ Each test starts from empty tables and an empty Redis database.
 
 Under pytest-xdist (``-n``) every worker gets its own of both, so tests never meet across
 workers: worker ``gwN`` uses the PostgreSQL database ``<name>_gwN`` (created when missing) and
-the Redis database ``(index - N) mod 16`` of the same server (Celery's broadcasts are prefixed
-with the database index, so they stay apart too). SQLite files are per session already.
+the Redis database ``(index - ORDERS_TEST_REDIS_OFFSET - N) mod 16`` of the same server
+(Celery's broadcasts are prefixed with the database index, so they stay apart too). SQLite
+files are per session already.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def _xdist_worker_number() -> int | None:
 
 
 def redis_url_for_worker(url: str, number: int) -> str:
-    """``url`` moved to the Redis database ``(index - number) mod 16``."""
+    """``url`` moved to the Redis database ``(index - offset - number) mod 16``, where the
+    offset (``ORDERS_TEST_REDIS_OFFSET``, default 0) keeps two runs side by side apart."""
     parts = urlsplit(url)
-    index = int(parts.path.strip("/") or 0)
+    index = int(parts.path.strip("/") or 0) - int(os.environ.get("ORDERS_TEST_REDIS_OFFSET", "0"))
     return urlunsplit(parts._replace(path=f"/{(index - number) % 16}"))
 
 
@@ -63,13 +65,10 @@ def postgres_url_for_worker(url: str, number: int) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Give an xdist worker its own PostgreSQL database and Redis database (see above)."""
+    """Give an xdist worker its own PostgreSQL database (its Redis: ``redis_server_url``)."""
     number = _xdist_worker_number()
     if number is None:
         return
-    redis_url = os.environ.get("ORDERS_TEST_REDIS_URL")
-    if redis_url:
-        os.environ["ORDERS_TEST_REDIS_URL"] = redis_url_for_worker(redis_url, number)
     db = os.environ.get("ORDERS_DATABASE_URL")
     if db and normalise_database_url(db).startswith("postgresql"):
         os.environ["ORDERS_DATABASE_URL"] = postgres_url_for_worker(
@@ -77,12 +76,29 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+# The long end-to-end runs: one xdist group (they run one after another on one worker while
+# the others take the rest; together they would starve each other of the two cores), and the
+# long timeout.
+E2E_GROUP = ("test_chaos_short.py", "test_upstream_pushback.py", "test_console_browser.py")
+LONG_TIMEOUT_S = 300
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the end-to-end modules; give ``long`` tests ``LONG_TIMEOUT_S`` instead of the
+    default per-test timeout (pyproject's ``timeout``)."""
+    for item in items:
+        if item.path.name in E2E_GROUP:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+            item.add_marker(pytest.mark.long)
+        if item.get_closest_marker("long") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     """A real Redis for the session: the configured one, else a bundled redis-server."""
-    number = _xdist_worker_number()
-    default = redis_url_for_worker(DEFAULT_TEST_REDIS_URL, number or 0)
-    url = os.environ.get("ORDERS_TEST_REDIS_URL", default)
+    base = os.environ.get("ORDERS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    url = redis_url_for_worker(base, _xdist_worker_number() or 0)
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError:
