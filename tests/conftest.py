@@ -5,16 +5,26 @@ Redis (a dedicated database, flushed per test).
 - ``ORDERS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``; if nothing answers there,
   a bundled redis-server is started for the session).
 Each test starts from empty tables and an empty Redis database.
+
+Under pytest-xdist (``-n``) every worker gets its own of both, so tests never meet across
+workers: worker ``gwN`` uses the PostgreSQL database ``<name>_gwN`` (created when missing) and
+the Redis database ``(index - ORDERS_TEST_REDIS_OFFSET - N) mod 16`` of the same server
+(Celery's broadcasts are prefixed with the database index, so they stay apart too). SQLite
+files are per session already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 from sqlalchemy import text
 
 from worker import migrate
@@ -26,10 +36,69 @@ from worker.settings import Settings, get_settings, normalise_database_url
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
+def _xdist_worker_number() -> int | None:
+    """N for the xdist worker ``gwN`` running this process; None outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker.removeprefix("gw")) if worker.startswith("gw") else None
+
+
+def redis_url_for_worker(url: str, number: int) -> str:
+    """``url`` moved to the Redis database ``(index - offset - number) mod 16``, where the
+    offset (``ORDERS_TEST_REDIS_OFFSET``, default 0) keeps two runs side by side apart."""
+    parts = urlsplit(url)
+    index = int(parts.path.strip("/") or 0) - int(os.environ.get("ORDERS_TEST_REDIS_OFFSET", "0"))
+    return urlunsplit(parts._replace(path=f"/{(index - number) % 16}"))
+
+
+def postgres_url_for_worker(url: str, number: int) -> str:
+    """``url`` moved to the database ``<name>_gw<number>``, created from ``url`` when missing."""
+    parts = urlsplit(url)
+    name = f"{parts.path.strip('/')}_gw{number}"
+    plain = url.replace("+psycopg", "")
+    with psycopg.connect(plain, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            # Another run may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give an xdist worker its own PostgreSQL database (its Redis: ``redis_server_url``)."""
+    number = _xdist_worker_number()
+    if number is None:
+        return
+    db = os.environ.get("ORDERS_DATABASE_URL")
+    if db and normalise_database_url(db).startswith("postgresql"):
+        os.environ["ORDERS_DATABASE_URL"] = postgres_url_for_worker(
+            normalise_database_url(db), number
+        )
+
+
+# The long end-to-end runs: one xdist group (they run one after another on one worker while
+# the others take the rest; together they would starve each other of the two cores), and the
+# long timeout.
+E2E_GROUP = ("test_chaos_short.py", "test_upstream_pushback.py", "test_console_browser.py")
+LONG_TIMEOUT_S = 300
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the end-to-end modules; give ``long`` tests ``LONG_TIMEOUT_S`` instead of the
+    default per-test timeout (pyproject's ``timeout``)."""
+    for item in items:
+        if item.path.name in E2E_GROUP:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+            item.add_marker(pytest.mark.long)
+        if item.get_closest_marker("long") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     """A real Redis for the session: the configured one, else a bundled redis-server."""
-    url = os.environ.get("ORDERS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    base = os.environ.get("ORDERS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    url = redis_url_for_worker(base, _xdist_worker_number() or 0)
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError:

@@ -332,7 +332,7 @@ def flower(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(5555, help="Port to bind."),
 ) -> None:
-    """Run Flower (task-level view of the Celery side) on our broker (extra: ``[flower]``)."""
+    r"""Run Flower (task-level view of the Celery side) on our broker (extra: \[flower])."""
     url = _export_redis_url()
     from worker.queue.app import configure
 
