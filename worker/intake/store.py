@@ -29,6 +29,7 @@ def create_orders(
     now: datetime,
     due_in_s: float = 0.0,
     batch_id: str | None = None,
+    indexes: Sequence[int] | None = None,
     actor: str = "intake",
 ) -> list[StoredOrder]:
     """Insert ``items`` as ``received`` orders with their first history row, in bulk.
@@ -42,11 +43,13 @@ def create_orders(
         return []
     due = now + timedelta(seconds=due_in_s)
     received = str(Status.RECEIVED)
+    positions = list(indexes) if indexes is not None else [None] * len(items)
     rows = [
         {
             "id": new_id("ord"),
             "caller_id": caller_id,
             "batch_id": batch_id,
+            "batch_index": position if batch_id is not None else None,
             "external_id": item.external_id,
             "request_hash": item.request_hash,
             "order_type": item.order_type,
@@ -59,7 +62,7 @@ def create_orders(
             "created_at": now,
             "updated_at": now,
         }
-        for item in items
+        for item, position in zip(items, positions, strict=True)
     ]
     session.execute(insert(ORDERS), rows)
     session.execute(
