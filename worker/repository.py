@@ -249,14 +249,13 @@ def held_by_batch(session: Session, ids: Sequence[str], *, step: Status) -> dict
 def _park(session: Session, held: Mapping[str, str], *, status: Status) -> None:
     """Rest held orders where they are (no status change): due never, until released."""
     stmt = (
-        update(Order)
+        update(_ORDERS)
         .where(
-            Order.id == bindparam("p_id"),
-            Order.status == str(status),
-            Order.lease_owner.is_(None),
+            _ORDERS.c.id == bindparam("p_id"),
+            _ORDERS.c.status == str(status),
+            _ORDERS.c.lease_owner.is_(None),
         )
         .values(due_at=None, next_attempt_at=None, reason=bindparam("p_reason"))
-        .execution_options(synchronize_session=False)
     )
     session.execute(stmt, [{"p_id": oid, "p_reason": r} for oid, r in sorted(held.items())])
 
@@ -274,7 +273,13 @@ def _hold_previews(session: Session, moves: list[Move]) -> list[Move]:
         if reason is None or m.via != S.PREVIEWED:
             out.append(m)
             continue
-        values = {**m.values, "due_at": None, "next_attempt_at": None, "lease_owner": None}
+        values = {
+            **m.values,
+            "due_at": None,
+            "next_attempt_at": None,
+            "lease_owner": None,
+            "reason": reason,
+        }
         out.append(Move(m.order_id, m.frm, S.PREVIEWED, values, reason=reason))
     return out
 

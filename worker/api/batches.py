@@ -62,6 +62,8 @@ async def get_batch(batch_id: str, caller: Caller, settings: SettingsDep) -> Res
     view = await in_session(settings, read_batch, caller.id, check_id(batch_id))
     if view is None:
         raise BatchNotFound(batch_id)
+    if view["state"] == "awaiting_approval" and view["totals"] is None:
+        view = await run_in_threadpool(actions.priced, settings.database_url, caller.id, batch_id)
     return json_response(view)
 
 

@@ -40,6 +40,19 @@ def view(db_url: str, caller_id: str | None, batch_id: str) -> dict[str, Any]:
         return batch_view(batch, summary)
 
 
+def priced(db_url: str, caller_id: str | None, batch_id: str) -> dict[str, Any]:
+    """The batch object, with its totals added up first if it just finished previewing.
+
+    The totals are computed once (a paged read of the previews) and kept on the batch row.
+    """
+    shown = view(db_url, caller_id, batch_id)
+    if shown["state"] != rules.AWAITING_APPROVAL or shown["totals"] is not None:
+        return shown
+    with transaction(db_url) as session:
+        batch_store.set_totals(session, batch_id, batch_store.compute_totals(session, batch_id))
+    return view(db_url, caller_id, batch_id)
+
+
 def _shown(db_url: str, caller_id: str | None, batch_id: str) -> str:
     return str(view(db_url, caller_id, batch_id)["state"])
 
@@ -56,9 +69,11 @@ def approve(
 
     Only a batch ``awaiting_approval`` with every preview back can be approved (409 otherwise).
     """
-    shown = _shown(db_url, caller_id, batch_id)
+    shown = str(priced(db_url, caller_id, batch_id)["state"])
     if shown != rules.AWAITING_APPROVAL:
-        raise WrongState(f"batch {batch_id} is {shown}: only a batch awaiting_approval")
+        raise WrongState(
+            f"batch {batch_id} is {shown}: only a batch awaiting_approval can be approved"
+        )
     return _go_on(
         db_url,
         caller_id,
