@@ -5,10 +5,11 @@ Revises: 0004
 Create Date: 2026-12-04 12:40:00
 
 Counts live in ``batch_counts`` (one row per batch, status and writer) and are changed by
-triggers on ``orders``, so every path that moves an order (pipeline, sweeper, intake,
-operator, retention) keeps them in its own transaction. On PostgreSQL the writer is the
-backend pid: two transactions at once never touch the same counts row (no hot row, no lock
-wait), and a read sums a handful of rows. Existing batches are backfilled here.
+triggers on ``orders`` (status changes, deletes), so every path that moves an order
+(pipeline, sweeper, operator, retention) keeps them in its own transaction; intake counts
+the orders it inserts in its transaction. On PostgreSQL the writer is the backend pid: two
+transactions at once never touch the same counts row (no hot row, no lock wait, no
+deadlock), and a read sums a handful of rows. Existing batches are backfilled here.
 """
 
 from __future__ import annotations
@@ -26,53 +27,38 @@ BUCKET_S = 5
 
 _PG_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION orders_batch_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  writer integer := pg_backend_pid();
 BEGIN
-  IF TG_OP = 'INSERT' THEN
+  INSERT INTO batch_counts AS c (batch_id, status, shard, n)
+  VALUES (OLD.batch_id, OLD.status, writer, -1)
+  ON CONFLICT (batch_id, status, shard) DO UPDATE SET n = c.n - 1;
+  IF TG_OP = 'UPDATE' THEN
     INSERT INTO batch_counts AS c (batch_id, status, shard, n, first_at, last_at)
-    SELECT batch_id, status, pg_backend_pid(), count(*), min(updated_at), max(updated_at)
-    FROM new_rows WHERE batch_id IS NOT NULL GROUP BY batch_id, status ORDER BY 1, 2
-    ON CONFLICT (batch_id, status, shard) DO UPDATE SET n = c.n + excluded.n,
+    VALUES (NEW.batch_id, NEW.status, writer, 1, NEW.updated_at, NEW.updated_at)
+    ON CONFLICT (batch_id, status, shard) DO UPDATE SET n = c.n + 1,
       first_at = LEAST(c.first_at, excluded.first_at),
       last_at = GREATEST(c.last_at, excluded.last_at);
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO batch_counts AS c (batch_id, status, shard, n)
-    SELECT batch_id, status, pg_backend_pid(), -count(*)
-    FROM old_rows WHERE batch_id IS NOT NULL GROUP BY batch_id, status ORDER BY 1, 2
-    ON CONFLICT (batch_id, status, shard) DO UPDATE SET n = c.n + excluded.n;
-  ELSE
-    INSERT INTO batch_counts AS c (batch_id, status, shard, n, first_at, last_at)
-    SELECT batch_id, status, pg_backend_pid(), sum(dn), min(at), max(at) FROM (
-      SELECT n.batch_id, n.status, 1 AS dn, n.updated_at AS at
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-      WHERE n.batch_id IS NOT NULL AND o.status IS DISTINCT FROM n.status
-      UNION ALL
-      SELECT o.batch_id, o.status, -1, NULL
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-      WHERE o.batch_id IS NOT NULL AND o.status IS DISTINCT FROM n.status
-    ) d GROUP BY batch_id, status ORDER BY 1, 2
-    ON CONFLICT (batch_id, status, shard) DO UPDATE SET n = c.n + excluded.n,
-      first_at = LEAST(c.first_at, excluded.first_at),
-      last_at = GREATEST(c.last_at, excluded.last_at);
-    INSERT INTO batch_finals AS f (batch_id, bucket, shard, n)
-    SELECT n.batch_id, floor(extract(epoch FROM n.updated_at) / {BUCKET_S})::bigint,
-      pg_backend_pid(), count(*)
-    FROM new_rows n JOIN old_rows o ON o.id = n.id
-    WHERE n.batch_id IS NOT NULL AND o.status IS DISTINCT FROM n.status
-      AND n.status IN {FINAL}
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (batch_id, bucket, shard) DO UPDATE SET n = f.n + excluded.n;
+    IF NEW.status IN {FINAL} THEN
+      INSERT INTO batch_finals AS f (batch_id, bucket, shard, n)
+      VALUES (NEW.batch_id, floor(extract(epoch FROM NEW.updated_at) / {BUCKET_S})::bigint,
+              writer, 1)
+      ON CONFLICT (batch_id, bucket, shard) DO UPDATE SET n = f.n + 1;
+    END IF;
   END IF;
   RETURN NULL;
 END $$;
 """
 
+# Row triggers that fire only on a status change of a batch's order (the WHEN clause keeps
+# lease renewals and orders outside batches free). Inserts are counted by intake itself
+# (worker.intake.store.create_orders: one row for the whole insert, not one per order).
 _PG_TRIGGERS = [
-    "CREATE TRIGGER orders_batch_counts_ins AFTER INSERT ON orders REFERENCING NEW TABLE AS "
-    "new_rows FOR EACH STATEMENT EXECUTE FUNCTION orders_batch_counts()",
-    "CREATE TRIGGER orders_batch_counts_upd AFTER UPDATE ON orders REFERENCING OLD TABLE AS "
-    "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION orders_batch_counts()",
-    "CREATE TRIGGER orders_batch_counts_del AFTER DELETE ON orders REFERENCING OLD TABLE AS "
-    "old_rows FOR EACH STATEMENT EXECUTE FUNCTION orders_batch_counts()",
+    "CREATE TRIGGER orders_batch_counts_upd AFTER UPDATE OF status ON orders FOR EACH ROW "
+    "WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.batch_id IS NOT NULL) "
+    "EXECUTE FUNCTION orders_batch_counts()",
+    "CREATE TRIGGER orders_batch_counts_del AFTER DELETE ON orders FOR EACH ROW "
+    "WHEN (OLD.batch_id IS NOT NULL) EXECUTE FUNCTION orders_batch_counts()",
 ]
 
 _SQLITE_ADD = """
@@ -94,8 +80,6 @@ ON CONFLICT (batch_id, bucket, shard) DO UPDATE SET n = n + 1;
 """
 # SQLite writes one transaction at a time: one counts row per batch and status (shard 0).
 _SQLITE_TRIGGERS = [
-    "CREATE TRIGGER orders_batch_counts_ins AFTER INSERT ON orders "
-    f"WHEN NEW.batch_id IS NOT NULL BEGIN {_SQLITE_ADD} END",
     "CREATE TRIGGER orders_batch_counts_upd AFTER UPDATE OF status ON orders "
     "WHEN NEW.batch_id IS NOT NULL AND OLD.status IS NOT NEW.status "
     f"BEGIN {_SQLITE_REMOVE} {_SQLITE_ADD} {_SQLITE_FINAL} END",
@@ -211,7 +195,7 @@ def _backfill(postgres: bool) -> None:
 
 def downgrade() -> None:
     bind = op.get_bind()
-    for name in ("ins", "upd", "del"):
+    for name in ("upd", "del"):
         if bind.dialect.name == "postgresql":
             op.execute(f"DROP TRIGGER IF EXISTS orders_batch_counts_{name} ON orders")
         else:
