@@ -11,17 +11,27 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.batches import BatchObject
 from schemas.intake import EXAMPLE_VIEW, OrderStatus, OrderView, examples
 
+BATCH_EVENT_TYPES: frozenset[str] = frozenset({"batch.completed", "batch.halted"})
 EVENT_TYPES: frozenset[str] = frozenset(
-    {"order.*", *(f"order.{status}" for status in get_args(OrderStatus))}
+    {
+        "order.*",
+        *(f"order.{status}" for status in get_args(OrderStatus)),
+        "batch.*",
+        *BATCH_EVENT_TYPES,
+    }
 )
-"""Webhook event types an endpoint can subscribe to (``order.*``: all of them)."""
+"""Webhook event types an endpoint can subscribe to (``order.*``, ``batch.*``: all of a kind).
+An endpoint that lists only batch types gets one event per batch, none per order."""
 
 
 def _known_event_type(value: str) -> str:
     if value not in EVENT_TYPES:
-        raise ValueError("unknown event type; expected order.* or order.<status>")
+        raise ValueError(
+            "unknown event type; expected order.*, order.<status>, batch.* or batch.<event>"
+        )
     return value
 
 
@@ -115,3 +125,11 @@ class WebhookEvent(BaseModel):
     type: str = Field(examples=["order.complete"])
     timestamp: datetime
     data: OrderView
+
+
+class BatchWebhookEvent(BaseModel):
+    """The body of a ``batch.completed`` or ``batch.halted`` webhook: the batch object."""
+
+    type: Literal["batch.completed", "batch.halted"]
+    timestamp: datetime
+    data: BatchObject

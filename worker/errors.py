@@ -12,6 +12,7 @@
     │   ├── KeyInFlight               the first request with the key is still running (409)
     │   └── KeyReused                 the key was used with a different request (422)
     ├── OrderNotFound                 no such order for this caller (404)
+    ├── BatchNotFound                 no such batch for this caller (404)
     ├── WrongState                    the order's state does not allow the action (409)
     └── KeyAdminError                 an ``orders keys`` command cannot be done as asked
 
@@ -99,6 +100,10 @@ class KeyReused(IdempotencyError):
 
 class OrderNotFound(OrderError):
     """No such order for this caller (another caller's order is not found either)."""
+
+
+class BatchNotFound(OrderError):
+    """No such batch for this caller (another caller's batch is not found either)."""
 
 
 class WrongState(OrderError):

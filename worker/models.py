@@ -78,6 +78,8 @@ class Order(Base):
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     caller_id: Mapped[str] = mapped_column(ForeignKey("callers.id"))
     batch_id: Mapped[str | None] = mapped_column(Id)
+    # The item's position in its batch request (the results file's order).
+    batch_index: Mapped[int | None] = mapped_column(Integer)
     external_id: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str] = mapped_column(String(64))
     order_type: Mapped[str] = mapped_column(String(64))
@@ -117,6 +119,7 @@ class Order(Base):
         # reason is carried in the index: failed-by-reason counts never touch the table.
         Index("ix_orders_status_id", "status", "id", postgresql_include=["reason"]),
         Index("ix_orders_external_id", "external_id"),
+        Index("ix_orders_batch_index", "batch_id", "batch_index"),
     )
 
 
@@ -199,6 +202,76 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class Batch(Base):
+    """A batch of orders: its state and rules; its counts are in ``BatchCount`` rows."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    caller_id: Mapped[str] = mapped_column(ForeignKey("callers.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # "run" or "preview_first" (every order previewed, none submitted until approved).
+    mode: Mapped[str] = mapped_column(String(20), default="run", server_default="run")
+    state: Mapped[str] = mapped_column(String(20))
+    state_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    halt_on: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    halt: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    totals: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Batch webhook events already written to the outbox (each goes out once).
+    notified: Mapped[list[str] | None] = mapped_column(JSONType)
+
+    __table_args__ = (
+        Index("ix_batches_caller_id_id", "caller_id", "id"),
+        Index("ix_batches_state", "state"),
+    )
+
+
+class BatchEvent(Base):
+    """One row per change of a batch's state (who did it, and why)."""
+
+    __tablename__ = "batch_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    batch_id: Mapped[str] = mapped_column(Id, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    from_state: Mapped[str | None] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class BatchCount(Base):
+    """Orders of a batch in a status, as written by one database session (``shard``).
+
+    Kept by triggers on ``orders`` (migration 0005_batches) in the transaction of every
+    insert, status change and delete; a batch's count of a status is the sum over shards.
+    """
+
+    __tablename__ = "batch_counts"
+
+    batch_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BatchFinal(Base):
+    """Orders of a batch that became final within a 5-second bucket (for the rate)."""
+
+    __tablename__ = "batch_finals"
+
+    batch_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 ORDERS: Table = Order.__table__  # type: ignore[assignment]
 ORDER_EVENTS: Table = OrderEvent.__table__  # type: ignore[assignment]
 """The two tables as Core objects, for bulk statements (ORM objects cost too much there)."""
@@ -233,6 +306,7 @@ class StoredOrder:
     subscription_reference: str | None = None
     upstream_owner: str | None = None
     submitted_at: datetime | None = None
+    batch_index: int | None = None
 
 
 OrderLike = Order | StoredOrder

@@ -16,8 +16,21 @@ from sqlalchemy.orm import Session
 
 from worker.models import ORDER_EVENTS as _EVENTS
 from worker.models import ORDERS as _ORDERS
-from worker.models import Order, OrderEvent
+from worker.models import Batch, Order, OrderEvent
 from worker.states import RESTING, Status, check_move
+
+S = Status
+# What a batch holds back, by its state: no submit while awaiting approval, nothing while
+# halted or cancelled (the reason the held order carries; see worker.batches).
+_HOLDS: dict[Status, dict[str, str]] = {
+    S.PREVIEWING: {"halted": "batch_halted", "cancelled": "batch_cancelled"},
+    S.SUBMITTING: {
+        "awaiting_approval": "awaiting_approval",
+        "halted": "batch_halted",
+        "cancelled": "batch_cancelled",
+    },
+}
+HOLD_REASONS: frozenset[str] = frozenset(_HOLDS[S.SUBMITTING].values())
 
 
 @dataclass(slots=True)
@@ -115,6 +128,7 @@ def apply_moves_bulk(
     """
     moves = sorted(moves, key=lambda m: m.order_id)
     lock_in_order(session, [m.order_id for m in moves])
+    moves = _hold_previews(session, moves)
     groups: dict[tuple[str, ...], list[tuple[Move, dict[str, Any]]]] = {}
     for move in moves:
         for frm, to in move.legs():
@@ -189,6 +203,11 @@ def claim(
     """
     check_move(frm, to)
     ids = list(ids)
+    if ids and to in _HOLDS:
+        held = held_by_batch(session, ids, step=to)
+        if held:
+            _park(session, held, status=frm)
+            ids = [i for i in ids if i not in held]
     if not ids:
         return []
     c = _ORDERS.c
@@ -211,6 +230,58 @@ def claim(
     if events:
         session.execute(insert(_EVENTS), events)
     return events
+
+
+def held_by_batch(session: Session, ids: Sequence[str], *, step: Status) -> dict[str, str]:
+    """``{order id: hold reason}`` for the orders of ``ids`` their batch holds back from
+    ``step`` (previewing or submitting)."""
+    holds = _HOLDS.get(step)
+    if not holds or not ids:
+        return {}
+    rows = session.execute(
+        select(Order.id, Batch.state)
+        .join(Batch, Batch.id == Order.batch_id)
+        .where(Order.id.in_(list(ids)), Batch.state.in_(list(holds)))
+    )
+    return {oid: holds[state] for oid, state in rows}
+
+
+def _park(session: Session, held: Mapping[str, str], *, status: Status) -> None:
+    """Rest held orders where they are (no status change): due never, until released."""
+    stmt = (
+        update(_ORDERS)
+        .where(
+            _ORDERS.c.id == bindparam("p_id"),
+            _ORDERS.c.status == str(status),
+            _ORDERS.c.lease_owner.is_(None),
+        )
+        .values(due_at=None, next_attempt_at=None, reason=bindparam("p_reason"))
+    )
+    session.execute(stmt, [{"p_id": oid, "p_reason": r} for oid, r in sorted(held.items())])
+
+
+def _hold_previews(session: Session, moves: list[Move]) -> list[Move]:
+    """A preview whose batch now holds its orders back stops at ``previewed`` (released, due
+    never) instead of going on to ``submitting``: nothing is submitted that was not approved."""
+    going = [m.order_id for m in moves if m.via == S.PREVIEWED and m.to == S.SUBMITTING]
+    held = held_by_batch(session, going, step=S.SUBMITTING)
+    if not held:
+        return moves
+    out: list[Move] = []
+    for m in moves:
+        reason = held.get(m.order_id)
+        if reason is None or m.via != S.PREVIEWED:
+            out.append(m)
+            continue
+        values = {
+            **m.values,
+            "due_at": None,
+            "next_attempt_at": None,
+            "lease_owner": None,
+            "reason": reason,
+        }
+        out.append(Move(m.order_id, m.frm, S.PREVIEWED, values, reason=reason))
+    return out
 
 
 def lease(

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.batches import HaltOn
+
 DEFAULT_HOME = Path(".orders")
 DEFAULT_STUB_PORT = 18080
 
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
     retention_orders_days: float = Field(90.0, ge=0)
     retention_deliveries_days: float = Field(14.0, ge=0)
     retention_batch: int = Field(500, ge=1, le=10_000)
+    # A batch's stop rule when it is posted without "halt_on" (JSON {"failed_share", "after"});
+    # per caller id in batch_halt_on_by_caller, for every caller in batch_halt_on.
+    batch_halt_on: HaltOn | None = None
+    batch_halt_on_by_caller: dict[str, HaltOn] = Field(default_factory=dict)
 
     http_max_header_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024)
     """Request line plus headers of one request (``orders api``; beyond: 400, closed)."""
@@ -107,6 +113,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    def halt_on_for(self, caller_id: str) -> HaltOn | None:
+        """The stop rule of a batch posted by ``caller_id`` without its own."""
+        return self.batch_halt_on_by_caller.get(caller_id, self.batch_halt_on)
 
     @field_validator("console_secret")
     @classmethod

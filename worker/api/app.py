@@ -17,7 +17,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from worker.api import health, operator, order_actions, orders, webhook_endpoints
+from worker.api import batches, health, operator, order_actions, orders, webhook_endpoints
 from worker.api.auth import Authenticator
 from worker.api.broker import Broker
 from worker.api.errors import install_handlers
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "orders"},
+            {"name": "batches"},
             {"name": "webhooks"},
             {"name": "health"},
             {"name": "operator"},
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
     app.state.broker = broker
     app.state.metrics = metrics
-    for module in (orders, order_actions, webhook_endpoints, health, operator):
+    for module in (orders, order_actions, batches, webhook_endpoints, health, operator):
         app.include_router(module.router)
     install_console(app)
     install_handlers(app)

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from schemas.upstream import ROOT_FIELD
 from worker.errors import (
+    BatchNotFound,
     FieldErrors,
     InvalidInput,
     KeyInFlight,
@@ -114,6 +115,10 @@ async def _order_not_found(_: Request, exc: Exception) -> Response:
     return error_response(404, f"order {exc} not found")
 
 
+async def _batch_not_found(_: Request, exc: Exception) -> Response:
+    return error_response(404, f"batch {exc} not found")
+
+
 async def _wrong_state(_: Request, exc: Exception) -> Response:
     return error_response(409, str(exc))
 
@@ -150,6 +155,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyInFlight, _key_in_flight)
     app.add_exception_handler(OrderNotFound, _order_not_found)
     app.add_exception_handler(WrongState, _wrong_state)
+    app.add_exception_handler(BatchNotFound, _batch_not_found)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -121,6 +121,25 @@ class ApiClient:
         body = {"url": url, "event_types": event_types}
         return dict(self._call("POST", "/v1/webhook-endpoints", json=body))
 
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/batches/{batch_id}"))
+
+    def batch_results(self, batch_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]:
+        """The batch's results file from index ``after`` on, line by line as it streams."""
+        params = {"after": after}
+        with self._http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as r:
+            if r.status_code >= 400:
+                r.read()
+                body = orjson.loads(r.content) if r.content else None
+                message = body.get("message") if isinstance(body, dict) else r.text
+                raise ApiCallError(r.status_code, str(message), body)
+            for line in r.iter_lines():
+                if line:
+                    yield orjson.loads(line)
+
+    def batch_action(self, batch_id: str, action: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/batches/{batch_id}/{action}"))
+
     def order(self, order_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/orders/{order_id}"))
 

@@ -221,16 +221,61 @@ def submit(
     batch_size: int = typer.Option(1000, min=1, max=10000),
     follow: bool = typer.Option(True, help="Follow the orders until they settle."),
     timeout_s: float = typer.Option(3600.0, help="How long to follow."),
+    results: Path | None = typer.Option(
+        None, "--results", dir_okay=False, help="Write the batches' results (JSON Lines) here."
+    ),
 ) -> None:
     """Submit a file of order payloads through the API, then follow them to the end."""
-    from worker.cli.output import client_from, console, exit_on_error, status_table, submit_file
+    from worker.cli.output import (
+        client_from,
+        console,
+        download_results,
+        exit_on_error,
+        status_table,
+        submit_file,
+    )
 
     client = client_from(api_url, key)
+    batch_ids: list[str] = []
     with exit_on_error(ValueError):
         counts = submit_file(
-            client, file, batch_size=batch_size, follow=follow, timeout_s=timeout_s
+            client,
+            file,
+            batch_size=batch_size,
+            follow=follow,
+            timeout_s=timeout_s,
+            batch_ids=batch_ids,
         )
     console.print(status_table(counts))
+    if results is not None:
+        with exit_on_error(OSError):
+            n = download_results(client, batch_ids, results)
+        console.print(f"results: {n} lines in {results}")
+
+
+@app.command("batch")
+def batch_cmd(
+    batch_id: str = typer.Argument(..., help="The batch id (bat_...)."),
+    api_url: str | None = API_URL,
+    key: str | None = API_KEY,
+    watch: bool = typer.Option(False, "--watch", help="Refresh until it stops running."),
+    action: str | None = typer.Option(
+        None, "--action", help="approve, cancel or resume the batch first."
+    ),
+) -> None:
+    """Show a batch: state, counts, pace and ETA, totals, halt, with a progress bar."""
+    from worker.cli.output import client_from, console, exit_on_error, show_batch
+
+    client = client_from(api_url, key)
+    with exit_on_error():
+        if action is not None:
+            if action not in ("approve", "cancel", "resume"):
+                raise typer.BadParameter("approve, cancel or resume", param_hint="--action")
+            answer = client.batch_action(batch_id, action)
+            console.print(
+                f"{action}: cancelled {answer['cancelled']}, released {answer['released']}"
+            )
+        show_batch(client, batch_id, watch=watch)
 
 
 @app.command()

@@ -49,7 +49,13 @@ def exit_on_error(*also: type[Exception]) -> Iterator[None]:
 
 
 def submit_file(
-    client: ApiClient, path: Path, *, batch_size: int, follow: bool, timeout_s: float
+    client: ApiClient,
+    path: Path,
+    *,
+    batch_size: int,
+    follow: bool,
+    timeout_s: float,
+    batch_ids: list[str] | None = None,
 ) -> Counter[str]:
     """Send the file's orders in batches, then follow them until settled; return status counts.
 
@@ -58,7 +64,7 @@ def submit_file(
     """
     payloads = read_orders(path)
     digest = sha256_hex(path.read_bytes())[:24]
-    batch_ids: list[str] = []
+    batch_ids = batch_ids if batch_ids is not None else []
     errors: list[tuple[int, dict[str, Any]]] = []
     with _progress() as progress:
         task = progress.add_task("accepted", total=len(payloads))
@@ -163,6 +169,54 @@ def follow_batches(
             time.sleep(0.5)
 
 
+def download_results(
+    client: ApiClient, batch_ids: list[str], out: Path, *, give_up_after_s: float = GIVE_UP_AFTER_S
+) -> int:
+    """Write every batch's results file to ``out`` (JSON Lines, ``batch_id`` added to each
+    line); a dropped download resumes after the last line written. Returns the lines written."""
+    import orjson
+
+    written = 0
+    with out.open("wb") as sink:
+        for batch_id in batch_ids:
+            state = {"after": -1, "n": 0}
+
+            def fetch(batch_id: str = batch_id, state: dict[str, int] = state) -> None:
+                for line in client.batch_results(batch_id, after=state["after"]):
+                    sink.write(orjson.dumps({"batch_id": batch_id, **line}) + b"\n")
+                    state["after"] = int(line["index"])
+                    state["n"] += 1
+
+            with_retries(
+                fetch, give_up_after_s=give_up_after_s, what=f"downloading {batch_id} results"
+            )
+            written += state["n"]
+    return written
+
+
+def show_batch(client: ApiClient, batch_id: str, *, watch: bool, interval_s: float = 1.0) -> dict:
+    """The batch object with a progress bar of its final orders; ``watch``: until it stops
+    running."""
+    with _progress() as progress:
+        task = progress.add_task(batch_id, total=None)
+        while True:
+            view = client.batch(batch_id)
+            counts = view["counts"]
+            eta = f" eta {view['eta_s']:.0f}s" if view.get("eta_s") else ""
+            progress.update(
+                task,
+                total=counts["total"],
+                completed=view["final"],
+                description=f"{view['state']}{eta} "
+                + " ".join(f"{k}:{n}" for k, n in sorted(counts.items()) if k != "total"),
+            )
+            if not watch or view["state"] != "running":
+                break
+            time.sleep(interval_s)
+    console.print_json(data=view)
+    return view
+
+
 def status_table(counts: Counter[str]) -> Table:
     table = Table("status", "orders")
     for status, n in sorted(counts.items()):
@@ -198,8 +252,10 @@ def _progress() -> Progress:
 
 __all__ = [
     "client_from",
+    "download_results",
     "exit_on_error",
     "follow_batches",
+    "show_batch",
     "show_order",
     "status_table",
     "submit_file",

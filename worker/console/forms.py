@@ -20,11 +20,19 @@ from worker.api.auth import Authenticator
 from worker.api.deps import as_utc
 from worker.api.errors import ApiError
 from worker.api.operator import resolve_held, upstream_lookup
+from worker.batches import actions as batch_actions
 from worker.console.replay import replay_failed
 from worker.console.session import COOKIE, Sessions
 from worker.console.web import Action, SignInThrottle, form_fields, redirect, render
 from worker.db import transaction
-from worker.errors import InvalidInput, KeyAdminError, OrderError, OrderNotFound, WrongState
+from worker.errors import (
+    BatchNotFound,
+    InvalidInput,
+    KeyAdminError,
+    OrderError,
+    OrderNotFound,
+    WrongState,
+)
 from worker.ids import utcnow
 from worker.intake import actions
 from worker.intake.callers import ROLE_OPERATOR, end_sessions, hash_key, revoke
@@ -58,7 +66,7 @@ async def _run(back: str, fn: Callable[[], Any], done: Callable[[Any], str]) -> 
     """Run a blocking action; redirect to ``back`` with its message or its refusal."""
     try:
         result = await run_in_threadpool(fn)
-    except (OrderNotFound, WrongState, InvalidInput, KeyAdminError) as exc:
+    except (OrderNotFound, BatchNotFound, WrongState, InvalidInput, KeyAdminError) as exc:
         return redirect(back, error=getattr(exc, "message", None) or str(exc))
     except ApiError as exc:
         return redirect(back, error=exc.message)
@@ -203,6 +211,35 @@ async def cancel(request: Request, order_id: str, action: Action) -> Response:
         ),
         lambda view: "Cancelled.",
     )
+
+
+@router.post("/batches/{batch_id}/{verb}")
+async def batch_action(request: Request, batch_id: str, verb: str, action: Action) -> Response:
+    """Approve, resume or cancel a batch, recorded in its history as ``operator:<name>``."""
+    me, _ = action
+    settings = _settings(request)
+    fn = _BATCH_ACTIONS.get(verb)
+    back = f"/console/batches/{batch_id}"
+    if fn is None:
+        return redirect(back, error=f"unknown batch action {verb!r}")
+    return await _run(
+        back,
+        lambda: fn(
+            settings.database_url,
+            None,
+            batch_id,
+            actor=_actor(me.name),
+            dispatch=request.app.state.broker.dispatch,
+        ),
+        lambda r: f"{verb.capitalize()}: {r.released} released, {r.cancelled} cancelled.",
+    )
+
+
+_BATCH_ACTIONS: dict[str, Callable[..., Any]] = {
+    "approve": batch_actions.approve,
+    "resume": batch_actions.resume,
+    "cancel": batch_actions.cancel,
+}
 
 
 @router.post("/orders/{order_id}/resolve")

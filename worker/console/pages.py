@@ -124,6 +124,20 @@ async def batches(request: Request, me: Operator, before: str | None = None) -> 
     return render(request, "batches.html", data)
 
 
+@router.get("/batches/{batch_id}", response_class=HTMLResponse)
+async def batch(request: Request, batch_id: str, me: Operator) -> Response:
+    def read(session: Session) -> dict[str, Any] | None:
+        detail = q.batch_detail(session, batch_id)
+        if detail is not None:
+            detail["names"] = q.caller_names(session)
+        return detail
+
+    detail = await in_session(_settings(request), read)
+    if detail is None:
+        return render(request, "error.html", {"message": f"No batch {batch_id}."}, 404)
+    return render(request, "batch.html", detail)
+
+
 @router.get("/orders", response_class=HTMLResponse)
 async def orders(request: Request, me: Operator) -> Response:
     p = request.query_params
@@ -167,6 +181,7 @@ async def attention(request: Request, me: Operator) -> Response:
     def read(session: Session) -> dict[str, Any]:
         held, held_total = q.held(session, limit=100)
         return {
+            "halted": q.batches(session, limit=50, before=None, states=["halted"]),
             "failed": q.failed_by_reason(session),
             "held": held,
             "held_total": held_total,

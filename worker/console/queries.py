@@ -7,6 +7,7 @@ the scan stays within the index (``id_floor``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +15,10 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, defer
 
-from worker.models import Caller, Order, OrderEvent, WebhookAttempt, WebhookDelivery
+from worker.batches import store as batch_store
+from worker.batches.view import batch_view
+from worker.ids import utcnow
+from worker.models import Batch, Caller, Order, OrderEvent, WebhookAttempt, WebhookDelivery
 from worker.states import TERMINAL, Status
 
 S = Status
@@ -146,63 +150,31 @@ def held(session: Session, *, limit: int) -> tuple[list[Order], int]:
     return rows, total
 
 
-def batches(session: Session, *, limit: int, before: str | None) -> list[dict[str, Any]]:
-    """The newest batches (before the batch id ``before``): caller, size, counts by status,
-    started and (when every order is final) finished."""
-    ids: list[str] = []
-    cursor = before
-    while len(ids) < limit:
-        # One index probe per batch: a loose scan of ix_orders_batch_status.
-        stmt = select(func.max(Order.batch_id)).where(Order.batch_id.is_not(None))
-        if cursor is not None:
-            stmt = stmt.where(Order.batch_id < cursor)
-        cursor = session.scalar(stmt)
-        if cursor is None:
-            break
-        ids.append(cursor)
-    if not ids:
-        return []
-    counts: dict[str, dict[str, int]] = {b: {} for b in ids}
-    first: dict[str, str] = {}
-    last_update: dict[str, datetime] = {}
-    for batch_id, status, n, min_id, updated in session.execute(
-        select(
-            Order.batch_id,
-            Order.status,
-            func.count(),
-            func.min(Order.id),
-            func.max(Order.updated_at),
-        )
-        .where(Order.batch_id.in_(ids))
-        .group_by(Order.batch_id, Order.status)
-    ):
-        counts[batch_id][status] = n
-        first[batch_id] = min(first.get(batch_id, min_id), min_id)
-        last_update[batch_id] = max(last_update.get(batch_id, updated), updated)
-    heads = {
-        o.id: o
-        for o in session.execute(
-            select(Order.id, Order.caller_id, Order.created_at).where(
-                Order.id.in_(list(first.values()))
-            )
-        )
+def batches(
+    session: Session, *, limit: int, before: str | None, states: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The newest batches (before the batch id ``before``), as batch objects with their
+    caller: the batch rows and their counts rows, never a scan of the orders."""
+    stmt = select(Batch).order_by(Batch.id.desc()).limit(limit)
+    if before is not None:
+        stmt = stmt.where(Batch.id < before)
+    if states:
+        stmt = stmt.where(Batch.state.in_(list(states)))
+    rows = list(session.scalars(stmt))
+    summaries = batch_store.summaries(session, [b.id for b in rows], now=utcnow())
+    return [{**batch_view(b, summaries[b.id]), "caller_id": b.caller_id} for b in rows]
+
+
+def batch_detail(session: Session, batch_id: str) -> dict[str, Any] | None:
+    """A batch object with its caller and its history (who changed its state, and why)."""
+    batch = batch_store.find(session, batch_id, None)
+    if batch is None:
+        return None
+    summary = batch_store.summaries(session, [batch_id], now=utcnow())[batch_id]
+    return {
+        "batch": {**batch_view(batch, summary), "caller_id": batch.caller_id},
+        "history": batch_store.history(session, batch_id),
     }
-    out = []
-    for batch_id in ids:
-        head = heads.get(first.get(batch_id, ""))
-        by_status = counts[batch_id]
-        done = all(S(s) in TERMINAL for s in by_status)
-        out.append(
-            {
-                "id": batch_id,
-                "caller_id": head.caller_id if head else None,
-                "size": sum(by_status.values()),
-                "counts": by_status,
-                "started": head.created_at if head else None,
-                "finished": last_update.get(batch_id) if done else None,
-            }
-        )
-    return out
 
 
 def caller_names(session: Session) -> dict[str, str]:

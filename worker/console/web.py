@@ -65,6 +65,10 @@ def _ago(value: datetime | None) -> str:
 
 templates.env.filters["iso"] = iso
 templates.env.filters["ago"] = _ago
+# A batch's counts without their "total", for the progress bar.
+templates.env.globals["by_status"] = lambda counts: {
+    k: v for k, v in counts.items() if k != "total"
+}
 
 
 FLASH_COOKIE = "orders_console_flash"

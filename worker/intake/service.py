@@ -28,6 +28,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from schemas.batches import BatchOptions
+from worker.batches import rules as batch_rules
+from worker.batches import store as batch_store
 from worker.db import transaction
 from worker.errors import InvalidInput, KeyInFlight
 from worker.ids import new_id, utcnow
@@ -120,6 +123,7 @@ def accept_batch(
         KeyReused, KeyInFlight: see :mod:`worker.intake.idempotency`.
     """
     items = check_batch_shape(body, settings.max_batch_items)
+    options = batch_rules.parse_options(body, default_halt_on=settings.halt_on_for(caller_id))
     results = split_batch(items, may_hold_nul=may_hold_nul, max_order_bytes=settings.max_body_bytes)
     if not any(isinstance(r, NewOrder) for r in results):
         raise _no_valid_order(results)
@@ -130,7 +134,7 @@ def accept_batch(
             placed = _replay_batch(settings.database_url, caller_id, resource, results)
             return Outcome(_batch_body(resource, placed), replayed=True)
     batch_id = new_id("bat")
-    stored = _store(settings, caller_id, results, claim=claim, batch_id=batch_id)
+    stored = _store(settings, caller_id, results, claim=claim, batch_id=batch_id, options=options)
     if stored.refused():
         raise _no_valid_order(stored.placed)
     if dispatch is not None and (stored.new_ids or stored.deliveries):
@@ -189,6 +193,7 @@ def _store(
     *,
     claim: _Claim | None,
     batch_id: str | None,
+    options: BatchOptions | None = None,
 ) -> _Stored:
     """Plan against the caller's existing orders and insert the new ones, in one transaction.
 
@@ -201,7 +206,12 @@ def _store(
             try:
                 with transaction(settings.database_url) as session:
                     stored = _store_once(
-                        session, settings, caller_id, results, claim=claim, batch_id=batch_id
+                        session,
+                        caller_id,
+                        results,
+                        claim=claim,
+                        batch_id=batch_id,
+                        options=options,
                     )
                 break
             except IntegrityError:
@@ -216,12 +226,12 @@ def _store(
 
 def _store_once(
     session: Session,
-    settings: Settings,
     caller_id: str,
     results: list[NewOrder | ItemError],
     *,
     claim: _Claim | None,
     batch_id: str | None,
+    options: BatchOptions | None,
 ) -> _Stored:
     plan = plan_batch(results, by_external_id(session, caller_id, external_ids(results)))
     if not plan.accepts_any():
@@ -234,7 +244,16 @@ def _store_once(
         new_items,  # type: ignore[arg-type]
         now=now,
         batch_id=batch_id,
+        indexes=plan.to_create,
     )
+    if batch_id is not None:
+        batch_store.create(
+            session,
+            batch_id=batch_id,
+            caller_id=caller_id,
+            options=options or BatchOptions(),
+            now=now,
+        )
     placed = fill(plan, results, created)
     if claim is not None:
         resource = batch_id or placed[0].id  # type: ignore[union-attr]

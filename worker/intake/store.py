@@ -10,11 +10,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import String, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, defer
 
 from worker.ids import new_id
 from worker.intake.checks import NewOrder
-from worker.models import ORDER_EVENTS, ORDERS, Order, StoredOrder
+from worker.models import ORDER_EVENTS, ORDERS, BatchCount, Order, StoredOrder
 from worker.states import Status
 
 LOOKUP_CHUNK = 1000
@@ -29,6 +31,7 @@ def create_orders(
     now: datetime,
     due_in_s: float = 0.0,
     batch_id: str | None = None,
+    indexes: Sequence[int] | None = None,
     actor: str = "intake",
 ) -> list[StoredOrder]:
     """Insert ``items`` as ``received`` orders with their first history row, in bulk.
@@ -42,11 +45,13 @@ def create_orders(
         return []
     due = now + timedelta(seconds=due_in_s)
     received = str(Status.RECEIVED)
+    positions = list(indexes) if indexes is not None else [None] * len(items)
     rows = [
         {
             "id": new_id("ord"),
             "caller_id": caller_id,
             "batch_id": batch_id,
+            "batch_index": position if batch_id is not None else None,
             "external_id": item.external_id,
             "request_hash": item.request_hash,
             "order_type": item.order_type,
@@ -59,9 +64,11 @@ def create_orders(
             "created_at": now,
             "updated_at": now,
         }
-        for item in items
+        for item, position in zip(items, positions, strict=True)
     ]
     session.execute(insert(ORDERS), rows)
+    if batch_id is not None:
+        count_inserted(session, batch_id, len(rows), now=now)
     session.execute(
         insert(ORDER_EVENTS),
         [
@@ -80,6 +87,22 @@ def create_orders(
         ],
     )
     return [StoredOrder(**r) for r in rows]  # type: ignore[arg-type]
+
+
+def count_inserted(session: Session, batch_id: str, n: int, *, now: datetime) -> None:
+    """Add ``n`` new ``received`` orders to the batch's counts (status changes and deletes are
+    counted by triggers; one row here instead of one trigger call per inserted order)."""
+    values = {"batch_id": batch_id, "status": str(Status.RECEIVED), "shard": 0, "n": n}
+    values |= {"first_at": now, "last_at": now}
+    table = BatchCount.__table__
+    dialect = session.get_bind().dialect.name
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["batch_id", "status", "shard"],
+            set_={"n": table.c.n + stmt.excluded.n, "last_at": stmt.excluded.last_at},
+        )
+    )
 
 
 def by_external_id(

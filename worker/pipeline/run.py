@@ -327,7 +327,8 @@ class Pipeline:
                 attempts=run.attempts,
                 actor=self.actor,
             )
-            won.update(e["order_id"] for e in events)
+            # A preview its batch held back (awaiting approval, halted) won, but must not go on.
+            won.update(e["order_id"] for e in events if e["reason"] not in repo.HOLD_REASONS)
             late = [_late(m) for m in moves if m.order_id not in won and _is_submit_answer(m)]
             if late:
                 # The sweeper moved these to submit_unknown meanwhile: the answer still counts.

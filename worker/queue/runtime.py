@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
+from worker.batches import watch as batch_watch
 from worker.embedded_redis import resolve_redis_url
 from worker.flow.gate import Gate
 from worker.flow.setup import build_gate
@@ -23,7 +24,6 @@ from worker.settings import Settings, get_settings
 from worker.upstream.client import UpstreamClient
 from worker.upstream.shared import shared_upstream
 from worker.upstream.token import TokenCache
-from worker.webhooks.outbox import record_deliveries
 
 
 @dataclass
@@ -60,7 +60,7 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     tokens, upstream = shared_upstream(settings, client, gate=gate)
     # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
-    pipeline = Pipeline(settings, upstream, executor, events=record_deliveries, gate=gate)
+    pipeline = Pipeline(settings, upstream, executor, events=batch_watch.after_events, gate=gate)
     celery = configure(redis_url, settings)
     # Chunks follow the upstream's learned limit, so a newcomer's orders wait behind little.
     dispatcher = Dispatcher(settings, client, celery, allowance=gate.allowance)

@@ -17,6 +17,7 @@ from celery import Task
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
+from worker.batches import watch as batch_watch
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
 from worker.pipeline import retention, sweeper
@@ -99,6 +100,8 @@ def sweep() -> dict[str, int]:
             deliveries_days=rt.settings.retention_deliveries_days,
             batch=rt.settings.retention_batch,
         )
+    batches = batch_watch.sweep(rt.settings.database_url)
+    deliveries += batches["deliveries"]
     rt.redis.set(LAST_SWEEP_KEY, f"{time.time():.3f}")
     orders = rt.dispatcher.run(rebuild=True).sent
     if deliveries:

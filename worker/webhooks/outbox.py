@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from schemas.webhooks import WebhookEvent
+from schemas.webhooks import BatchWebhookEvent, WebhookEvent
 from worker.ids import new_id, utcnow
 from worker.models import Order, OrderLike, WebhookDelivery, WebhookEndpoint
 from worker.repository import Event
@@ -29,7 +29,9 @@ def event_type(status: str) -> str:
 
 def wants(endpoint_types: list[str] | None, etype: str) -> bool:
     """Whether an endpoint's filter (None or empty: everything) accepts ``etype``."""
-    return not endpoint_types or etype in endpoint_types or "order.*" in endpoint_types
+    if not endpoint_types or etype in endpoint_types:
+        return True
+    return f"{etype.split('.', 1)[0]}.*" in endpoint_types
 
 
 # Built once: it runs after every chunk's moves, mostly to find that no endpoint listens.
@@ -120,3 +122,40 @@ def record_received(
         for o in orders
     ]
     return record_deliveries(session, events)
+
+
+def record_batch_event(
+    session: Session, caller_id: str, batch_id: str, etype: str, data: dict[str, Any]
+) -> list[str]:
+    """One pending delivery of a batch event per subscribed endpoint of the batch's caller.
+
+    The delivery's subject (``order_id`` column) is the batch id.
+    """
+    endpoints = session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+            WebhookEndpoint.caller_id == caller_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    now = utcnow()
+    payload = BatchWebhookEvent.model_validate(
+        {"type": etype, "timestamp": now, "data": data}
+    ).model_dump(mode="json")
+    rows = [
+        {
+            "id": new_id("msg"),
+            "endpoint_id": endpoint_id,
+            "order_id": batch_id,
+            "event_type": etype,
+            "payload": payload,
+            "status": "pending",
+            "attempts": 0,
+            "due_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for endpoint_id, types in endpoints
+        if wants(types, etype)
+    ]
+    if rows:
+        session.execute(insert(WebhookDelivery), rows)
+    return [r["id"] for r in rows]
