@@ -1,7 +1,7 @@
 """batches: a row per batch, counts by status kept by triggers in each transition's transaction
 
 Revision ID: 0005_batches
-Revises: 0004
+Revises: 0005_console_session_generation
 Create Date: 2026-12-04 12:40:00
 
 Counts live in ``batch_counts`` (one row per batch, status and writer) and are changed by
