@@ -119,6 +119,31 @@ def line(label: str, ms: list[float]) -> str:
     )
 
 
+def server_ms(db_url: str, caller_id: str, batch_id: str, runs: int = 50) -> tuple[float, float]:
+    """PostgreSQL's own execution time (EXPLAIN ANALYZE) of the two reads behind the batch
+    object: median and max over ``runs`` (what the load on the box adds is not in it)."""
+    since = int(time.time() - 60) // batch_store.BUCKET_S + 1
+    reads = [
+        "SELECT * FROM batches WHERE id = :b AND caller_id = :c",
+        "SELECT batch_id, status, sum(n), min(first_at), max(last_at) FROM batch_counts "
+        "WHERE batch_id IN (:b) GROUP BY batch_id, status UNION ALL "
+        "SELECT batch_id, 'recent', sum(n), NULL, NULL FROM batch_finals "
+        "WHERE batch_id IN (:b) AND bucket >= :s GROUP BY batch_id",
+    ]
+    totals = []
+    with get_engine(db_url).connect() as conn:
+        for _ in range(runs):
+            total = 0.0
+            for sql in reads:
+                plan = conn.execute(
+                    text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"),
+                    {"b": batch_id, "c": caller_id, "s": since},
+                ).scalar_one()
+                total += plan[0]["Planning Time"] + plan[0]["Execution Time"]
+            totals.append(total)
+    return statistics.median(totals), max(totals)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,6 +255,12 @@ def main() -> None:
                     read_batch(session, caller_id, b)
 
             print("   " + line("its database reads alone", timed(db_read, args.runs)))
+            if get_engine(db_url).dialect.name == "postgresql":
+                med, top = server_ms(db_url, caller_id, batch_id)
+                print(
+                    f"   PostgreSQL's planning + execution of them: median {med:.3f} ms, "
+                    f"max {top:.3f} ms"
+                )
 
             def scan(b: str = batch_id) -> None:
                 with read_session(db_url) as session:
