@@ -121,7 +121,10 @@ def _go_on(
     now = utcnow()
     with transaction(db_url) as session:
         values: dict[str, Any] = {}
+        detail = None
         if frm == rules.HALTED:
+            batch = batch_store.find(session, batch_id, None)
+            detail = {"halt_on": batch.halt_on} if batch is not None else None
             # Whoever resumes has seen the failure: the stop rule is off for the rest of the
             # batch (it would otherwise count the same failures and halt again at once).
             values["halt_on"] = None
@@ -133,6 +136,7 @@ def _go_on(
             now=now,
             actor=actor,
             reason=reason,
+            detail=detail,
             **values,
         )
     if not moved:
