@@ -51,6 +51,7 @@ def fuzz_app(env: dict[str, str]) -> FastAPI:
     return create_app(settings_from(env, max_batch_items=50, max_body_bytes=200_000))
 
 
+@pytest.mark.long
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_answers_match_the_openapi(case: Any, fuzz_app: FastAPI, fuzz_caller: CallerKey) -> None:

@@ -69,6 +69,7 @@ def test_duplicate_name_is_one_line_and_exit_1(env: dict[str, str]) -> None:
     ]
 
 
+@pytest.mark.long
 def test_revoked_key_is_refused_by_every_app_within_seconds(
     env: dict[str, str], api: Callable[..., TestClient]
 ) -> None:

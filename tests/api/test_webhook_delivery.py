@@ -29,9 +29,16 @@ class Receiver:
     """A tiny HTTP server answering ``status`` (after ``delay_s``, with ``headers``); it records
     every request and the most it held at once."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay_s: float = 0.0,
+        gate: threading.Barrier | None = None,
+    ) -> None:
         self.status = 200
         self.delay_s = delay_s
+        self.gate = gate  # each request waits here (for the others) before its answer
         self.headers: dict[str, str] = {}
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.active = self.most = 0
@@ -44,6 +51,8 @@ class Receiver:
                 with receiver.lock:
                     receiver.active += 1
                     receiver.most = max(receiver.most, receiver.active)
+                if receiver.gate is not None:
+                    receiver.gate.wait()  # BrokenBarrierError: no answer, the delivery fails
                 time.sleep(receiver.delay_s)
                 with receiver.lock:
                     receiver.active -= 1

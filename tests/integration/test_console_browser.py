@@ -85,7 +85,10 @@ def page(browser: Any) -> Iterator[Any]:
 
 def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    # Written aside and renamed: the PostgreSQL and SQLite passes run side by side.
+    partial = SHOTS / f".{name}.{os.getpid()}.png"
+    page.screenshot(path=str(partial), full_page=True)
+    os.replace(partial, SHOTS / f"{name}.png")
 
 
 def sign_in(page: Any, base: str, key: str) -> None:

@@ -45,6 +45,7 @@ def busy_cluster(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Cluste
             c.close()
 
 
+@pytest.mark.long
 def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster, env) -> None:
     """B's 10 orders, posted after A's 2,000, are all final within seconds while much of A's
     backlog is still waiting; the broker holds a few chunks throughout; a flush loses nothing."""
@@ -67,18 +68,17 @@ def test_small_caller_finishes_while_a_big_backlog_drains(busy_cluster: Cluster,
     sampler.start()
     a_ids = add_orders(db, big, [new_payload(i) for i in range(2000)], grace_s=0)
     dispatcher.run(callers=[big])
-    time.sleep(1.0)
+    c.wait_for(lambda: _final(db, a_ids) >= 50, timeout_s=30)  # A's backlog is draining
     b_ids = add_orders(db, small, [new_payload(10_000 + i) for i in range(10)], grace_s=0)
     accepted = time.monotonic()
     dispatcher.run(callers=[small])
     c.wait_for(lambda: _final(db, b_ids) == 10, timeout_s=30)
     b_s = time.monotonic() - accepted
     a_left = 2000 - _final(db, a_ids)
-    # Behind a FIFO queue B would wait for all of A (over 12 s at 160 orders/s); with fair
-    # shares it finishes while a good part of A still waits. The bound in seconds is loose:
-    # this box may be busy (bench/fairness.py measures the real figure).
+    # Behind a FIFO queue B would wait for all of A; with fair shares it finishes while a good
+    # part of A still waits. Counted in A's orders, not in seconds: a busy box slows both
+    # alike (bench/fairness.py measures the time).
     assert a_left > 400, f"A nearly done ({a_left} left) when B finished after {b_s:.1f} s"
-    assert b_s < 10.0, f"B took {b_s:.1f} s behind A's backlog"
     client.flushdb()  # queue, caller list, token: all gone mid-run
     orders = c.wait_settled(a_ids + b_ids, timeout_s=120)
     stop.set()

@@ -43,6 +43,7 @@ def _settled(cluster: Cluster, ids: list[str], timeout_s: float) -> bool:
     return False
 
 
+@pytest.mark.long
 def test_redis_restart_mid_batch(cluster_env, tmp_path, private_redis, caller_id):
     """Redis stopped for 2 s and started empty mid-batch: every order still completes once.
 

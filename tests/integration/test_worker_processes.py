@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from tests.helpers import new_payload
 from worker.db import transaction
-from worker.models import OrderEvent
+from worker.models import Order, OrderEvent
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +26,13 @@ HAPPY = [
     ("previewed", "submitting"),
     ("submitting", "complete"),
 ]
+
+
+def _started(cluster, ids: list[str]) -> bool:  # type: ignore[no-untyped-def]
+    """Some order of ``ids`` has moved past ``received``: the workers are on the batch."""
+    with transaction(cluster.db_url) as session:
+        statuses = session.scalars(select(Order.status).where(Order.id.in_(ids)))
+        return any(status != "received" for status in statuses)
 
 
 def _assert_invariants(cluster, ids, orders) -> None:  # type: ignore[no-untyped-def]
@@ -88,9 +95,11 @@ def test_short_token_lifetime(cluster, caller_id):
     cluster.beat()
     ids: list[str] = []
     started = time.monotonic()
-    while time.monotonic() - started < 6:
-        ids += cluster.submit(caller_id, [new_payload(len(ids) + i) for i in range(20)])
-        time.sleep(0.3)
+    while time.monotonic() - started < 6:  # three token lifetimes of work
+        batch = cluster.submit(caller_id, [new_payload(len(ids) + i) for i in range(20)])
+        ids += batch
+        # The next batch goes in once this one is under way, not after a guessed pause.
+        cluster.wait_for(lambda batch=batch: _started(cluster, batch), timeout_s=30)
     orders = cluster.wait_settled(ids)
     assert {o.status for o in orders.values()} == {"complete"}
     _assert_invariants(cluster, ids, orders)
@@ -99,6 +108,7 @@ def test_short_token_lifetime(cluster, caller_id):
     assert issued <= elapsed / 2 * 1.5 + 3, f"{issued} tokens in {elapsed:.1f} s"
 
 
+@pytest.mark.long
 def test_worker_killed_mid_batch(cluster, caller_id):
     """SIGKILL of the worker mid-batch, then a restart: nothing lost, nothing created twice."""
     cluster.env["ORDERS_SUBMIT_UNKNOWN_POLICY"] = "resubmit"

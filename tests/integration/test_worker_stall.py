@@ -20,7 +20,7 @@ from tests.integration.conftest import Cluster, Proc
 from worker import embedded_redis
 from worker.queue.watchdog import STALLED_EXIT_CODE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 class Supervisor:

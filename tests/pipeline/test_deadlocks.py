@@ -22,6 +22,7 @@ from worker.states import Status
 S = Status
 
 
+@pytest.mark.long
 def test_workers_and_sweeper_racing_on_one_chunk_never_deadlock(clean_db, caller_id):
     """Two runs apply the same chunk's moves in opposite orders while the sweeper recovers the
     same expired leases, many times over: no DeadlockDetected, each order moved once."""

@@ -74,14 +74,15 @@ def test_calls_beyond_capacity_are_refused_with_429_and_retry_after(
     """With capacity 2, five calls at once: two served, three refused at once with 429."""
     control.set_capacity(2)
     control.set_latency(1000)
-    started = time.monotonic()
     answers = concurrent_gets(control.base_url, auth, 5)
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [200, 200, 429, 429, 429]
     refused = [answer for answer in answers if answer.status_code == 429]
     assert all(answer.headers["retry-after"] == "1" for answer in refused)
     assert all(answer.json() == {"message": "Too Many Requests"} for answer in refused)
-    assert time.monotonic() - started < 3
+    # "At once": every refusal was answered before either served call had ended.
+    served = [answer for answer in answers if answer.status_code == 200]
+    assert max(a.elapsed for a in refused) < min(a.elapsed for a in served)
     stats = control.stats()
     assert (stats["refused"], stats["peak_in_flight"], stats["in_flight"]) == ({"429": 3}, 2, 0)
     assert stats["requests"]["list"] == 5
@@ -99,7 +100,7 @@ def test_over_capacity_can_answer_503_with_a_rounded_up_retry_after(
 ) -> None:
     """The refusal status is configurable; Retry-After is whole seconds, none for 0."""
     control.set_capacity(1, over_capacity_status=503, retry_after_s=retry_after_s)
-    control.set_latency(600)
+    control.set_latency(2000)  # the holder must still hold its slot when the other call comes
     holder = threading.Thread(target=client.get, args=(LIST_PATH,), kwargs={"headers": auth})
     holder.start()
     try:
@@ -118,15 +119,15 @@ def test_token_endpoint_is_outside_the_capacity(
 ) -> None:
     """With the only /api slot taken, a token is still issued and is not counted in flight."""
     control.set_capacity(1)
-    control.set_latency(800)
+    control.set_latency(2000)
     holder = threading.Thread(target=client.get, args=(LIST_PATH,), kwargs={"headers": auth})
     holder.start()
     try:
         wait_for(lambda: control.stats()["in_flight"] == 1)
-        started = time.monotonic()
         assert control.token()
-        assert time.monotonic() - started < 0.5
-        assert control.stats()["peak_in_flight"] == 1
+        # Issued while the slot was still taken: the token did not wait for it.
+        stats = control.stats()
+        assert (stats["in_flight"], stats["peak_in_flight"]) == (1, 1)
     finally:
         holder.join()
     assert control.stats()["refused"] == {}
