@@ -150,6 +150,24 @@ class Meter:
         }
 
 
+NO_POLL = {k: float("nan") for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "behind_p99_ms",
+                                     "behind_max_ms", "count", "errors")}  # fmt: skip
+
+
+def finish_poller(poller: subprocess.Popen[bytes]) -> dict[str, float]:
+    """The poller's figures; NaN (said in the output) if it could not finish in 180 s: on an
+    overloaded machine it can fall so far behind that it never drains, and the run's other
+    figures are still worth having."""
+    try:
+        out, _ = poller.communicate(timeout=180)
+        return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    except (subprocess.TimeoutExpired, IndexError, ValueError):
+        poller.kill()
+        poller.wait(30)
+        print("    poller did not finish within 180 s of the stop: no poll figures", flush=True)
+        return dict(NO_POLL)
+
+
 def rss_mb(fleet: Fleet) -> dict[str, float]:
     """Largest RSS of one process, per kind (MB)."""
     out = {}
@@ -255,8 +273,7 @@ class E2E:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(120)
                 stop_file.touch()
-                out, _ = poller.communicate(timeout=180)
-                poll = json.loads(out.decode().strip().splitlines()[-1])
+                poll = finish_poller(poller)
                 rss_end = rss_mb(fleet)
         finally:
             fleet.stop_processes()
