@@ -6,36 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.import_cycles import cycles, import_graph
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Loops in the tree today (issue 19, item 1), broken by other work: when they are gone,
-# ``test_worker_has_no_import_cycle`` passes, its strict xfail fails, and the mark is removed.
-KNOWN_LOOPS = [
-    ["worker.console.forms", "worker.console.web", "worker.console.forms"],
-    ["worker.console.pages", "worker.console.web", "worker.console.pages"],
-    ["worker.pipeline.flight", "worker.pipeline.run", "worker.pipeline.flight"],
-]
 
 
 def _described(loops: list[list[str]]) -> str:
     return "\n".join(" -> ".join(loop) for loop in loops)
 
 
-@pytest.mark.xfail(strict=True, reason="known loops:\n" + _described(KNOWN_LOOPS))
 def test_worker_has_no_import_cycle() -> None:
     """``worker/`` has no import cycle; a failure prints every loop found."""
     found = cycles(import_graph(REPO, "worker"))
     assert not found, "import cycles in worker/:\n" + _described(found)
-
-
-def test_no_import_cycle_beyond_the_known_ones() -> None:
-    """No new loop appears while the known ones wait to be broken."""
-    new = [loop for loop in cycles(import_graph(REPO, "worker")) if loop not in KNOWN_LOOPS]
-    assert not new, "new import cycles in worker/:\n" + _described(new)
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

@@ -25,7 +25,7 @@ from worker.api.health import Readiness
 from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
-from worker.console.web import install as install_console
+from worker.console.mount import install as install_console
 from worker.flow.setup import build_store
 from worker.flow.store import FlowStore
 from worker.settings import Settings, get_settings
