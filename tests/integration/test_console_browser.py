@@ -145,11 +145,15 @@ def test_operator_retries_a_502_storm_to_complete(
     reason and see the count, retry, and watch an order reach complete under the operator."""
     caller = make_caller(clean_db, "acme")
     operator = make_caller(clean_db, "olga", role="operator")
-    cluster.stub.configure(fail_rates={502: 1.0})
+    # One order the upstream created first: with previews failing for everyone, the breaker
+    # opens and only its read probe (a 2xx) lets the failing orders spend their own attempts.
+    [good] = cluster.submit(caller.id, [new_payload(100)])
+    assert cluster.wait_settled([good])[good].status == "complete"
+    cluster.stub.script("preview", [{"status": 502, "times": 1000}])
     ids = cluster.submit(caller.id, [new_payload(i) for i in range(4)])
     orders = cluster.wait_settled(ids)
     assert {(o.status, o.reason) for o in orders.values()} == {("failed", "upstream_502")}
-    cluster.stub.configure(fail_rates={})
+    cluster.stub.clear_script()
 
     sign_in(page, served, caller.key)
     assert "only operator keys" in page.inner_text(".flash.err")

@@ -323,6 +323,7 @@ class Gate:
                 had_ok=window.ok > 0,
                 fields=window.fields(),
                 want_tokens=max(0, waiting + 2 - max(0, self._tokens)),
+                urgent=window.dropped > 0,
             )
             self._peak = in_use
         try:

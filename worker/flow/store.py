@@ -103,7 +103,12 @@ if peak_sum > tonumber(redis.call('HGET', KEYS[4], 'peak_in_use') or '0') then
   redis.call('HSET', KEYS[4], 'peak_in_use', peak_sum)
 end
 local turn = 0
-if redis.call('SET', KEYS[6], tag, 'NX', 'PX', ARGV[7]) then turn = 1 end
+if redis.call('SET', KEYS[6], tag, 'NX', 'PX', ARGV[7]) then
+  turn = 1
+elseif tonumber(ARGV[10]) > 0 and redis.call('SET', KEYS[8], tag, 'NX', 'PX', ARGV[10]) then
+  -- A refusal: the controller runs now, not at the interval's end (once per cooldown).
+  turn = 1
+end
 return {now, grant, limit, mode, paused_ms, tonumber(st[4]) or 0, turn, tokens,
         held_others + held, target}
 """
@@ -156,6 +161,8 @@ class Report:
     had_ok: bool = False
     fields: dict[str, float] | None = None
     want_tokens: int = 0
+    urgent: bool = False
+    """The window holds a refusal: the controller may run at once (once per cooldown)."""
 
 
 def flow_prefix(digest: str) -> str:
@@ -177,6 +184,7 @@ class FlowStore:
         self.turn_key = f"{prefix}:turn"
         self._rate_key = f"{prefix}:rate"
         self._probe_key = f"{prefix}:probe"
+        self._urgent_key = f"{prefix}:urgent"
         self._sync = client.register_script(_SYNC)
         self._take = client.register_script(_TAKE)
         self._write = client.register_script(_WRITE)
@@ -194,7 +202,7 @@ class FlowStore:
             int(cfg.interval_s * 1000),
             cfg.max_rps,
             report.want_tokens,
-            0,
+            int(cfg.loss.cooldown_s * 1000) if report.urgent else 0,
             0,
             report.trailing_failures,
             1 if report.had_ok else 0,
@@ -210,6 +218,7 @@ class FlowStore:
             self.stats_key,
             self.turn_key,
             self._rate_key,
+            self._urgent_key,
         ]
         r = self._sync(keys=keys, args=args)
         mode = r[3].decode() if isinstance(r[3], bytes) else str(r[3])
