@@ -76,9 +76,9 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
-# The long end-to-end runs: one xdist group (they run one after another on one worker while
-# the others take the rest; together they would starve each other of the two cores), and the
-# long timeout.
+# The end-to-end runs (real worker processes, tests/integration/): one xdist group, so they run
+# one after another on one worker while the others take the rest (several at once starve each
+# other of the two cores and their timing checks fail); the longest carry the long timeout.
 E2E_GROUP = ("test_chaos_short.py", "test_upstream_pushback.py", "test_console_browser.py")
 LONG_TIMEOUT_S = 300
 
@@ -87,8 +87,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the end-to-end modules; give ``long`` tests ``LONG_TIMEOUT_S`` instead of the
     default per-test timeout (pyproject's ``timeout``)."""
     for item in items:
-        if item.path.name in E2E_GROUP:
+        if item.path.parent.name == "integration":
             item.add_marker(pytest.mark.xdist_group("e2e"))
+        if item.path.name in E2E_GROUP or item.path.name == "test_batch_approval_kill.py":
             item.add_marker(pytest.mark.long)
         if item.get_closest_marker("long") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
