@@ -76,6 +76,7 @@ class Gate:
         self._local_open_until = 0.0
         self._cap = 0
         self._cap_until = 0.0
+        self._probe_turns = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -110,8 +111,8 @@ class Gate:
     def probe(self, calls: Sequence[Callable[[], object]]) -> bool:
         """While the breaker is open: the fleet's probe, if the slot is free (one per interval).
 
-        ``calls`` are tried in turn until one answers 2xx: calls that create nothing upstream
-        (a preview, a read). They are not under the budget and spend no order's attempts.
+        ``calls`` take turns, one per slot won: calls that create nothing upstream (a preview,
+        a read). They are not under the budget and spend no order's attempts.
         Only a 2xx counts as health. Returns whether a probe answered 2xx.
         """
         lease = self._lease
@@ -122,18 +123,21 @@ class Gate:
                 return False
         except redis.RedisError:
             return False
-        for fn in calls:
-            try:
-                fn()
-            except UpstreamError as exc:
-                log.info("upstream_probe_failed", reason=exc.reason)
-                continue
-            with self._cond:
-                if self._lease is not None and self._lease.epoch == lease.epoch:
-                    self._window.probe_ok += 1
-            self._wake.set()
-            return True
-        return False
+        if not calls:
+            return False
+        # One call per slot, the kinds taking turns over the slots this process won.
+        fn = calls[self._probe_turns % len(calls)]
+        self._probe_turns += 1
+        try:
+            fn()
+        except UpstreamError as exc:
+            log.info("upstream_probe_failed", reason=exc.reason)
+            return False
+        with self._cond:
+            if self._lease is not None and self._lease.epoch == lease.epoch:
+                self._window.probe_ok += 1
+        self._wake.set()
+        return True
 
     def allowance(self) -> int | None:
         """Calls the fleet may have in flight (the level it is heading for during a ramp),

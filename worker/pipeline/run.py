@@ -126,7 +126,6 @@ class Pipeline:
         self._rand = rand
         self.gate = gate
         self.actor = "worker"
-        self._probes = 0
 
     def run(self, ids: Sequence[str]) -> RunResult:
         """Take every due order of ``ids`` as far as it can go now."""
@@ -242,14 +241,12 @@ class Pipeline:
         if previewable:
             payload = upstream_payload(rand.choice(previewable))
             calls.append(lambda: self.upstream.preview(payload, probe=True))
-        self._probes += 1
-        if not calls or self._probes % 2 == 0:
-            # Every other probe (or when nothing waits to be previewed): one call a slot.
-            with transaction(self.db_url) as session:
-                upstream_id = repo.known_upstream_id(session)
-            if upstream_id:
-                calls = [lambda: self.upstream.get_order(upstream_id, probe=True)]
+        with transaction(self.db_url) as session:
+            upstream_id = repo.known_upstream_id(session)
+        if upstream_id:
+            calls.append(lambda: self.upstream.get_order(upstream_id, probe=True))
         if calls:
+            # The gate makes one of them per slot, taking turns (one call a second).
             self.gate.probe(calls)
 
     def _settle(self, answers: list[Answer], run: _Run) -> set[str]:
