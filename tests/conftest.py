@@ -89,6 +89,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.parent.name == "integration":
             item.add_marker(pytest.mark.xdist_group("e2e"))
+            # Real processes racing a SIGKILL or sampling a peak on two shared cores: one rerun
+            # (reported as such); a failure twice in a row fails the run.
+            item.add_marker(pytest.mark.flaky(reruns=1))
         if item.path.name in E2E_GROUP or item.path.name == "test_batch_approval_kill.py":
             item.add_marker(pytest.mark.long)
         if item.get_closest_marker("long") and not item.get_closest_marker("timeout"):
