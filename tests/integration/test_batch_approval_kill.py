@@ -4,6 +4,7 @@ every previewed order is submitted once, none previewed twice, none created twic
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import settings_from
 from tests.helpers import new_payload
@@ -11,6 +12,7 @@ from worker.batches import actions
 from worker.batches import store as batch_store
 from worker.db import transaction
 from worker.intake.service import accept_batch
+from worker.models import Order
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +36,23 @@ def test_approval_survives_a_killed_worker_without_duplicates(cluster, caller_id
     cluster.wait_for(lambda: cluster.counts().get("complete", 0) >= 20, timeout_s=90)
     worker.kill()
     cluster.worker()
-    cluster.wait_for(lambda: state() == "completed", timeout_s=120)
+
+    # An order whose submit the kill cut before it reached the upstream is not in its list:
+    # it is held for an operator (invariant 2), never sent again; every other one completes.
+    def settled() -> bool:
+        with transaction(cluster.db_url) as session:
+            rows = session.execute(
+                select(Order.status, Order.due_at).where(Order.batch_id == batch_id)
+            ).all()
+        return all(st == "complete" or (st == "submit_unknown" and due is None) for st, due in rows)
+
+    cluster.wait_for(settled, timeout_s=120)
     record = cluster.stub.orders()
-    assert record["count"] == 150 and not record["duplicates"]
+    assert not record["duplicates"]
     assert cluster.stub.stats()["requests"]["preview"] == previews
     view = actions.view(cluster.db_url, caller_id, batch_id)
     with transaction(cluster.db_url) as session:
         assert batch_store.count_orders(session, batch_id) == view["counts"]
-    assert view["counts"] == {"total": 150, "complete": 150}
+    complete = view["counts"].get("complete", 0)
+    assert record["count"] == complete
+    assert complete + view["counts"].get("submit_unknown", 0) == 150
