@@ -266,3 +266,34 @@ class RetryResponse(BaseModel):
     scheduled: int
     matched: int | None = None
     sample: list[str] | None = None
+
+
+class CallerCountsView(BaseModel):
+    """One caller's orders by status (``GET /v1/operator/status``)."""
+
+    id: str
+    name: str
+    revoked: bool = False
+    counts: dict[str, int] = Field(examples=[{"complete": 980, "failed": 20}])
+    total: int
+
+
+class UpstreamStateView(BaseModel):
+    """The upstream call budget as the fleet left it in Redis."""
+
+    breaker: str = Field(examples=["closed"], description="closed, open or half_open")
+    limit: int = Field(description="The learned limit on calls in flight (at most the ceiling)")
+    ceiling: int = Field(description="ORDERS_UPSTREAM_MAX_IN_FLIGHT")
+    in_flight: int
+    paused_s: float = Field(description="Pause left from a Retry-After")
+    calls: dict[str, float] = Field(
+        default_factory=dict,
+        description="Fleet counters: ok, dropped (refused), slow, failed, wait_s",
+    )
+
+
+class OperatorStatusResponse(BaseModel):
+    """Every caller's counts and the upstream's state (null while Redis cannot be read)."""
+
+    callers: list[CallerCountsView]
+    upstream: UpstreamStateView | None

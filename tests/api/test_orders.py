@@ -281,7 +281,7 @@ def test_retries_by_filter_work_through_many_chunks(
     client: TestClient, alpha: CallerKey, clean_db: str
 ) -> None:
     """A retry matching more orders than one chunk schedules every one of them, once."""
-    from worker.intake.actions import RETRY_CHUNK
+    from worker.actions.retry_filter import RETRY_CHUNK
 
     n = RETRY_CHUNK * 2 + 7
     batch = client.post(

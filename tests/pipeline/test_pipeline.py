@@ -77,14 +77,15 @@ def test_persistent_502_fails_with_reason_then_operator_retry_completes(
     runtime_factory, caller_id, stub, clean_db
 ):
     """A 502 that keeps coming back ends ``failed``/``upstream_502``; a retry then completes."""
-    from worker.intake.actions import retry_order
+    from worker.actions.actor import operator
+    from worker.actions.retry_one import retry_order
 
     rt = runtime_factory(retry_max_attempts=3)
     stub.script("preview", [{"status": 502, "times": 3}])
     [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
     order = drive(rt, [oid])[oid]
     assert (order.status, order.reason, order.failures) == ("failed", "upstream_502", 3)
-    assert retry_order(clean_db, caller_id, oid, at=None, actor="operator") == 1
+    assert retry_order(clean_db, operator("olga"), oid) == 1
     order = drive(rt, [oid])[oid]
     assert order.status == "complete"
     assert ("failed", "received") in _path(clean_db, oid)

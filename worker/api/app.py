@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = readiness
     app.state.broker = broker
     app.state.metrics = metrics
+    app.state.flow_store = flow_store
     for module in (orders, order_actions, batches, webhook_endpoints, health, operator):
         app.include_router(module.router)
     install_console(app)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from schemas.batches import BatchActionResult, BatchObject, BatchPage
+from worker.actions import actor as actors
 from worker.api.deps import BrokerDep, Caller, SettingsDep, check_id, in_session
 from worker.api.errors import json_response
 from worker.api.listing import decode_cursor, encode_cursor
@@ -29,10 +30,6 @@ from worker.ids import utcnow
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 MAX_PAGE = 100
-
-
-def _actor(caller_id: str) -> str:
-    return f"caller:{caller_id}"
 
 
 def read_batch(session: Session, caller_id: str | None, batch_id: str) -> dict[str, Any] | None:
@@ -121,7 +118,7 @@ def _action_route(path: str, action: Any, summary: str) -> None:
                 settings.database_url,
                 caller.id,
                 check_id(batch_id),
-                actor=_actor(caller.id),
+                actor=actors.caller(caller.id).label,
                 dispatch=broker.dispatch,
             )
         )

@@ -1,49 +1,47 @@
 """The operator API (``/v1/operator``): act on any caller's orders with an operator key.
 
-The console's actions and ``orders resolve`` / ``orders retry --operator`` call these. Every
-action is recorded in the order's history as ``operator:<name>``. A caller key answers 403,
-no key 401 (``worker.api.auth.current_operator``).
+Each route maps its request to one action of :mod:`worker.actions` as ``operator:<name>``
+(what ``orders resolve``, ``orders retry --operator`` and ``orders status --operator`` call);
+a caller key answers 403, no key 401 (``worker.api.auth.current_operator``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Body, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.intake import (
     OperatorRetryRequest,
+    OperatorStatusResponse,
     OrderView,
     ResolveRequest,
     RetryOneRequest,
     RetryResponse,
 )
+from worker.actions import actor as actors
+from worker.actions.cancel import cancel_order
+from worker.actions.lookup import UpstreamLookup, shared_lookup
+from worker.actions.overview import counts_by_caller
+from worker.actions.resolve import resolve_held
 from worker.api.auth import CallerRef, current_operator
-from worker.api.deps import BrokerDep, SettingsDep, as_utc, check_id
+from worker.api.deps import BrokerDep, SettingsDep, check_id, in_session
 from worker.api.errors import ApiError, json_response
 from worker.api.openapi import errors
-from worker.api.order_actions import retry_by_filter
-from worker.api.upstream_lookup import UpstreamLookup
+from worker.api.order_actions import retry_by_id, retry_filtered
 from worker.errors import UpstreamError
-from worker.intake import actions, operator_actions
+from worker.flow.view import snapshot
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/operator", tags=["operator"])
 Operator = Annotated[CallerRef, Depends(current_operator)]
 
 
-def actor(operator: CallerRef) -> str:
-    """How an operator is named in an order's history."""
-    return f"operator:{operator.name}"
-
-
 def upstream_lookup(request: Request) -> UpstreamLookup:
     """The app's upstream reader, built on first use."""
-    state = request.app.state
-    if getattr(state, "upstream_lookup", None) is None:
-        state.upstream_lookup = UpstreamLookup(state.settings, state.broker.url())
-    lookup: UpstreamLookup = state.upstream_lookup
-    return lookup
+    return shared_lookup(request.app.state)
 
 
 @router.post("/retries", response_model=RetryResponse, responses=errors(401, 403, 409, 422))
@@ -58,12 +56,12 @@ async def retry_matching(
     A large retry is spread at ``ORDERS_RETRY_SPREAD_PER_S`` orders per second.
     """
     request = request or OperatorRetryRequest()
-    return await retry_by_filter(
+    return await retry_filtered(
         request,
-        caller_id=request.caller_id,
-        actor=actor(operator),
+        who=actors.operator(operator.name),
         settings=settings,
         broker=broker,
+        caller_id=request.caller_id,
     )
 
 
@@ -81,18 +79,9 @@ async def retry_one(
 ) -> Response:
     """Retry one ``failed`` order of any caller (a held ``submit_unknown`` one: 409, see
     ``resolve``)."""
-    at = as_utc(request.at if request else None, "at")
-    n = await run_in_threadpool(
-        lambda: actions.retry_order(
-            settings.database_url,
-            None,
-            check_id(order_id),
-            at=at,
-            actor=actor(operator),
-            dispatch=broker.dispatch,
-        )
+    return await retry_by_id(
+        order_id, request, who=actors.operator(operator.name), settings=settings, broker=broker
     )
-    return json_response({"scheduled": n})
 
 
 @router.post(
@@ -102,14 +91,10 @@ async def cancel(
     order_id: str, operator: Operator, settings: SettingsDep, broker: BrokerDep
 ) -> Response:
     """Cancel an order of any caller that has not been submitted yet."""
+    who = actors.operator(operator.name)
     view = await run_in_threadpool(
-        lambda: actions.cancel_order(
-            settings.database_url,
-            None,
-            check_id(order_id),
-            actor=actor(operator),
-            dispatch=broker.dispatch,
-            reason="cancelled_by_operator",
+        lambda: cancel_order(
+            settings.database_url, who, check_id(order_id), dispatch=broker.dispatch
         )
     )
     return json_response(view)
@@ -131,35 +116,52 @@ async def resolve(
     """Decide a held ``submit_unknown`` order: found upstream as ``upstream_id`` (checked: its
     ``external_id`` must be the one we sent, and no other order may be tied to it), or
     ``not_created`` (re-submitted only if a fresh look upstream, recorded in the history,
-    finds nothing; otherwise 409 and the order stays held)."""
-    view = await resolve_held(
-        settings, broker, lookup, check_id(order_id), body.upstream_id, actor(operator)
-    )
-    return json_response(view)
-
-
-async def resolve_held(
-    settings: SettingsDep,
-    broker: BrokerDep,
-    lookup: UpstreamLookup,
-    order_id: str,
-    upstream_id: str | None,
-    who: str,
-) -> dict[str, object]:
-    """Run :func:`operator_actions.resolve_held`; an unreachable upstream answers 503."""
+    finds nothing; otherwise 409 and the order stays held). An unreachable upstream: 503."""
+    who = actors.operator(operator.name)
     try:
-        return await run_in_threadpool(
-            lambda: operator_actions.resolve_held(
+        view = await run_in_threadpool(
+            lambda: resolve_held(
                 settings.database_url,
-                order_id,
-                upstream_id=upstream_id,
+                who,
+                check_id(order_id),
+                upstream_id=body.upstream_id,
                 lookup=lookup.get,
                 search=lookup.search,
-                actor=who,
                 dispatch=broker.dispatch,
             )
         )
     except UpstreamError as exc:
-        raise ApiError(
-            503, f"the upstream could not be asked about {upstream_id}: {exc.reason}; try again"
-        ) from None
+        raise ApiError(503, exc.message) from None
+    return json_response(view)
+
+
+@router.get("/status", response_model=OperatorStatusResponse, responses=errors(401, 403))
+async def status(request: Request, _operator: Operator, settings: SettingsDep) -> Response:
+    """Every caller's orders by status, and the upstream's state as the fleet left it in
+    Redis (``upstream`` is null while Redis cannot be read)."""
+    callers = await in_session(settings, counts_by_caller)
+    upstream = await run_in_threadpool(_upstream_state, request.app.state.flow_store)
+    body = {
+        "callers": [
+            {"id": c.id, "name": c.name, "revoked": c.revoked, "counts": c.counts, "total": c.total}
+            for c in callers
+        ],
+        "upstream": upstream,
+    }
+    return json_response(body)
+
+
+def _upstream_state(flow_store: Any) -> dict[str, Any] | None:
+    try:
+        snap = snapshot(flow_store())
+    except Exception as exc:  # Redis down: the counts still answer
+        log.warning("operator_status_upstream_failed", error=repr(exc))
+        return None
+    return {
+        "breaker": snap.breaker,
+        "limit": snap.limit,
+        "ceiling": snap.ceiling,
+        "in_flight": snap.in_flight,
+        "paused_s": snap.paused_s,
+        "calls": snap.calls,
+    }

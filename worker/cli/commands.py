@@ -283,14 +283,40 @@ def status(
     order_id: str | None = typer.Argument(None, help="One order: its view and history."),
     batch: str | None = typer.Option(None, help="Counts for one batch."),
     status_filter: str | None = typer.Option(None, "--status", help="Only this status."),
+    operator: bool = typer.Option(
+        False,
+        "--operator",
+        help="Every caller's counts and the upstream's state, through the operator API "
+        "(operator key).",
+    ),
     api_url: str | None = API_URL,
     key: str | None = API_KEY,
 ) -> None:
-    """Show one order with its history, or counts by status (optionally for one batch)."""
+    """Show one order with its history, or counts by status (optionally for one batch); with
+    --operator, every caller's counts and the upstream's state."""
     from collections import Counter
 
-    from worker.cli.output import client_from, console, exit_on_error, show_order, status_table
+    from worker.cli.output import (
+        client_from,
+        client_of,
+        console,
+        exit_on_error,
+        show_order,
+        status_table,
+    )
 
+    if operator:
+        if order_id or batch or status_filter:
+            typer.echo(
+                "--operator shows every caller's counts: give no order, --batch or --status",
+                err=True,
+            )
+            raise typer.Exit(2)
+        from worker.cli.operator_status import OperatorClient, show_operator_status
+
+        with exit_on_error():
+            show_operator_status(client_of(OperatorClient, api_url, key), console)
+        return
     client = client_from(api_url, key)
     with exit_on_error():
         if order_id:
@@ -298,15 +324,6 @@ def status(
             return
         views = client.orders(batch_id=batch, status=status_filter)
         console.print(status_table(Counter(v["status"] for v in views)))
-    from worker.cli.api_client import ApiCallError
-    from worker.flow.view import line_from_metrics
-
-    try:
-        metrics = client.metrics_text()
-    except ApiCallError:  # /metrics needs an operator key: no upstream line with a caller key
-        return
-    if line := line_from_metrics(metrics):
-        console.print(line)
 
 
 @app.command()

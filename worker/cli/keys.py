@@ -22,12 +22,11 @@ T = TypeVar("T")
 keys_app = typer.Typer(help="API keys of callers and operators.", no_args_is_help=True)
 
 
-def _key_admin(action: Callable[[Session], T]) -> T:
-    """Run ``action`` in one transaction; a refused request is one line on stderr and exit 1."""
+def _key_admin(action: Callable[[], T]) -> T:
+    """Run ``action``; a refused request is one line on stderr and exit 1."""
     from sqlalchemy.exc import IntegrityError
 
-    from worker.db import transaction
-    from worker.errors import KeyAdminError
+    from worker.errors import InvalidInput, KeyAdminError
 
     messages = {
         "name_taken": "a key named {name!r} already exists (see `orders keys list`)",
@@ -35,13 +34,25 @@ def _key_admin(action: Callable[[Session], T]) -> T:
         "revoked": "the key {name!r} is revoked; create a new one under another name",
     }
     try:
-        with transaction(get_settings().database_url) as session:
-            return action(session)
+        return action()
     except KeyAdminError as exc:
         typer.echo(f"error: {messages[exc.reason].format(name=exc.name)}", err=True)
+    except InvalidInput as exc:
+        typer.echo(f"error: {exc.message}", err=True)
     except IntegrityError:  # another process created the same name between check and commit
         typer.echo("error: that name was taken meanwhile (see `orders keys list`)", err=True)
     raise typer.Exit(1)
+
+
+def _in_transaction(action: Callable[[Session], T]) -> T:
+    """Run ``action`` in one transaction, through :func:`_key_admin`."""
+    from worker.db import transaction
+
+    def run() -> T:
+        with transaction(get_settings().database_url) as session:
+            return action(session)
+
+    return _key_admin(run)
 
 
 @keys_app.command("create")
@@ -58,7 +69,9 @@ def keys_create(
     from worker.intake.callers import ROLE_CALLER, ROLE_OPERATOR, create_caller
 
     role = ROLE_OPERATOR if operator else ROLE_CALLER
-    caller, key = _key_admin(lambda session: create_caller(session, name, role=role, weight=weight))
+    caller, key = _in_transaction(
+        lambda session: create_caller(session, name, role=role, weight=weight)
+    )
     typer.echo(f"{role} {caller.id} ({name}) created; its key (shown once):", err=True)
     typer.echo(key)
 
@@ -70,7 +83,7 @@ def keys_weight(
     """Change a caller's weight: its share of the dispatch slots relative to other callers."""
     from worker.intake.callers import set_weight
 
-    _key_admin(lambda session: set_weight(session, name, weight))
+    _in_transaction(lambda session: set_weight(session, name, weight))
     typer.echo(f"{name}: weight {weight}", err=True)
 
 
@@ -86,7 +99,7 @@ def keys_list() -> None:
         return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
     table = Table("name", "id", "role", "weight", "key", "created", "last used", "revoked")
-    for c in _key_admin(list_callers):
+    for c in _in_transaction(list_callers):
         table.add_row(
             c.name,
             c.id,
@@ -103,13 +116,14 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: str) -> None:
     """Revoke a key: every API process refuses it within seconds. Its orders are kept."""
-    from worker.ids import utcnow
-    from worker.intake.callers import revoke
+    import getpass
 
-    caller = _key_admin(lambda session: revoke(session, name, now=utcnow()))
-    typer.echo(
-        f"{caller.role} {caller.id} ({name}) revoked at {caller.revoked_at:%Y-%m-%d %H:%M:%S}Z"
-    )
+    from worker.actions import actor as actors
+    from worker.actions.revoke import revoke_key
+
+    who = actors.admin(getpass.getuser())
+    done = _key_admin(lambda: revoke_key(get_settings().database_url, who, name))
+    typer.echo(f"{done.role} {done.id} ({name}) revoked at {done.revoked_at:%Y-%m-%d %H:%M:%S}Z")
 
 
 @keys_app.command("rotate")
@@ -118,6 +132,6 @@ def keys_rotate(name: str) -> None:
     alone on the last line."""
     from worker.intake.callers import rotate
 
-    caller, key = _key_admin(lambda session: rotate(session, name))
+    caller, key = _in_transaction(lambda session: rotate(session, name))
     typer.echo(f"{caller.role} {caller.id} ({name}) rotated; its new key (shown once):", err=True)
     typer.echo(key)

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,14 +27,21 @@ from worker.ids import sha256_hex
 from worker.settings import get_settings
 
 console = Console(stderr=True)
+C = TypeVar("C", bound=ApiClient)
 
 
 def client_from(api_url: str | None, key: str | None) -> ApiClient:
+    """A client for ``--api-url`` and ``--key`` (defaults: ``ORDERS_*``)."""
+    return client_of(ApiClient, api_url, key)
+
+
+def client_of(factory: type[C], api_url: str | None, key: str | None) -> C:
+    """A client of the class ``factory`` for ``--api-url`` and ``--key``."""
     settings = get_settings()
     key = key or (settings.api_key.get_secret_value() if settings.api_key else None)
     if not key:
         raise typer.BadParameter("give --key or set ORDERS_API_KEY (see `orders keys create`)")
-    return ApiClient(api_url or settings.api_url, key)
+    return factory(api_url or settings.api_url, key)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """The console's actions (POST, each with the session's CSRF token): retry one order or a
 filter, cancel, resolve a held order, replay failed webhooks, revoke a key, sign in and out.
 
-Each action runs the same function as the operator API, recorded as ``operator:<name>``; the
-answer is a redirect back with a message (``msg``) or the refusal (``error``).
+Each form maps its fields to one action of :mod:`worker.actions` (the one the operator API
+calls), as ``operator:<name>``; the answer is a redirect back with a message (``msg``) or the
+action's refusal (``error``).
 """
 
 from __future__ import annotations
@@ -16,26 +17,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from worker.actions import actor as actors
+from worker.actions import retry_filter as by_filter
+from worker.actions.cancel import cancel_order
+from worker.actions.lookup import shared_lookup
+from worker.actions.replay import replay_failed
+from worker.actions.resolve import resolve_held
+from worker.actions.retry_one import retry_order
+from worker.actions.revoke import revoke_key
 from worker.api.auth import Authenticator
-from worker.api.deps import as_utc
-from worker.api.errors import ApiError
-from worker.api.operator import resolve_held, upstream_lookup
 from worker.batches import actions as batch_actions
-from worker.console.replay import replay_failed
 from worker.console.session import COOKIE, Sessions
 from worker.console.web import Action, SignInThrottle, form_fields, redirect, render
 from worker.db import transaction
-from worker.errors import (
-    BatchNotFound,
-    InvalidInput,
-    KeyAdminError,
-    OrderError,
-    OrderNotFound,
-    WrongState,
-)
-from worker.ids import utcnow
-from worker.intake import actions
-from worker.intake.callers import ROLE_OPERATOR, end_sessions, hash_key, revoke
+from worker.errors import InvalidInput, OrderError
+from worker.intake.callers import ROLE_OPERATOR, end_sessions, hash_key
 from worker.models import Caller
 from worker.settings import Settings
 from worker.states import RETRYABLE_BY_OPERATOR, Status
@@ -43,35 +39,27 @@ from worker.states import RETRYABLE_BY_OPERATOR, Status
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
-def _actor(name: str) -> str:
-    return f"operator:{name}"
-
-
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _at(value: str | None) -> datetime | None:
-    """A form's time (``datetime-local`` or ISO 8601; naive is UTC), or None for "now"."""
+def _at(value: str | None, name: str = "at") -> datetime | None:
+    """A form's time (``datetime-local`` or ISO 8601), or None for "now"."""
     if not value:
         return None
     try:
-        return as_utc(datetime.fromisoformat(value), "at")
+        return datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(f"at: {value!r} is not an ISO 8601 time") from None
+        raise InvalidInput(f"{name}: {value!r} is not an ISO 8601 time") from None
 
 
 async def _run(back: str, fn: Callable[[], Any], done: Callable[[Any], str]) -> Response:
     """Run a blocking action; redirect to ``back`` with its message or its refusal."""
     try:
         result = await run_in_threadpool(fn)
-    except (OrderNotFound, BatchNotFound, WrongState, InvalidInput, KeyAdminError) as exc:
-        return redirect(back, error=getattr(exc, "message", None) or str(exc))
-    except ApiError as exc:
-        return redirect(back, error=exc.message)
     except OrderError as exc:
-        return redirect(back, error=str(exc))
+        return redirect(back, error=getattr(exc, "message", None) or str(exc))
     return redirect(back, msg=done(result))
 
 
@@ -156,20 +144,20 @@ async def retry_matching(request: Request, action: Action) -> Response:
     status = form.get("status") or "failed"
     if status not in RETRYABLE_BY_OPERATOR:
         return render(request, "error.html", {"message": f"{status} orders cannot be retried"}, 422)
-    flt = actions.RetryFilter(
+    flt = by_filter.RetryFilter(
         Status(status),
-        form.get("reason") or None,
-        form.get("batch") or None,
+        reason=form.get("reason") or None,
+        batch_id=form.get("batch") or None,
+        caller_id=form.get("caller") or None,
     )
     broker = request.app.state.broker
     return await _run(
         "/console/attention",
-        lambda: actions.retry_matching(
+        lambda: by_filter.retry_matching(
             settings.database_url,
-            form.get("caller") or None,
+            actors.operator(me.name),
             flt,
             at=_at(form.get("at")),
-            actor=_actor(me.name),
             dispatch=broker.dispatch,
             spread_per_s=settings.retry_spread_per_s,
         ),
@@ -183,12 +171,11 @@ async def retry_one(request: Request, order_id: str, action: Action) -> Response
     settings = _settings(request)
     return await _run(
         f"/console/orders/{order_id}",
-        lambda: actions.retry_order(
+        lambda: retry_order(
             settings.database_url,
-            None,
+            actors.operator(me.name),
             order_id,
             at=_at(form.get("at")),
-            actor=_actor(me.name),
             dispatch=request.app.state.broker.dispatch,
         ),
         lambda n: "Retry scheduled.",
@@ -201,13 +188,11 @@ async def cancel(request: Request, order_id: str, action: Action) -> Response:
     settings = _settings(request)
     return await _run(
         f"/console/orders/{order_id}",
-        lambda: actions.cancel_order(
+        lambda: cancel_order(
             settings.database_url,
-            None,
+            actors.operator(me.name),
             order_id,
-            actor=_actor(me.name),
             dispatch=request.app.state.broker.dispatch,
-            reason="cancelled_by_operator",
         ),
         lambda view: "Cancelled.",
     )
@@ -228,7 +213,7 @@ async def batch_action(request: Request, batch_id: str, verb: str, action: Actio
             settings.database_url,
             None,
             batch_id,
-            actor=_actor(me.name),
+            actor=actors.operator(me.name).label,
             dispatch=request.app.state.broker.dispatch,
         ),
         lambda r: f"{verb.capitalize()}: {r.released} released, {r.cancelled} cancelled.",
@@ -256,34 +241,40 @@ async def resolve(request: Request, order_id: str, action: Action) -> Response:
         return redirect(
             back, error="Give the upstream order id (order-...), or choose not created."
         )
-    try:
-        view = await resolve_held(
-            _settings(request),
-            request.app.state.broker,
-            upstream_lookup(request),
+    lookup = shared_lookup(request.app.state)
+    settings = _settings(request)
+
+    def done(view: dict[str, Any]) -> str:
+        if upstream_id is None:
+            return f"{order_id}: not created upstream; re-submitting."
+        return f"{order_id}: found upstream as {upstream_id}; now {view['status']}."
+
+    return await _run(
+        back,
+        lambda: resolve_held(
+            settings.database_url,
+            actors.operator(me.name),
             order_id,
-            upstream_id,
-            _actor(me.name),
-        )
-    except (OrderNotFound, WrongState, InvalidInput) as exc:
-        return redirect(back, error=getattr(exc, "message", None) or str(exc))
-    except ApiError as exc:
-        return redirect(back, error=exc.message)
-    if upstream_id is None:
-        return redirect(back, msg=f"{order_id}: not created upstream; re-submitting.")
-    return redirect(back, msg=f"{order_id}: found upstream as {upstream_id}; now {view['status']}.")
+            upstream_id=upstream_id,
+            lookup=lookup.get,
+            search=lookup.search,
+            dispatch=request.app.state.broker.dispatch,
+        ),
+        done,
+    )
 
 
 @router.post("/webhooks/{endpoint_id}/replay")
 async def replay(request: Request, endpoint_id: str, action: Action) -> Response:
-    _, form = action
+    me, form = action
     settings = _settings(request)
     return await _run(
         f"/console/webhooks?endpoint={endpoint_id}",
         lambda: replay_failed(
             settings.database_url,
+            actors.operator(me.name),
             endpoint_id,
-            since=_at(form.get("since")),
+            since=_at(form.get("since"), "since"),
             dispatch=request.app.state.broker.dispatch,
         ),
         lambda n: f"Replaying {n} failed deliveries.",
@@ -291,13 +282,11 @@ async def replay(request: Request, endpoint_id: str, action: Action) -> Response
 
 
 @router.post("/callers/revoke")
-async def revoke_key(request: Request, action: Action) -> Response:
-    _, form = action
+async def revoke(request: Request, action: Action) -> Response:
+    me, form = action
     settings = _settings(request)
-    name = form.get("name", "")
-
-    def run() -> str:
-        with transaction(settings.database_url) as session:
-            return revoke(session, name, now=utcnow()).name
-
-    return await _run("/console/callers", run, lambda n: f"Key {n} revoked.")
+    return await _run(
+        "/console/callers",
+        lambda: revoke_key(settings.database_url, actors.operator(me.name), form.get("name", "")),
+        lambda done: f"Key {done.name} revoked.",
+    )

@@ -14,12 +14,14 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from worker.actions import actor as actors
+from worker.actions import retry_filter as by_filter
+from worker.actions.moves import HELD_RULE, cancel_move, is_held
 from worker.api.deps import as_utc, in_session
 from worker.console import queries as q
 from worker.console.live import broker_state, upstream_state
 from worker.console.web import Operator, redirect, render
 from worker.ids import utcnow
-from worker.intake import actions
 from worker.intake.callers import list_callers
 from worker.models import WebhookDelivery, WebhookEndpoint
 from worker.settings import Settings
@@ -170,9 +172,9 @@ async def order(request: Request, order_id: str, me: Operator) -> Response:
     if detail is None:
         return render(request, "error.html", {"message": f"No order {order_id}."}, 404)
     order = detail["order"]
-    detail["held"] = actions.is_held(order)
+    detail["held"] = is_held(order)
     detail["retryable"] = order.status == Status.FAILED
-    detail["cancellable"] = actions.cancel_move(order) is not None
+    detail["cancellable"] = cancel_move(order) is not None
     return render(request, "order.html", detail)
 
 
@@ -198,11 +200,19 @@ async def retry_confirm(request: Request, me: Operator) -> Response:
     status = p.get("status") or "failed"
     if status not in RETRYABLE_BY_OPERATOR:
         return render(request, "error.html", {"message": f"{status} orders cannot be retried"}, 422)
-    flt = actions.RetryFilter(Status(status), p.get("reason") or None, p.get("batch") or None, None)
     caller = p.get("caller") or None
-    matched, sample = await in_session(_settings(request), actions.count_matching, caller, flt)
+    flt = by_filter.RetryFilter(
+        Status(status),
+        reason=p.get("reason") or None,
+        batch_id=p.get("batch") or None,
+        caller_id=caller,
+    )
+    dry = await in_session(
+        _settings(request), by_filter.count_matching, actors.operator(me.name), flt
+    )
+    matched, sample = dry.matched, dry.sample
     if flt.status == Status.SUBMIT_UNKNOWN:
-        message = f"{matched} held orders match; none can be retried in bulk: {actions.HELD_RULE}"
+        message = f"{matched} held orders match; none can be retried in bulk: {HELD_RULE}"
         return render(request, "error.html", {"message": message}, 409)
     settings = _settings(request)
     rate = settings.retry_spread_per_s

@@ -1,5 +1,5 @@
-"""Taking orders in: checks (pure), the batch plan (pure), storage, idempotency, the service
-that ties them together, and the actions callers and operators take on existing orders."""
+"""Taking orders in: checks (pure), the batch plan (pure), storage, idempotency, and the
+service that ties them together (the actions on existing orders: ``worker.actions``)."""
 
 from collections.abc import Iterable, Sequence
 from typing import Protocol

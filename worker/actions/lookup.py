@@ -1,4 +1,4 @@
-"""The intake process's own read-only link to the upstream, for operators' checks.
+"""The API process's own read-only link to the upstream, for an operator's resolve.
 
 Built on first use (most API processes never need it) and shared by the process: it reads
 one order object by id, with the fleet's shared token in Redis (``worker.upstream.token``).
@@ -7,6 +7,7 @@ one order object by id, with the fleet's shared token in Redis (``worker.upstrea
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
 
@@ -57,3 +58,12 @@ class UpstreamLookup:
             if self._redis is not None:
                 self._redis.close()
             self._client = self._redis = None
+
+
+def shared_lookup(state: Any) -> UpstreamLookup:
+    """The app's upstream reader (``state``: the app's state, with ``settings`` and
+    ``broker``), built on first use and closed with the app."""
+    if getattr(state, "upstream_lookup", None) is None:
+        state.upstream_lookup = UpstreamLookup(state.settings, state.broker.url())
+    lookup: UpstreamLookup = state.upstream_lookup
+    return lookup

@@ -6,21 +6,35 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import structlog
 from sqlalchemy import select, update
 
+from worker.actions.actor import Actor
+from worker.actions.when import utc
 from worker.db import transaction
 from worker.ids import utcnow
 from worker.intake import Dispatch
 from worker.models import WebhookDelivery
 
+log = structlog.get_logger(__name__)
 FAILED = "failed"
 
 
 def replay_failed(
-    db_url: str, endpoint_id: str, *, since: datetime | None, dispatch: Dispatch | None = None
+    db_url: str,
+    actor: Actor,
+    endpoint_id: str,
+    *,
+    since: datetime | None = None,
+    dispatch: Dispatch | None = None,
 ) -> int:
-    """Make ``endpoint_id``'s failed deliveries created at ``since`` or later pending again;
-    returns how many."""
+    """Make ``endpoint_id``'s failed deliveries created at ``since`` or later (naive is UTC;
+    None: all) pending again; returns how many.
+
+    Raises:
+        InvalidInput: ``since`` is out of range.
+    """
+    since = utc(since, "since")
     now = utcnow()
     where = [WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == FAILED]
     if since is not None:
@@ -34,6 +48,7 @@ def replay_failed(
                 .values(status="pending", attempts=0, due_at=now, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
+    log.info("webhooks_replayed", actor=actor.label, endpoint_id=endpoint_id, count=len(ids))
     if dispatch is not None and ids:
         dispatch([], ids)
     return len(ids)
