@@ -314,8 +314,12 @@ def status(
             raise typer.Exit(2)
         from worker.cli.operator_status import OperatorClient, show_operator_status
 
-        with exit_on_error():
-            show_operator_status(client_of(OperatorClient, api_url, key), console)
+        operator_client = client_of(OperatorClient, api_url, key)
+        try:
+            with exit_on_error():
+                show_operator_status(operator_client, console)
+        finally:
+            operator_client.close()
         return
     client = client_from(api_url, key)
     with exit_on_error():
