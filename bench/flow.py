@@ -46,8 +46,11 @@ import redis  # noqa: E402
 from api_stub.testing import StubControl, stub_process  # noqa: E402
 from bench.pipeline import PREVIEW_PATH, Db, payload  # noqa: E402
 from worker.db import dispose_all  # noqa: E402
+from worker.flow.setup import build_store  # noqa: E402
 from worker.queue.app import configure  # noqa: E402
+from worker.queue.dispatcher import Dispatcher  # noqa: E402
 from worker.queue.enqueue import enqueue_orders  # noqa: E402
+from worker.settings import Settings  # noqa: E402
 
 DB_URL = "postgresql://root@127.0.0.1:5432/test_flow"
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -58,6 +61,7 @@ class Procs:
 
     def __init__(self) -> None:
         self.popens: list[subprocess.Popen[bytes]] = []
+        self.extra: dict[str, str] = {}
 
     def start(self, python: str, repo: Path, args: list[str], env: dict[str, str], log: Path):
         with log.open("ab") as out:
@@ -96,6 +100,18 @@ class Bench:
         self.redis = redis.Redis.from_url(args.redis_url)
         self.celery = configure(args.redis_url)
 
+    def dispatch(self, ids: list[str], extra: dict[str, str]) -> None:
+        """Hand ``ids`` (inserted due now) to the dispatcher as the intake does after commit:
+        one pass with chunks sized from the fleet's limit in Redis, then the workers' own
+        passes take the rest of the backlog."""
+        env = self.env(REPO, extra)
+        settings = Settings(**{k[len("ORDERS_"):].lower(): v for k, v in env.items()
+                               if k.startswith("ORDERS_") and k != "ORDERS_HOME"})  # fmt: skip
+        store = build_store(settings, self.redis)
+        dispatcher = Dispatcher(settings, self.redis, self.celery,
+                                allowance=lambda: store.read().target)  # fmt: skip
+        dispatcher.run(callers=[self.db.caller_id])
+
     def env(self, repo: Path, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERS_")}
         home = self.tmp / f"home-{len(os.listdir(self.tmp))}"
@@ -116,6 +132,7 @@ class Bench:
     @contextlib.contextmanager
     def fleet(self, extra: dict[str, str], *, repo: Path = REPO, python: str = sys.executable):
         procs = Procs()
+        procs.extra = extra
         env = self.env(repo, extra)
         try:
             procs.start(python, repo, ["worker", "--queues", "orders"], env, self.tmp / "w.log")

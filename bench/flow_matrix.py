@@ -115,14 +115,15 @@ class Matrix:
         b.wait(batch, added, self.args.timeout_s)
 
     def drive(self, procs: Any, n: int, *, ideal: float | None = None) -> dict[str, float]:
-        """Enqueue ``n`` orders at once; goodput, refusals, load at the stub, worker CPU."""
+        """``n`` orders due at once, handed to the dispatcher as the intake does (chunks
+        follow the fleet's limit); goodput, refusals, load at the stub, worker CPU."""
         b = self.bench
         batch = self._batch("bench")
-        ids, _ = b.db.add(n, batch, True)
         self.stub.reset_stats()
         cpu_before = self.worker_cpu_s(procs)
         started = time.perf_counter()
-        enqueue_orders(b.celery, ids, chunk_size=50)
+        ids, _ = b.db.add(n, batch, True, due_in_s=0)
+        b.dispatch(ids, procs.extra)
         b.wait(batch, n, self.args.timeout_s)
         elapsed = time.perf_counter() - started
         cpu = self.worker_cpu_s(procs) - cpu_before

@@ -153,8 +153,13 @@ class Db:
                 )
             )
 
-    def add(self, n: int, batch_id: str, immediately: bool) -> tuple[list[str], float]:
-        """Insert ``n`` received orders in bulk; returns their ids and the seconds it took."""
+    def add(
+        self, n: int, batch_id: str, immediately: bool, *, due_in_s: float = 3600
+    ) -> tuple[list[str], float]:
+        """Insert ``n`` received orders in bulk; returns their ids and the seconds it took.
+
+        ``due_in_s``: when the dispatcher may take them (the default keeps them for a bench
+        that enqueues them itself; 0 leaves them to the dispatcher, as the intake does)."""
         started = time.perf_counter()
         ids: list[str] = []
         for start in range(0, n, 5000):
@@ -168,7 +173,7 @@ class Db:
                     self.caller_id,
                     items,
                     now=utcnow(),
-                    due_in_s=3600,
+                    due_in_s=due_in_s,
                     batch_id=batch_id,
                 )
             ids.extend(o.id for o in orders)

@@ -132,15 +132,18 @@ def test_redis_flush_loses_nothing(clean_db, redis_client, dispatcher):
 
 
 def test_chunks_shrink_to_the_upstream_allowance(clean_db, redis_client, env):
-    """With the fleet allowed 16 calls and 4 processes, a chunk holds 4 orders."""
+    """With the fleet allowed 16 calls and 4 processes, a chunk holds three shares of 4."""
     for n in range(4):
         note_worker_process(redis_client, f"host:{n}")
     settings = settings_from(env, chunk_size=50)
     d = Dispatcher(
         settings, redis_client, configure(env["ORDERS_REDIS_URL"], settings), allowance=lambda: 16
     )
-    assert d.chunk_size(4) == 4
-    assert list(chunks(["a"] * 9, d.chunk_size(4))) == [["a"] * 4, ["a"] * 4, ["a"]]
+    assert d.chunk_size(4) == 12
+    assert list(chunks(["a"] * 25, d.chunk_size(4))) == [["a"] * 12, ["a"] * 12, ["a"]]
+    assert d.chunk_size(64) == 2  # never fewer than two orders per message
+    d.allowance = lambda: None
+    assert d.chunk_size(4) == 50
 
 
 def test_weights_share_in_proportion(clean_db, redis_client, dispatcher):

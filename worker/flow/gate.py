@@ -44,6 +44,9 @@ LOCAL_TRIP_S = 0.5
 REFUSAL_HOLD_S = 0.5
 # Immediate syncs (on demand) are at least this far apart.
 MIN_SYNC_GAP_S = 0.02
+# While threads wait for permits the allotment does not cover, syncs come this often (the
+# others' shares shrink at their own next sync, so the permits move within a few of these).
+STARVED_SYNC_S = 0.04
 
 
 class Gate:
@@ -67,6 +70,7 @@ class Gate:
         self._in_use = 0
         self._waiting = 0
         self._peak = 0
+        self._demand_peak = 0
         self._tokens = -1
         self._window = Window()
         self._lease: Lease | None = None
@@ -96,7 +100,7 @@ class Gate:
         try:
             result = fn()
         except UpstreamError as exc:
-            error = self._finish(epoch, exc, None)
+            error = self._finish(epoch, exc, None, time.monotonic() - started)
             if error is exc:
                 raise
             raise error from exc
@@ -104,8 +108,9 @@ class Gate:
             with self._cond:
                 self._put_back()
             raise
+        held = time.monotonic() - started
         measured = latency_s() if latency_s is not None else None
-        self._finish(epoch, None, measured if measured is not None else time.monotonic() - started)
+        self._finish(epoch, None, measured if measured is not None else held, held)
         return result
 
     def probe(self, calls: Sequence[Callable[[], object]]) -> bool:
@@ -164,6 +169,7 @@ class Gate:
         asked = False
         with self._cond:
             self._waiting += 1
+            self._demand_peak = max(self._demand_peak, self._in_use + self._waiting)
             try:
                 while True:
                     now = time.monotonic()
@@ -230,7 +236,7 @@ class Gate:
     # ------------------------------------------------------------------ results
 
     def _finish(
-        self, epoch: int, error: UpstreamError | None, latency_s: float | None
+        self, epoch: int, error: UpstreamError | None, latency_s: float | None, held_s: float
     ) -> UpstreamError | None:
         """Count the result, give the permit back; returns the error the caller should see."""
         signal = signal_of(error)
@@ -242,6 +248,7 @@ class Gate:
             lease = self._lease
             current = lease.epoch if lease is not None else 0
             stale = epoch != current
+            self._window.held_s += held_s
             if not stale:
                 self._window.add(signal, latency_s=latency_s, retry_after_s=retry_after_s)
             if signal is Signal.OK:
@@ -306,7 +313,9 @@ class Gate:
                 if self._stop.is_set():
                     return
                 log.warning("flow_sync_crashed", error=repr(exc))
-            self._wake.wait(self.sync_interval_s)
+            with self._cond:
+                starved = self._waiting > 0 and self._in_use >= self._allot
+            self._wake.wait(STARVED_SYNC_S if starved else self.sync_interval_s)
             self._wake.clear()
             gap = MIN_SYNC_GAP_S - (time.monotonic() - started)
             if gap > 0:
@@ -318,7 +327,12 @@ class Gate:
         with self._cond:
             window, self._window = self._window, Window()
             in_use, waiting = self._in_use, self._waiting
-            demand = in_use + waiting + max(2, in_use // 4)
+            # The most this process wanted since the last sync (a chunk's gap or its tail
+            # does not give its share away for one sync), and a little room to grow; an idle
+            # process holds nothing (its first call asks at once).
+            wanted = max(self._demand_peak, in_use + waiting)
+            demand = wanted + max(1, wanted // 8) if wanted else 0
+            self._demand_peak = in_use + waiting
             report = Report(
                 demand=demand,
                 in_use=in_use,

@@ -40,6 +40,17 @@ class LatencyState:
     """How much the pending cut lowered the calls in flight (new / old)."""
     cut_median_s: float = 0.0
     cut_at: float = 0.0
+    cut_base: float = 0.0
+    """The calls in flight (the interval's mean) the pending cut started from."""
+    over: int = 0
+    """Intervals in a row whose median was above the tolerance (a cut needs ``OVER_TO_CUT``)."""
+
+
+# A slowdown must last this many intervals before a cut: one stalled moment of our own (a
+# garbage collection, a busy core) never cuts, a queueing upstream stays slow.
+OVER_TO_CUT = 2
+# A cut's verdict waits until the calls in flight came down with it, at most this long.
+SETTLE_MAX_S = 3.0
 
 
 def initial_latency(cfg: LatencyConfig) -> LatencyState:
@@ -54,12 +65,14 @@ def next_latency(
     state: LatencyState,
     *,
     median_s: float | None,
-    in_flight: int,
+    in_flight: float,
     busy: bool,
     now: float,
     cfg: LatencyConfig,
 ) -> LatencyState:
-    """The latency limit after an interval whose successful calls had ``median_s``."""
+    """The latency limit after an interval whose successful calls had ``median_s`` with
+    ``in_flight`` calls out on average (Little's law over the interval, not a peak: a cut is
+    only a test when it lowers what is really in flight)."""
     ceiling = float(cfg.ceiling)
     limit = min(state.limit, ceiling)
     if median_s is None:
@@ -71,25 +84,47 @@ def next_latency(
     if state.cut_from:
         if now - state.cut_at < max(cfg.verify_s, 4 * median_s):
             return replace(state, limit=limit, baseline_s=baseline)
+        if in_flight > state.cut_base * (1 - 0.5 * (1 - state.cut_ratio)):
+            # The calls in flight have not come down yet (a queueing upstream holds the
+            # calls sent before the cut for a while): no verdict on a median of that moment.
+            if now - state.cut_at < SETTLE_MAX_S:
+                return replace(state, limit=limit, baseline_s=baseline)
+            # They never came down (fewer than the limit, or more work came): no test.
+            # Still slow: cut from what is in flight now.
+            if median_s > high:
+                return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+            return LatencyState(limit=limit, baseline_s=baseline)
         # Queueing: the median fell with the calls in flight (half of that at least).
         fell = median_s <= state.cut_median_s * (1 - 0.5 * (1 - state.cut_ratio))
         if not fell:
             # Sending less did not make it faster: this is the upstream's own latency now
-            # (slower for everyone, or the level below the knee): the new baseline.
-            return LatencyState(limit=state.cut_from, baseline_s=median_s)
-        # It fell: still past the knee, so keep going down until it stops falling (a
-        # baseline first seen while already queueing is found this way too).
+            # (slower for everyone, or the level below the knee): the new baseline, and back
+            # to the calls in flight before the cut (not to a limit nobody was using).
+            back = min(state.cut_from, max(limit, state.cut_base))
+            return LatencyState(limit=back, baseline_s=median_s)
+        if median_s <= high and median_s < 0.5 * state.cut_ratio * state.cut_median_s:
+            # Back within the tolerance, far below what the cut alone explains (queueing
+            # falls in proportion to the calls in flight): the slow moment passed. Hold here
+            # and grow again from the next interval.
+            return LatencyState(limit=limit, baseline_s=baseline)
+        # It fell but is still high: past the knee, so keep going down until it stops
+        # falling (a baseline first seen while already queueing is found this way too).
         return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
     if median_s <= high:
         grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
         return LatencyState(limit=grown, baseline_s=baseline)
+    if state.over + 1 < OVER_TO_CUT:
+        # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
+        # start would otherwise double the calls into a queue while this one waits).
+        held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
+        return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
     return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
 
 
 def _cut(
     limit: float,
     median_s: float,
-    in_flight: int,
+    in_flight: float,
     baseline_s: float,
     high_s: float,
     now: float,
@@ -104,4 +139,5 @@ def _cut(
         cut_ratio=min(1.0, cut / base) if base else 1.0,
         cut_median_s=median_s,
         cut_at=now,
+        cut_base=base,
     )

@@ -99,6 +99,8 @@ class FlowState:
             "cut_ratio": la.cut_ratio,
             "cut_median_s": la.cut_median_s,
             "lat_cut_at": la.cut_at,
+            "cut_base": la.cut_base,
+            "lat_over": la.over,
             "mode": str(br.mode),
             "since": br.since,
             "epoch": br.epoch,
@@ -127,6 +129,8 @@ class FlowState:
                     f["cut_ratio"],
                     f["cut_median_s"],
                     f["lat_cut_at"],
+                    f["cut_base"],
+                    int(f["lat_over"]),
                 ),
                 BreakerState(
                     Mode(raw["mode"]),
@@ -169,7 +173,7 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     latency = next_latency(
         state.latency,
         median_s=totals.percentile_s(LATENCY_QUANTILE),
-        in_flight=totals.in_flight_peak,
+        in_flight=totals.mean_in_flight(now, cfg.interval_s),
         busy=busy,
         now=now,
         cfg=cfg.latency,

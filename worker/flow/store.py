@@ -77,7 +77,8 @@ if mode ~= 'open' and paused_ms <= 0 then
     left = left - d
   end
   local fair = demand
-  if level ~= nil then fair = math.min(demand, math.max(1, math.floor(level))) end
+  -- Rounded up: whoever syncs last gets what the others left (the sum never passes limit).
+  if level ~= nil then fair = math.min(demand, math.max(1, math.ceil(level))) end
   grant = math.max(0, math.min(fair, limit - held_others))
 end
 local tokens = -1
@@ -120,6 +121,7 @@ local totals = redis.call('HGETALL', KEYS[1])
 local streak = redis.call('HGET', KEYS[1], 'streak')
 redis.call('DEL', KEYS[1])
 if streak then redis.call('HSET', KEYS[1], 'streak', streak) end
+redis.call('HSET', KEYS[1], 'started_ms', now)
 return {now, totals, redis.call('HGETALL', KEYS[2])}
 """
 

@@ -85,6 +85,9 @@ class Window:
     trips: int = 0
     """Times this process stopped calling after a run of failures (a local trip)."""
     wait_s: float = 0.0
+    held_s: float = 0.0
+    """Permit time of the calls that ended in this window (Little's law: the fleet's sum over
+    an interval, divided by its length, is the mean number of calls in flight)."""
     latency: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -119,6 +122,8 @@ class Window:
         }
         if self.retry_after_s:
             out["retry_after_s"] = self.retry_after_s
+        if self.held_s:
+            out["held_ms"] = round(self.held_s * 1000)
         for b, n in self.latency.items():
             out[f"b{b}"] = n
         return out
@@ -136,10 +141,19 @@ class Totals:
     """Failures fleet-wide since the last sync that carried a success."""
     in_flight_peak: int = 0
     """Sum over processes of their peak calls in flight (an upper bound of the fleet's)."""
+    held_s: float = 0.0
+    """Permit time of the calls that ended in the interval, fleet-wide."""
+    started_s: float = 0.0
+    """When the interval began (Redis time; 0: unknown)."""
     retry_after_s: float = 0.0
     probe_ok: int = 0
     trips: int = 0
     latency: Mapping[int, int] = field(default_factory=dict)
+
+    def mean_in_flight(self, now_s: float, default_interval_s: float) -> float:
+        """Calls in flight on average over the interval ending at ``now_s`` (Little's law)."""
+        length = now_s - self.started_s if self.started_s else default_interval_s
+        return self.held_s / max(length, 0.05)
 
     @property
     def failures(self) -> int:
@@ -181,6 +195,8 @@ class Totals:
             failed=int(num("failed")),
             streak=int(num("streak")),
             in_flight_peak=int(num("peak_in_use")),
+            held_s=num("held_ms") / 1000,
+            started_s=num("started_ms") / 1000,
             retry_after_s=num("retry_after_s"),
             probe_ok=int(num("probe_ok")),
             trips=int(num("trips")),

@@ -19,7 +19,7 @@ from worker.errors import UpstreamError
 from worker.models import Order
 
 # Wait this long for more answers before writing: one transaction for a burst of answers.
-LINGER_S = 0.02
+LINGER_S = 0.005
 
 Outcome = tuple[Any, UpstreamError | None]
 Answer = tuple[Order, str, Any, UpstreamError | None]

@@ -47,6 +47,11 @@ PROC_TTL_S = 60.0
 LOCK_TTL_S = 30.0
 LOCK_WAIT_S = 1.0
 ROTATE_KEY = "orders:dispatch:rotate"
+# A chunk holds this many times a process's share of the upstream's limit: its calls keep
+# the share busy while earlier answers are written (a chunk of exactly the share would leave
+# its permits idle during each write and between chunks), and a newcomer still waits behind
+# little.
+CHUNK_SHARES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +128,8 @@ class Dispatcher:
         size = self.settings.chunk_size
         limit = self.allowance() if self.allowance is not None else None
         if limit is not None:
-            size = min(size, max(1, -(-limit // max(processes, 1))))
+            share = -(-CHUNK_SHARES * limit // max(processes, 1))
+            size = min(size, max(2, share))
         return size
 
     def _pass(self, *, rebuild: bool) -> PassResult:
