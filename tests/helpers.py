@@ -1,7 +1,9 @@
-"""Helpers shared by tests: valid payloads, storing orders."""
+"""Helpers shared by tests: valid payloads, storing orders, waiting on a condition."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -65,3 +67,14 @@ def learn_limit(settings: Settings, client: redis.Redis, limit: int) -> None:
     store = build_store(settings, client)
     start = initial_state(store.cfg)
     store.write(replace(start, loss=replace(start.loss, limit=float(limit))))
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout_s: float = 5.0, *, every_s: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout_s`` (a deadline on the thing
+    awaited, never a pause of a guessed length)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
+        time.sleep(every_s)
