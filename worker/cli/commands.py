@@ -334,12 +334,17 @@ def retry(
         if order_id:
             answer = client.retry_answer(order_id, operator=operator, at=at)
         else:
-            filters = {"status": status_filter, "reason": reason, "batch_id": batch, "at": at}
+            filters: dict[str, str | bool | None] = {
+                "status": status_filter,
+                "reason": reason,
+                "batch_id": batch,
+                "at": at,
+            }
             if dry_run:
                 filters["dry_run"] = True
             if operator:
                 filters["caller_id"] = caller_id
-            answer = client.retry_answer(operator=operator, **filters)
+            answer = client.retry_answer(None, operator=operator, **filters)
     if dry_run and not order_id:
         typer.echo(f"would retry: {answer['matched']} (dry run: nothing scheduled)")
         for sample_id in answer.get("sample") or []:

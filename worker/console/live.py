@@ -36,7 +36,9 @@ def broker_state(redis_url: str) -> BrokerState:
     client = redis_client(redis_url, profile="check")
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.llen(QUEUE_ORDERS).llen(QUEUE_WEBHOOKS).get(LAST_SWEEP_KEY)
+            pipe.llen(QUEUE_ORDERS)
+            pipe.llen(QUEUE_WEBHOOKS)
+            pipe.get(LAST_SWEEP_KEY)
             orders, webhooks, last = pipe.execute()
     except redis.RedisError as exc:
         return BrokerState({}, None, error=type(exc).__name__)

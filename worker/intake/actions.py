@@ -157,7 +157,7 @@ def retry_order(
     return len(scheduled)
 
 
-def matching_query(caller_id: str | None, flt: RetryFilter) -> Select[tuple[Order]]:
+def matching_query(caller_id: str | None, flt: RetryFilter) -> Select[Order]:
     """The orders a retry of ``flt`` would touch, by id (``caller_id`` None: all callers).
 
     Only held ``submit_unknown`` orders match: one still being reconciled is not retryable.

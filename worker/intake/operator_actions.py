@@ -48,7 +48,7 @@ UpstreamSearch = Callable[[str], list[OrderSummary]]
 the upstream offers no list)."""
 
 
-def found_move(order: Order, obj: dict[str, Any], *, upstream_id: str, now: datetime) -> Move:
+def found_move(order: Order, obj: LimioOrderObject, *, upstream_id: str, now: datetime) -> Move:
     """The move of a held order the operator found upstream as ``upstream_id``.
 
     Raises:
@@ -215,9 +215,9 @@ def resolve_held(
             raise OrderNotFound(order_id)
         if obj is not None and upstream_id is not None:
             move = found_move(order, obj, upstream_id=upstream_id, now=now)
-            if tied := repo.orders_tied_to(session, upstream_id, exclude=order_id):
+            if tied_to := repo.orders_tied_to(session, upstream_id, exclude=order_id):
                 raise WrongState(
-                    f"upstream order {upstream_id} is already tied to order {tied[0]}: "
+                    f"upstream order {upstream_id} is already tied to order {tied_to[0]}: "
                     f"one upstream order is never the result of two of ours"
                 )
         else:

@@ -164,7 +164,8 @@ class Dispatcher:
                     pipe.sadd(CALLERS_KEY, *active)
                 pipe.execute()
             else:
-                active = sorted(m.decode() for m in self.redis.smembers(CALLERS_KEY))
+                members = self.redis.smembers(CALLERS_KEY)
+                active = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
             if free <= 0:
                 return PassResult(0, depth, target)
             due = {c: backlog.due_orders(session, c, now=now, limit=free) for c in active}

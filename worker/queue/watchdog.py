@@ -111,7 +111,7 @@ class Watchdog:
             exit_code=STALLED_EXIT_CODE,
         )
         # The consumer loop checks should_stop on every turn, and exits with it as its code.
-        worker_state.should_stop = STALLED_EXIT_CODE
+        worker_state.should_stop = STALLED_EXIT_CODE  # type: ignore[assignment]  # celery-types: None only; celery takes an exit code
         time.sleep(HARD_EXIT_AFTER_S)
         os._exit(STALLED_EXIT_CODE)
 
