@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -68,8 +69,10 @@ class PublicPort:
     async def _reopen(self) -> None:
         sock = listening_socket(self.host, self.port)
         config = self.server.config
+        # uvicorn types the class as a bare asyncio.Protocol; its protocols take these keywords.
+        protocol: Callable[..., asyncio.Protocol] = config.http_protocol_class
         factory = functools.partial(
-            config.http_protocol_class,
+            protocol,
             config=config,
             server_state=self.server.server_state,
             app_state=self.server.lifespan.state,

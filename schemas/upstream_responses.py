@@ -211,7 +211,7 @@ class OrderListPage(_Response):
     def _find_the_list(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        listed = next((value[k] for k in _LIST_KEYS if value.get(k)), [])
+        listed: object = next((value[k] for k in _LIST_KEYS if value.get(k)), [])
         if not isinstance(listed, list):
             listed = []
         rest = {k: v for k, v in value.items() if k not in _LIST_KEYS}

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from worker.redis_client import redis_client
 from worker.settings import Settings
 
 
@@ -52,7 +53,7 @@ def _free_port() -> int:
 
 def _answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+        return bool(redis_client(url, profile="check").ping())
     except (redis.RedisError, OSError):
         return False
 

@@ -25,6 +25,7 @@ def parse_retry_after(
     if not value:
         return None
     value = value.strip()
+    seconds: float | None
     try:
         seconds = float(value)
     except ValueError:

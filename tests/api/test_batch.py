@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from tests.api.conftest import CallerKey, order, queued, queued_ids, row_counts
 from tests.conftest import settings_from
+from tests.helpers import learn_limit
 from worker.db import transaction
 from worker.models import Order
 from worker.queue.dispatcher import Dispatcher
@@ -108,6 +109,8 @@ def test_batch_is_dispatched_up_to_the_queue_target_and_the_rest_waits(
     """A batch of 120 (chunks of 50, 2 chunks per worker process) puts its 100 oldest orders
     on the broker; the other 20 wait in the database until a pass finds room."""
     client = api(chunk_size=50, dispatch_chunks_per_process=2)
+    # The fleet has learned that the upstream takes far more than a chunk: chunks stay whole.
+    learn_limit(client.app.state.settings, redis_client, 1000)
     body = {"orders": [order(f"e{i}") for i in range(120)]}
     answer = client.post("/v1/orders/batch", json=body, headers=alpha.headers).json()
     ids = [r["order"]["id"] for r in answer["results"]]

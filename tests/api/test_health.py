@@ -106,7 +106,13 @@ def test_readyz_reuses_one_pooled_redis_connection(client: TestClient, redis_cli
     for _ in range(30):
         assert client.get("/readyz").status_code == 200
         time.sleep(0.04)
-    named = [c for c in redis_client.client_list() if c.get("name") == REDIS_CLIENT_NAME]
+    # This test's database only: other test processes on the server have their own pools.
+    db = str(redis_client.connection_pool.connection_kwargs.get("db", 0))
+    named = [
+        c
+        for c in redis_client.client_list()
+        if c.get("name") == REDIS_CLIENT_NAME and str(c.get("db")) == db
+    ]
     assert len(named) == 1
 
 

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 
 from api_stub.testing import free_port
 from tests.api.conftest import make_caller
-from tests.helpers import new_payload
+from tests.helpers import new_payload, wait_for
 from tests.integration.conftest import REPO, Cluster
 
 CHROMIUM = os.environ.get("ORDERS_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -123,13 +123,6 @@ def orders_cli(cluster: Cluster, base: str, key: str, *args: str) -> str:
     return done.stdout
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.25)
-
-
 @pytest.fixture
 def cluster_env(cluster_env: dict[str, str]) -> dict[str, str]:
     """Orders fail fast on a 502 storm (2 attempts) and reconciliation gives up fast."""
@@ -188,7 +181,10 @@ def test_operator_retries_a_502_storm_to_complete(
     page.goto(f"{served}/console/callers")
     assert caller.key not in page.content()
     shot(page, "callers")
-    _wait(lambda: {o.status for o in cluster.wait_settled(ids).values()} == {"complete"})
+    wait_for(
+        lambda: {o.status for o in cluster.wait_settled(ids).values()} == {"complete"},
+        timeout_s=60,
+    )
 
 
 def test_operator_resolves_held_orders_both_ways(

@@ -7,15 +7,25 @@ import time
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import settings_from
 from tests.helpers import new_payload
 from worker.db import transaction
+from worker.flow.setup import build_store
 from worker.models import OrderEvent
+from worker.redis_client import redis_client
 
 pytestmark = pytest.mark.slow
 
 
 def _api_calls(stats: dict) -> int:  # type: ignore[type-arg]
     return sum(n for endpoint, n in stats["requests"].items() if endpoint != "token")
+
+
+def _breaker(cluster) -> str:  # type: ignore[no-untyped-def]
+    """The fleet's breaker mode, as the workers share it in Redis."""
+    settings = settings_from({k: v for k, v in cluster.env.items() if k.startswith("ORDERS_")})
+    store = build_store(settings, redis_client(cluster.env["ORDERS_REDIS_URL"]))
+    return str(store.read().breaker.mode)
 
 
 def _reasons(cluster, ids) -> dict[str, set[str | None]]:  # type: ignore[no-untyped-def]
@@ -61,22 +71,27 @@ def test_without_a_ceiling_the_limit_is_learned(cluster, caller_id):
 
 
 def test_an_outage_fails_no_order_and_only_probes_reach_it(cluster, caller_id):
-    """20 s of 502 for everyone mid-run: nothing fails, about one call a second meanwhile."""
+    """An outage for everyone mid-run: once the breaker opens, about one call a second reaches
+    the upstream (ten calls take about ten seconds), and no order fails."""
     cluster.stub.configure(latency_ms=20)
     cluster.worker()
     cluster.beat()
     ids = cluster.submit(caller_id, [new_payload(i) for i in range(400)])
     cluster.wait_for(lambda: cluster.counts().get("complete", 0) >= 100, timeout_s=30)
     cluster.stub.set_outage(True)
-    time.sleep(3)  # the calls in flight when it began, and the breaker opening
+    cluster.wait_for(lambda: _breaker(cluster) == "open", timeout_s=15)
+    cluster.wait_for(lambda: cluster.stub.stats()["in_flight"] == 0, timeout_s=15)
     before = _api_calls(cluster.stub.stats())
-    time.sleep(17)
+    started = time.monotonic()
+    cluster.wait_for(lambda: _api_calls(cluster.stub.stats()) - before >= 10, timeout_s=40)
+    elapsed_s = time.monotonic() - started
     during = _api_calls(cluster.stub.stats()) - before
     cluster.stub.set_outage(False)
     orders = cluster.wait_settled(ids, timeout_s=60)
     assert {o.status for o in orders.values()} == {"complete"}
-    # One probe a second fleet-wide (+ slack for the probe boundaries).
-    assert during <= 17 * 1.2 + 2, during
+    # One probe a second fleet-wide (+ slack for the probe boundaries); without the breaker
+    # the ten calls would take a fraction of a second.
+    assert during <= elapsed_s * 1.2 + 2, (during, elapsed_s)
 
 
 def test_one_payload_that_always_502s_still_fails(cluster, caller_id):

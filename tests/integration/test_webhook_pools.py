@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import redis
 from sqlalchemy import select
 
 from api_stub.testing import free_port, stub_process
-from tests.helpers import new_payload
+from tests.helpers import new_payload, wait_for
 from tests.integration.conftest import Cluster
-from tests.integration.test_webhooks_e2e import SECRET, Receiver, _endpoint, _wait
+from tests.integration.test_webhooks_e2e import SECRET, Receiver, _endpoint
 from worker.db import transaction
 from worker.models import WebhookAttempt, WebhookDelivery
 from worker.queue.app import TASK_DELIVER, TASK_PROCESS
@@ -78,14 +77,15 @@ def test_a_hanging_receiver_does_not_delay_orders(cluster: Cluster, caller_id: s
     while the webhook pool is still waiting on it."""
     cluster.env["ORDERS_WEBHOOK_TIMEOUT_S"] = "60"
     _endpoint(cluster.db_url, caller_id, hanger.url)
-    cluster.worker()
+    proc = cluster.worker()
     cluster.beat()
-    time.sleep(1)
+    assert proc.popen is not None
+    wait_for(lambda: len(_children(proc.popen.pid)) >= 2, timeout_s=30)  # both pools up
     ids = cluster.submit(caller_id, [new_payload(i) for i in range(30)])
     orders = cluster.wait_settled(ids, timeout_s=30)
     assert {o.status for o in orders.values()} == {"complete"}
     # The webhook pool is (or soon will be) stuck on the receiver, with nothing recorded.
-    _wait(lambda: bool(hanger.held), timeout_s=30)
+    wait_for(lambda: bool(hanger.held), timeout_s=30)
     with transaction(cluster.db_url) as session:
         attempts = session.scalars(select(WebhookAttempt)).all()
     assert attempts == []
@@ -96,10 +96,7 @@ def test_the_worker_command_exits_when_a_pool_dies(cluster: Cluster):
     exit non-zero (for its supervisor to restart it)."""
     proc = cluster.worker()
     assert proc.popen is not None
-    deadline = time.monotonic() + 30
-    while len(_children(proc.popen.pid)) < 2:
-        assert time.monotonic() < deadline, "pools not started"
-        time.sleep(0.2)
+    wait_for(lambda: len(_children(proc.popen.pid)) >= 2, timeout_s=30)  # both pools up
     pools = _children(proc.popen.pid)
     cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in pools]
     assert sorted(c[c.index(b"--queues") + 1] for c in cmdlines) == [b"orders", b"webhooks"]
@@ -141,7 +138,7 @@ def test_a_full_run_logs_no_secret(cluster_env: dict[str, str], caller_id: str, 
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=10,
             )
-            _wait(lambda: _up(api), timeout_s=30)
+            wait_for(lambda: _up(api), timeout_s=30)
             hook = receiver.url.replace("http://", "http://hookuser:hookpass@") + "?token=qtok"
             created = api.post("/v1/webhook-endpoints", json={"url": hook})
             assert created.status_code == 201, created.text
@@ -152,7 +149,7 @@ def test_a_full_run_logs_no_secret(cluster_env: dict[str, str], caller_id: str, 
             assert answer.status_code == 202, answer.text
             ids = [r["order"]["id"] for r in answer.json()["results"]]
             cluster.wait_settled(ids, timeout_s=60)
-            _wait(lambda: _delivered(cluster.db_url) >= 8, timeout_s=40)
+            wait_for(lambda: _delivered(cluster.db_url) >= 8, timeout_s=40)
             tokens = _bearer_tokens(env["ORDERS_REDIS_URL"])
             assert tokens, "no upstream token was cached"
         finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers import new_payload
+from tests.helpers import new_payload, wait_for
 from worker.db import transaction
 from worker.ids import new_id, utcnow
 from worker.models import WebhookDelivery, WebhookEndpoint
@@ -89,11 +88,10 @@ def _endpoint(db_url: str, caller_id: str, url: str, types: list[str] | None = N
     return endpoint_id
 
 
-def _wait(predicate, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+def _pending_deliveries(db_url: str) -> int:
+    with transaction(db_url) as session:
+        rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.status == "pending"))
+        return len(rows.all())
 
 
 def test_every_status_change_is_delivered_signed(cluster, caller_id, receiver):
@@ -104,8 +102,9 @@ def test_every_status_change_is_delivered_signed(cluster, caller_id, receiver):
     ids = cluster.submit(caller_id, [new_payload(i) for i in range(10)])
     cluster.wait_settled(ids)
     expected = {"order.previewing", "order.previewed", "order.submitting", "order.complete"}
-    _wait(lambda: len(receiver.events) >= len(ids) * len(expected))
-    time.sleep(1)
+    wait_for(lambda: len(receiver.events) >= len(ids) * len(expected), timeout_s=30)
+    # Every delivery row settled: nothing more will be sent, so a duplicate would be in by now.
+    wait_for(lambda: _pending_deliveries(cluster.db_url) == 0, timeout_s=30)
     assert receiver.bad_signatures == 0
     by_order: dict[str, list[str]] = {}
     for event in receiver.events:
@@ -127,7 +126,7 @@ def test_failing_receiver_is_retried_and_never_changes_outcomes(cluster, caller_
         [oid] = cluster.submit(caller_id, [new_payload(1)])
         orders = cluster.wait_settled([oid])
         assert orders[oid].status == "complete"
-        _wait(lambda: len(flaky.events) == 1, timeout_s=40)
+        wait_for(lambda: len(flaky.events) == 1, timeout_s=40)
         assert flaky.calls == 2
     with transaction(cluster.db_url) as session:
         delivery = session.scalars(select(WebhookDelivery)).one()

@@ -12,12 +12,14 @@ import pytest
 from sqlalchemy import update
 
 from tests.conftest import settings_from
-from tests.helpers import add_orders, new_caller, new_payload
+from tests.helpers import add_orders, learn_limit, new_caller, new_payload
+from worker.api.broker import Broker
 from worker.db import transaction
+from worker.flow.setup import build_gate
 from worker.ids import utcnow
 from worker.models import Caller, Order
 from worker.queue.app import configure
-from worker.queue.dispatcher import Dispatcher, note_worker_process
+from worker.queue.dispatcher import Dispatcher, build_dispatcher, note_worker_process
 from worker.queue.enqueue import chunks
 
 
@@ -144,6 +146,29 @@ def test_chunks_shrink_to_the_upstream_allowance(clean_db, redis_client, env):
     assert d.chunk_size(64) == 2  # never fewer than two orders per message
     d.allowance = lambda: None
     assert d.chunk_size(4) == 50
+
+
+def test_the_api_and_the_worker_size_chunks_to_the_learned_limit(clean_db, redis_client, env):
+    """Once the fleet learned that the upstream takes 8 calls, a pass run by the API (no gate)
+    and one run by a worker process (its gate's view) both put 2 orders in a chunk for 4
+    worker processes."""
+    settings = settings_from(env, chunk_size=50)
+    learn_limit(settings, redis_client, 8)
+    broker = Broker(settings)
+    try:
+        assert broker.dispatcher().chunk_size(4) == 2
+    finally:
+        broker.close()
+    gate = build_gate(settings, redis_client)
+    try:
+        gate.sync()
+        worker = build_dispatcher(
+            settings, redis_client, configure(env["ORDERS_REDIS_URL"], settings), gate=gate
+        )
+        assert gate.allowance() == 8
+        assert worker.chunk_size(4) == 2
+    finally:
+        gate.close()
 
 
 def test_weights_share_in_proportion(clean_db, redis_client, dispatcher):

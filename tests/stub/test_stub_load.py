@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,6 +14,7 @@ from api_stub.app import create_app
 from api_stub.config import StubConfig
 from api_stub.load import LoadGauge, api_latency_s, retry_after_headers
 from api_stub.testing import StubControl, running_stub
+from tests.helpers import wait_for
 from tests.stub.conftest import PREVIEW_PATHS, SUBMIT_PATHS, new_payload
 
 LIST_PATH = "/api/objects/limio/orders"
@@ -31,14 +32,6 @@ def _idle(control: StubControl) -> None:
     """Start each test with no call in flight (a previous test's call may still be ending)."""
     wait_for(lambda: control.stats()["in_flight"] == 0)
     control.reset_stats()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def concurrent_gets(base_url: str, headers: dict[str, str], n: int) -> list[httpx.Response]:

@@ -8,7 +8,7 @@ import asyncio
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from api_stub.config import StubConfig
 from api_stub.front import endpoint_of
 from api_stub.load import LoadGauge, jitter_factor
 from api_stub.testing import StubControl, running_stub
+from tests.helpers import wait_for
 from tests.stub.conftest import PREVIEW_PATHS, SUBMIT_PATHS, new_payload
 
 LIST_PATH = "/api/objects/limio/orders"
@@ -36,14 +37,6 @@ def _idle(control: StubControl) -> None:
     """Start each test with no call in flight and fresh counters."""
     wait_for(lambda: control.stats()["in_flight"] == 0)
     control.reset_stats()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def timed_gets(base_url: str, headers: dict[str, str], n: int) -> list[tuple[int, float]]:

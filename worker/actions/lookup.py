@@ -13,6 +13,7 @@ import redis
 
 from schemas.upstream_responses import LimioOrderObject, OrderSummary
 from worker.pipeline.reconcile import find_upstream
+from worker.redis_client import redis_client
 from worker.settings import Settings
 from worker.upstream.client import UpstreamClient
 from worker.upstream.shared import shared_upstream
@@ -33,9 +34,7 @@ class UpstreamLookup:
         with self._lock:
             if self._client is None:
                 settings = self._settings
-                self._redis = redis.Redis.from_url(
-                    self._redis_url, socket_timeout=5, socket_connect_timeout=5
-                )
+                self._redis = redis_client(self._redis_url)
                 _, self._client = shared_upstream(settings, self._redis)
             return self._client
 

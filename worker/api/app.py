@@ -12,7 +12,6 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
 import structlog
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +27,7 @@ from worker.api.openapi import install_openapi
 from worker.console.mount import install as install_console
 from worker.flow.setup import build_store
 from worker.flow.store import FlowStore
+from worker.redis_client import redis_client
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -69,8 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def flow_store() -> FlowStore:
         # Built on first scrape: the broker's Redis URL may only resolve after startup.
         if not flow:
-            client = redis.Redis.from_url(broker.url(), socket_timeout=2, socket_connect_timeout=2)
-            flow.append(build_store(settings, client))
+            flow.append(build_store(settings, redis_client(broker.url())))
         return flow[0]
 
     metrics = Metrics(settings.database_url, flow=flow_store)

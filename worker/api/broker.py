@@ -17,20 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-import redis
 import structlog
 from celery import Celery
 
 from worker.embedded_redis import resolve_redis_url
 from worker.queue import app as celery_app
-from worker.queue.dispatcher import Dispatcher
+from worker.queue.dispatcher import Dispatcher, build_dispatcher
 from worker.queue.enqueue import enqueue_deliveries
+from worker.redis_client import redis_client
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 PAUSE_S = 5.0
-PING_TIMEOUT_S = 1.0
 PRODUCER_SETTINGS = (
     "broker_transport_options",
     "broker_pool_limit",
@@ -107,10 +106,7 @@ class Broker:
         url = self.url()
         with self._lock:
             if self._dispatcher is None:
-                client = redis.Redis.from_url(
-                    url, socket_timeout=PING_TIMEOUT_S * 5, socket_connect_timeout=1
-                )
-                self._dispatcher = Dispatcher(self.settings, client, app)
+                self._dispatcher = build_dispatcher(self.settings, redis_client(url), app)
             return self._dispatcher
 
     def _failed(self) -> None:
@@ -119,14 +115,8 @@ class Broker:
             self.on_failure()
 
     def ping(self) -> None:
-        """Raise unless Redis answers within ``PING_TIMEOUT_S``."""
-        client = redis.Redis.from_url(
-            self.url(), socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
+        """Raise unless Redis answers within a second (the ``check`` profile)."""
+        redis_client(self.url(), profile="check").ping()
 
     def close(self) -> None:
         """Release the producer's connections."""
@@ -134,6 +124,4 @@ class Broker:
             if self._producer is not None:
                 self._producer.close()
                 self._producer = None
-            if self._dispatcher is not None:
-                self._dispatcher.redis.close()
-                self._dispatcher = None
+            self._dispatcher = None

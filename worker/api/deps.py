@@ -28,16 +28,22 @@ T = TypeVar("T")
 ID_PATTERN = re.compile(r"^[a-z]{2,5}_[0-9a-f]{32}$")
 
 
+# ``app.state`` is untyped: each object is typed here, where it leaves it.
+
+
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_broker(request: Request) -> Broker:
-    return request.app.state.broker
+    broker: Broker = request.app.state.broker
+    return broker
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:

@@ -23,10 +23,10 @@ from worker.api.auth import CallerRef, current_operator
 from worker.api.deps import MetricsDep
 from worker.api.errors import json_response
 from worker.db import get_engine
+from worker.redis_client import redis_client
 
 router = APIRouter(tags=["health"])
 
-PING_TIMEOUT_S = 1.0
 REDIS_CLIENT_NAME = "orders-readyz"
 READY_EXAMPLE = {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
 
@@ -74,11 +74,8 @@ class Readiness:
     def _ping(self) -> str:
         try:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(
-                    self.redis_url(),
-                    socket_timeout=PING_TIMEOUT_S,
-                    socket_connect_timeout=PING_TIMEOUT_S,
-                    client_name=REDIS_CLIENT_NAME,
+                self._redis = redis_client(
+                    self.redis_url(), profile="check", name=REDIS_CLIENT_NAME
                 )
             self._redis.ping()
         except Exception as exc:

@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CursorResult, func, insert, literal, select, union_all, update
+from sqlalchemy import (
+    CompoundSelect,
+    CursorResult,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from schemas.batches import BatchOptions
@@ -102,7 +111,7 @@ def summaries(session: Session, ids: Sequence[str], *, now: datetime) -> dict[st
         literal(None),
         literal(None),
     ).where(BatchFinal.batch_id.in_(ids), BatchFinal.bucket >= since)
-    stmt = union_all(
+    stmt: CompoundSelect[str, str, int | None, datetime | None, datetime | None] = union_all(
         counts.group_by(BatchCount.batch_id, BatchCount.status),
         recent.group_by(BatchFinal.batch_id),
     )

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import random
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import orjson
+import tenacity
 
 from worker.states import TERMINAL
 
@@ -55,31 +54,52 @@ def with_retries(
     first_delay_s: float = 0.5,
     max_delay_s: float = 10.0,
 ) -> T:
-    """``call()``, again after transient failures with capped full-jitter backoff, until it
-    succeeds or ``give_up_after_s`` have passed since the first attempt.
+    """``call()``, again after transient failures with capped full-jitter backoff (the
+    pipeline's rule), until it succeeds or ``give_up_after_s`` have passed since the first
+    attempt; the last wait is cut so that the final attempt falls on the deadline.
 
     Raises:
         ApiUnavailable: still failing after ``give_up_after_s``; says what and why.
         ApiCallError: a failure that is not transient (nor ``retry_also``), at once.
     """
-    started = time.monotonic()
-    ceiling_s = first_delay_s
-    while True:
-        try:
-            return call()
-        except (ApiCallError, httpx.TransportError) as exc:
-            if not (transient(exc) or retry_also(exc)):
-                raise
-            failing_s = time.monotonic() - started
-            if failing_s >= give_up_after_s:
-                raise ApiUnavailable(
-                    f"{what}: gave up after {failing_s:.0f} s of failures; last: {describe(exc)}"
-                ) from exc
-            delay_s = min(random.uniform(ceiling_s / 2, ceiling_s), give_up_after_s - failing_s)
-            if on_retry is not None:
-                on_retry(exc, delay_s)
-            time.sleep(max(delay_s, 0.0))
-            ceiling_s = min(ceiling_s * 2, max_delay_s)
+    backoff = tenacity.wait_random_exponential(multiplier=first_delay_s, max=max_delay_s)
+
+    def wait_s(state: tenacity.RetryCallState) -> float:
+        return max(0.0, min(backoff(state), give_up_after_s - (state.seconds_since_start or 0.0)))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None and state.next_action is not None:
+            on_retry(_failure(state), state.next_action.sleep)
+
+    def give_up(state: tenacity.RetryCallState) -> T:
+        exc = _failure(state)
+        failing_s = state.seconds_since_start or 0.0
+        raise ApiUnavailable(
+            f"{what}: gave up after {failing_s:.0f} s of failures; last: {describe(exc)}"
+        ) from exc
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda e: (
+                isinstance(e, ApiCallError | httpx.TransportError)
+                and (transient(e) or retry_also(e))
+            )
+        ),
+        wait=wait_s,
+        stop=tenacity.stop_after_delay(give_up_after_s),
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def _failure(state: tenacity.RetryCallState) -> Exception:
+    """The exception of the attempt that just failed (only called after a failure)."""
+    assert state.outcome is not None
+    exc = state.outcome.exception()
+    assert isinstance(exc, Exception)
+    return exc
 
 
 class ApiClient:

@@ -355,12 +355,17 @@ def retry(
         if order_id:
             answer = client.retry_answer(order_id, operator=operator, at=at)
         else:
-            filters = {"status": status_filter, "reason": reason, "batch_id": batch, "at": at}
+            filters: dict[str, str | bool | None] = {
+                "status": status_filter,
+                "reason": reason,
+                "batch_id": batch,
+                "at": at,
+            }
             if dry_run:
                 filters["dry_run"] = True
             if operator:
                 filters["caller_id"] = caller_id
-            answer = client.retry_answer(operator=operator, **filters)
+            answer = client.retry_answer(None, operator=operator, **filters)
     if dry_run and not order_id:
         typer.echo(f"would retry: {answer['matched']} (dry run: nothing scheduled)")
         for sample_id in answer.get("sample") or []:
@@ -415,12 +420,12 @@ def health(
     """Exit 0 if the database and Redis answer and a worker ran beat's sweep recently."""
     import time
 
-    import redis
     from sqlalchemy import text
 
     from worker.db import get_engine
     from worker.embedded_redis import resolve_redis_url
     from worker.queue.app import LAST_SWEEP_KEY
+    from worker.redis_client import redis_client
 
     settings = _settings()
     limit = max_sweep_age_s or settings.sweep_interval_s * 3 + 30
@@ -431,7 +436,7 @@ def health(
     except Exception as exc:
         problems.append(f"database: {exc}")
     try:
-        client = redis.Redis.from_url(resolve_redis_url(settings, start_if_missing=False))
+        client = redis_client(resolve_redis_url(settings, start_if_missing=False), profile="check")
         last = client.get(LAST_SWEEP_KEY)
         age = time.time() - float(last) if last else None
         if age is None or age > limit:

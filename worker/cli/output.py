@@ -48,9 +48,10 @@ def client_of(factory: type[C], api_url: str | None, key: str | None) -> C:
 def exit_on_error(*also: type[Exception]) -> Iterator[None]:
     """An error answer from the API, an API that stayed unreachable, or one of ``also``: one
     line on stderr, exit code 1."""
+    errors: tuple[type[Exception], ...] = (ApiCallError, ApiUnavailable, *also)
     try:
         yield
-    except (ApiCallError, ApiUnavailable, *also) as exc:
+    except errors as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -201,7 +202,9 @@ def download_results(
     return written
 
 
-def show_batch(client: ApiClient, batch_id: str, *, watch: bool, interval_s: float = 1.0) -> dict:
+def show_batch(
+    client: ApiClient, batch_id: str, *, watch: bool, interval_s: float = 1.0
+) -> dict[str, Any]:
     """The batch object with a progress bar of its final orders; ``watch``: until it stops
     running."""
     with _progress() as progress:

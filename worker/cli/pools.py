@@ -56,13 +56,14 @@ def supervise(commands: Sequence[Sequence[str]], *, poll_s: float = 0.5) -> int:
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(poll_s)
         if not stopping:
-            code = next(c.returncode for c in children if c.returncode is not None)
+            code: int = next(c.returncode for c in children if c.returncode is not None)
             print(f"orders worker: a pool exited with code {code}; stopping", file=sys.stderr)
             _signal_all(children, signal.SIGTERM)
             _wait_all(children)
             return code or 1
         _wait_all(children)
-        return max(abs(child.returncode or 0) for child in children)
+        codes: list[int] = [abs(child.returncode or 0) for child in children]
+        return max(codes)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -73,7 +73,7 @@ async def login(request: Request) -> Response:
     wait_s = throttle.wait_s(client)
     if wait_s > 0:
         message = f"Too many failed sign-ins from this address: wait {math.ceil(wait_s)} s."
-        response = render(request, "login.html", {"error": message}, 429)
+        response: Response = render(request, "login.html", {"error": message}, 429)
         response.headers["Retry-After"] = str(math.ceil(wait_s))
         return response
     authenticator: Authenticator = request.app.state.authenticator

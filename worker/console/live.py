@@ -12,10 +12,9 @@ import redis
 from worker.flow.setup import build_store
 from worker.flow.view import snapshot
 from worker.queue.app import LAST_SWEEP_KEY, QUEUE_ORDERS, QUEUE_WEBHOOKS
+from worker.redis_client import redis_client
 from worker.settings import Settings
 from worker.upstream.shared import token_key
-
-TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +33,15 @@ class BrokerState:
 
 def broker_state(redis_url: str) -> BrokerState:
     """Queue lengths and the age of the last sweep a worker ran."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
-    )
+    client = redis_client(redis_url, profile="check")
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.llen(QUEUE_ORDERS).llen(QUEUE_WEBHOOKS).get(LAST_SWEEP_KEY)
+            pipe.llen(QUEUE_ORDERS)
+            pipe.llen(QUEUE_WEBHOOKS)
+            pipe.get(LAST_SWEEP_KEY)
             orders, webhooks, last = pipe.execute()
     except redis.RedisError as exc:
         return BrokerState({}, None, error=type(exc).__name__)
-    finally:
-        client.close()
     age = time.time() - float(last) if last else None
     return BrokerState({QUEUE_ORDERS: orders, QUEUE_WEBHOOKS: webhooks}, age)
 
@@ -52,14 +49,12 @@ def broker_state(redis_url: str) -> BrokerState:
 def upstream_state(redis_url: str, settings: Settings) -> dict[str, Any] | None:
     """The fleet's upstream budget (calls in flight, learned limit, breaker) and how long the
     shared token has left; None when Redis cannot be read."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    client = redis_client(redis_url, profile="check")
     try:
         snap = snapshot(build_store(settings, client))
         token_ttl_ms = int(client.pttl(token_key(settings)))
     except redis.RedisError:
         return None
-    finally:
-        client.close()
     return {
         "in_flight": snap.in_flight,
         "limit": snap.limit,

@@ -44,7 +44,7 @@ class OrderQuery:
     created_since: datetime | None = None
     created_before: datetime | None = None
 
-    def select(self) -> Select[tuple[Order]]:
+    def select(self) -> Select[Order]:
         stmt = select(Order).options(defer(Order.payload), defer(Order.preview))
         for column, value in (
             (Order.caller_id, self.caller_id),

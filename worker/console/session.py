@@ -105,7 +105,8 @@ class Sessions:
         if not cookie:
             return None
         try:
-            data = self._signer.loads(cookie, max_age=self.max_age_s)
+            # itsdangerous types max_age as int; it only compares seconds, a float works.
+            data = self._signer.loads(cookie, max_age=self.max_age_s)  # type: ignore[arg-type]
             return ConsoleSession(
                 str(data["op"]),
                 str(data["name"]),

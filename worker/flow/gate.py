@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis
 import structlog
@@ -103,7 +103,7 @@ class Gate:
             error = self._finish(epoch, exc, None, time.monotonic() - started)
             if error is exc:
                 raise
-            raise error from exc
+            raise cast(UpstreamError, error) from exc  # given an error, _finish returns one
         except BaseException:
             with self._cond:
                 self._put_back()

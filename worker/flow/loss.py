@@ -40,7 +40,8 @@ def initial_loss(cfg: LossConfig) -> LossState:
 
 def cubic_s(w_max: float, cfg: LossConfig) -> float:
     """Seconds after a cut at which the curve is back at ``w_max`` (CUBIC's K)."""
-    return (w_max * (1 - cfg.beta) / cfg.scale) ** (1 / 3)
+    k_s: float = (w_max * (1 - cfg.beta) / cfg.scale) ** (1 / 3)
+    return k_s
 
 
 def next_loss(

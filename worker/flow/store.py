@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from worker.flow.state import FlowConfig, FlowState, decide, initial_state
 from worker.flow.window import Totals
@@ -264,7 +265,8 @@ class FlowStore:
 
     def write(self, state: FlowState) -> None:
         """Replace the shared state (operators and tests)."""
-        self.redis.hset(self.state_key, mapping=state.to_fields())
+        fields: dict[FieldT, EncodableT] = dict(state.to_fields().items())
+        self.redis.hset(self.state_key, mapping=fields)
 
     def now_s(self) -> float:
         seconds, micros = self.redis.time()

@@ -66,7 +66,8 @@ def bucket_of(latency_s: float) -> int:
 
 
 def bucket_mid_s(index: int) -> float:
-    return BUCKET_BASE_S * BUCKET_RATIO ** (index + 0.5)
+    mid_s: float = BUCKET_BASE_S * BUCKET_RATIO ** (index + 0.5)
+    return mid_s
 
 
 @dataclass(slots=True)

@@ -26,9 +26,9 @@ from worker.models import Caller
 KEY_PREFIX = "ok_"
 MAX_KEY_CHARS = 128
 """Longer tokens cannot be ours; they are refused without a query."""
-ROLE_CALLER = "caller"
-ROLE_OPERATOR = "operator"
 Role = Literal["caller", "operator"]
+ROLE_CALLER: Role = "caller"
+ROLE_OPERATOR: Role = "operator"
 
 
 def hash_key(key: str) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import String, any_, bindparam, insert, select
+from sqlalchemy import String, Table, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -94,7 +95,7 @@ def count_inserted(session: Session, batch_id: str, n: int, *, now: datetime) ->
     counted by triggers; one row here instead of one trigger call per inserted order)."""
     values = {"batch_id": batch_id, "status": str(Status.RECEIVED), "shard": 0, "n": n}
     values |= {"first_at": now, "last_at": now}
-    table = BatchCount.__table__
+    table = cast(Table, BatchCount.__table__)  # a declared table; the ORM types it FromClause
     dialect = session.get_bind().dialect.name
     stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
     session.execute(

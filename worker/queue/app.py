@@ -5,6 +5,8 @@ Producers (intake, sweeper) send tasks by name with ``send_task``; they never im
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import pools
 
@@ -35,10 +37,11 @@ def configure(broker_url: str, settings: Settings | None = None) -> Celery:
         return app
     if _configured_with is not None:
         # Pointing at another broker (tests, CLI): drop pools bound to the old one.
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
-        app.amqp._producer_pool = None
+        private: Any = app  # attributes with no public way to drop them (nor in celery-types)
+        if private._pool is not None:
+            private._pool.force_close_all()
+            private._pool = None
+        private.amqp._producer_pool = None
         # kombu keeps producer pools per broker URL process-wide: coming back to a URL used
         # before would hand out the pool closed above ("Acquire on closed pool").
         pools.reset()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, exists, or_, select, union_all, update
+from sqlalchemy import ColumnElement, Select, bindparam, exists, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from worker.models import Caller, Order
@@ -20,7 +20,7 @@ from worker.states import RESTING
 _RESTING = sorted(str(s) for s in RESTING)
 
 
-def _waiting(caller_id: object, status: str) -> list[object]:
+def _waiting(caller_id: object, status: str) -> list[ColumnElement[bool]]:
     return [
         Order.caller_id == caller_id,
         Order.status == status,

@@ -27,6 +27,8 @@ from celery import Celery
 from redis.exceptions import LockError
 
 from worker.db import transaction
+from worker.flow.gate import Gate
+from worker.flow.setup import build_store
 from worker.ids import utcnow
 from worker.queue import backlog
 from worker.queue.app import QUEUE_ORDERS
@@ -73,6 +75,24 @@ def live_processes(client: redis.Redis) -> int:
     cutoff = time.time() - PROC_TTL_S
     client.zremrangebyscore(PROCS_KEY, "-inf", cutoff)
     return int(client.zcard(PROCS_KEY))
+
+
+def build_dispatcher(
+    settings: Settings, client: redis.Redis, celery: Celery, *, gate: Gate | None = None
+) -> Dispatcher:
+    """The dispatcher of a process, worker or API alike: its chunks follow the upstream's
+    learned limit (so a newcomer's orders wait behind little). ``gate``: this process's, when
+    it calls the upstream (its last view of the limit, no round trip); without one, or before
+    the gate's first look, the fleet's shared state is read from Redis."""
+    store = build_store(settings, client)
+
+    def allowance() -> int | None:
+        seen = gate.allowance() if gate is not None else None
+        if seen is not None:
+            return seen
+        return min(store.read().target, store.cfg.ceiling)
+
+    return Dispatcher(settings, client, celery, allowance=allowance)
 
 
 def interleave(groups: Iterable[list[str]]) -> list[str]:
@@ -150,7 +170,8 @@ class Dispatcher:
                     pipe.sadd(CALLERS_KEY, *active)
                 pipe.execute()
             else:
-                active = sorted(m.decode() for m in self.redis.smembers(CALLERS_KEY))
+                members = self.redis.smembers(CALLERS_KEY)
+                active = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
             if free <= 0:
                 return PassResult(0, depth, target)
             due = {c: backlog.due_orders(session, c, now=now, limit=free) for c in active}

@@ -19,7 +19,8 @@ from worker.flow.gate import Gate
 from worker.flow.setup import build_gate
 from worker.pipeline.run import Pipeline
 from worker.queue.app import configure
-from worker.queue.dispatcher import Dispatcher
+from worker.queue.dispatcher import Dispatcher, build_dispatcher
+from worker.redis_client import redis_client
 from worker.settings import Settings, get_settings
 from worker.upstream.client import UpstreamClient
 from worker.upstream.shared import shared_upstream
@@ -53,17 +54,14 @@ _pid: int | None = None
 
 def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     """Wire the process's objects together."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
-    )
+    client = redis_client(redis_url)
     gate = build_gate(settings, client)
     tokens, upstream = shared_upstream(settings, client, gate=gate)
     # Threads, as the clients are blocking; sized so a whole chunk's calls go out in one round.
     executor = ThreadPoolExecutor(settings.http_concurrency, thread_name_prefix="upstream")
     pipeline = Pipeline(settings, upstream, executor, events=batch_watch.after_events, gate=gate)
     celery = configure(redis_url, settings)
-    # Chunks follow the upstream's learned limit, so a newcomer's orders wait behind little.
-    dispatcher = Dispatcher(settings, client, celery, allowance=gate.allowance)
+    dispatcher = build_dispatcher(settings, client, celery, gate=gate)
     name = f"{socket.gethostname()}:{os.getpid()}"
     return Runtime(
         settings, client, celery, tokens, upstream, executor, pipeline, gate, dispatcher, name

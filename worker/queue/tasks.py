@@ -51,7 +51,7 @@ def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
 
 
 @app.task(name=TASK_PROCESS, bind=True, max_retries=5)
-def process_orders(self: Task, order_ids: list[str]) -> int:
+def process_orders(self: Task[[list[str]], int], order_ids: list[str]) -> int:
     """Take the given orders as far as they can go; short waits come back with a countdown."""
     rt = get_runtime()
     note_worker_process(rt.redis, rt.name)

@@ -28,6 +28,7 @@ from celery.signals import task_received, worker_ready
 from celery.worker import state as worker_state
 
 from worker.queue.app import LAST_SWEEP_KEY, QUEUE_ORDERS
+from worker.redis_client import redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +70,7 @@ class Watchdog:
     """The checking thread of one main worker process."""
 
     def __init__(self, broker_url: str, sweep_interval_s: float) -> None:
-        self.redis = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = redis_client(broker_url)
         self.check_every_s = max(sweep_interval_s, 1.0)
         self.limit_s = stall_after_s(sweep_interval_s)
         self.last_received_at = time.time()
@@ -110,7 +111,7 @@ class Watchdog:
             exit_code=STALLED_EXIT_CODE,
         )
         # The consumer loop checks should_stop on every turn, and exits with it as its code.
-        worker_state.should_stop = STALLED_EXIT_CODE
+        worker_state.should_stop = STALLED_EXIT_CODE  # type: ignore[assignment]  # celery-types: None only; celery takes an exit code
         time.sleep(HARD_EXIT_AFTER_S)
         os._exit(STALLED_EXIT_CODE)
 

@@ -140,7 +140,7 @@ def record_batch_event(
     payload = BatchWebhookEvent.model_validate(
         {"type": etype, "timestamp": now, "data": data}
     ).model_dump(mode="json")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": new_id("msg"),
             "endpoint_id": endpoint_id,

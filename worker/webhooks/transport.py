@@ -112,7 +112,7 @@ def post(
     Credentials in the URL's userinfo become a Basic ``Authorization`` header, as httpx does.
     """
     parsed = httpx.URL(url)
-    sent = dict(headers)
+    sent: dict[bytes | str, bytes | str] = dict(headers.items())
     if parsed.username or parsed.password:
         pair = f"{parsed.username}:{parsed.password}".encode()
         sent["authorization"] = "Basic " + base64.b64encode(pair).decode()
