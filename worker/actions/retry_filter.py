@@ -59,7 +59,7 @@ def _check(flt: RetryFilter) -> None:
         raise WrongState(f"only {sorted(RETRYABLE_BY_OPERATOR)} orders can be retried")
 
 
-def matching_query(scope: str | None, flt: RetryFilter) -> Select[tuple[Order]]:
+def matching_query(scope: str | None, flt: RetryFilter) -> Select[Order]:
     """The orders a retry of ``flt`` would touch, by id (``scope`` None: all callers).
 
     Only held ``submit_unknown`` orders match: one still being reconciled is not retryable.
