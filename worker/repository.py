@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import CursorResult, and_, bindparam, func, insert, or_, select, update
@@ -359,6 +359,25 @@ def defer(
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).scalars())
+
+
+def undefer(session: Session, *, reason: str, now: datetime, within_s: float) -> int:
+    """Make due now the unleased resting orders deferred with ``reason`` to at most
+    ``within_s`` ahead (the index on ``due_at`` bounds the search); returns how many."""
+    stmt = (
+        update(Order)
+        .where(
+            Order.due_at > now,
+            Order.due_at <= now + timedelta(seconds=within_s),
+            Order.reason == reason,
+            Order.lease_owner.is_(None),
+            Order.status.in_([str(st) for st in RESTING]),
+        )
+        .values(next_attempt_at=now, due_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return int(result.rowcount or 0)
 
 
 def sharing_external_ids(

@@ -150,13 +150,13 @@ def test_chunks_shrink_to_the_upstream_allowance(clean_db, redis_client, env):
 
 def test_the_api_and_the_worker_size_chunks_to_the_learned_limit(clean_db, redis_client, env):
     """Once the fleet learned that the upstream takes 8 calls, a pass run by the API (no gate)
-    and one run by a worker process (its gate's view) both put 2 orders in a chunk for 4
-    worker processes."""
+    and one run by a worker process (its gate's view) both put 6 orders in a chunk for 4
+    worker processes (three shares of 2)."""
     settings = settings_from(env, chunk_size=50)
     learn_limit(settings, redis_client, 8)
     broker = Broker(settings)
     try:
-        assert broker.dispatcher().chunk_size(4) == 2
+        assert broker.dispatcher().chunk_size(4) == 6
     finally:
         broker.close()
     gate = build_gate(settings, redis_client)
@@ -166,7 +166,7 @@ def test_the_api_and_the_worker_size_chunks_to_the_learned_limit(clean_db, redis
             settings, redis_client, configure(env["ORDERS_REDIS_URL"], settings), gate=gate
         )
         assert gate.allowance() == 8
-        assert worker.chunk_size(4) == 2
+        assert worker.chunk_size(4) == 6
     finally:
         gate.close()
 

@@ -7,9 +7,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from tests.helpers import add_orders, new_payload
+from tests.helpers import add_orders, new_payload, wait_for
 from tests.pipeline.conftest import drive
 from worker.db import transaction
 from worker.ids import utcnow
@@ -145,3 +145,42 @@ def test_the_breaker_stays_open_until_a_probe_answers_2xx(
     stub.set_outage(False)
     orders = drive(rt, ids, timeout_s=20)
     assert {o.status for o in orders.values()} == {"complete"}
+
+
+def test_a_probe_that_answers_makes_the_waiting_orders_due_at_once(
+    runtime_factory, caller_id, stub, clean_db
+):
+    """Orders the open breaker turned away wait a second or two; the probe that finds the
+    upstream answering again makes them due at once (the dispatcher sends them next)."""
+    rt = runtime_factory(retry_max_attempts=3, retry_base_s=0.05, retry_cap_s=0.1)
+    waiting = add_orders(clean_db, caller_id, [new_payload(i) for i in range(5)])
+    stub.set_outage(True)
+    seq = iter(range(100, 400))
+
+    def opened() -> bool:
+        rt.pipeline.run(add_orders(clean_db, caller_id, [new_payload(next(seq))]))
+        return rt.gate.admission().kind == "probe"
+
+    wait_for(opened, timeout_s=15)
+    stub.set_outage(False)
+
+    def undeferred() -> bool:
+        # Turned away just now, due 1.9 s ahead: only the probe's answer makes them due.
+        with transaction(clean_db) as session:
+            session.execute(
+                update(Order)
+                .where(Order.id.in_(waiting))
+                .values(
+                    reason="upstream_unavailable",
+                    due_at=utcnow() + timedelta(seconds=1.9),
+                    next_attempt_at=utcnow() + timedelta(seconds=1.9),
+                )
+            )
+        # A new order meets the open breaker: held back, and the fleet's probe when its
+        # slot is free (one a second).
+        rt.pipeline.run(add_orders(clean_db, caller_id, [new_payload(next(seq))]))
+        with transaction(clean_db) as session:
+            due = session.scalars(select(Order.due_at).where(Order.id.in_(waiting))).all()
+        return all(d is not None and d <= utcnow().replace(tzinfo=d.tzinfo) for d in due)
+
+    wait_for(undeferred, timeout_s=10, every_s=0.2)

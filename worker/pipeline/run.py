@@ -245,9 +245,17 @@ class Pipeline:
             upstream_id = repo.known_upstream_id(session)
         if upstream_id:
             calls.append(lambda: self.upstream.get_order(upstream_id, probe=True))
-        if calls:
-            # The gate makes one of them per slot, taking turns (one call a second).
-            self.gate.probe(calls)
+        # The gate makes one of them per slot, taking turns (one call a second).
+        if calls and self.gate.probe(calls):
+            # The upstream answers again: the orders the outage turned away are due now (the
+            # dispatcher's pass after this run sends them), not a second or two later.
+            with transaction(self.db_url) as session:
+                repo.undefer(
+                    session,
+                    reason="upstream_unavailable",
+                    now=utcnow(),
+                    within_s=2 * OUTAGE_RETRY_S,
+                )
 
     def _settle(self, answers: list[Answer], run: _Run) -> set[str]:
         """Decide what each answer does to its order and write them in one transaction."""
