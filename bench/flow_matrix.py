@@ -236,7 +236,11 @@ class Matrix:
         counts = b.db.counts(batch)
         return {
             "outage_calls_per_s": calls_per_s,
+            # Not complete. "held": ambiguous submits (a connection dropped mid-request, so the
+            # upstream may have created the order) that an upstream without an order list
+            # cannot settle: held for an operator, never re-submitted blindly (invariant 2).
             "failed": n - counts.get("complete", 0),
+            "held": counts.get("submit_unknown", 0),
             "drain_s": drain_s,
             "full_speed_s": full_speed_s,
             "pre_rate": pre_rate,
@@ -395,7 +399,8 @@ COLUMNS = (
     ("peak", "peak", "{:.0f}"),
     ("mean", "mean", "{:.1f}"),
     ("outage_calls_per_s", "calls/s out", "{:.1f}"),
-    ("failed", "failed", "{:.0f}"),
+    ("failed", "not complete", "{:.0f}"),
+    ("held", "of which held", "{:.0f}"),
     ("drain_s", "drain s", "{:.1f}"),
     ("full_speed_s", "full speed s", "{:.1f}"),
     ("cpu_ms", "worker CPU ms/order", "{:.2f}"),

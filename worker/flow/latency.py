@@ -92,7 +92,7 @@ def next_latency(
             # They never came down (fewer than the limit, or more work came): no test.
             # Still slow: cut from what is in flight now.
             if median_s > high:
-                return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+                return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
             return LatencyState(limit=limit, baseline_s=baseline)
         # Queueing: the median fell with the calls in flight (half of that at least).
         fell = median_s <= state.cut_median_s * (1 - 0.5 * (1 - state.cut_ratio))
@@ -118,7 +118,7 @@ def next_latency(
         # start would otherwise double the calls into a queue while this one waits).
         held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
         return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
-    return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+    return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
 
 
 def _cut(
@@ -129,9 +129,16 @@ def _cut(
     high_s: float,
     now: float,
     cfg: LatencyConfig,
+    *,
+    test: bool = False,
 ) -> LatencyState:
+    """Lower the limit below what is in flight. A ``test`` (the first cut of a slowdown)
+    takes a quarter off: enough to see whether the median falls with it, cheap when the
+    upstream merely got slower for everyone. Once a cut proved queueing, the next ones go in
+    proportion to the excess (Little's law), half at most."""
     base = min(limit, float(in_flight)) if in_flight else limit
-    cut = max(float(cfg.min_limit), base * min(cfg.max_cut, max(0.5, high_s / median_s)))
+    factor = cfg.max_cut if test else min(cfg.max_cut, max(0.5, high_s / median_s))
+    cut = max(float(cfg.min_limit), base * factor)
     return LatencyState(
         limit=cut,
         baseline_s=baseline_s,
