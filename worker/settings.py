@@ -43,13 +43,16 @@ class Settings(BaseSettings):
     retry_max_age_s: float = Field(6 * 3600.0, gt=0)
     retry_base_s: float = Field(2.0, gt=0)
     retry_cap_s: float = Field(300.0, gt=0)
-    # Far below the broker's 1 h visibility timeout; longer waits are a due_at in the database.
+    # Every wait is a due_at in the database; one up to this long also gets a countdown tick (a
+    # dispatch pass when it ends), far below the broker's 1 h visibility timeout. Longer ones
+    # are sent by the sweep's pass once due.
     retry_countdown_max_s: float = Field(30.0, ge=0)
     # An operator's retry of many orders releases this many per second (0: all at once).
     retry_spread_per_s: float = Field(50.0, ge=0)
 
-    # Outlasts a chunk's slowest step (calls bounded by the 15 s read timeout, batched writes),
-    # so a live worker keeps its orders, yet a dead one's orders come back within minutes.
+    # Detects dead workers, not slow calls: a run renews the leases of the orders still waiting
+    # on a call every third of it (worker/pipeline/flight.py), so a live worker keeps them, yet
+    # a dead one's orders come back within minutes.
     lease_s: float = Field(120.0, gt=0)
     sweep_interval_s: float = Field(5.0, gt=0)
     enqueue_grace_s: float = Field(30.0, gt=0)
@@ -59,15 +62,17 @@ class Settings(BaseSettings):
     reconcile_delay_s: float = Field(5.0, ge=0)
     reconcile_max_pages: int = Field(50, ge=0)
 
-    # 50 ids per message: one batched write per step, and all of a chunk's upstream calls fit
-    # in one round of http_concurrency (64); a lost message delays only 50 orders.
+    # At most 50 ids per message: all of a chunk's upstream calls fit in one round of
+    # http_concurrency (64), and a lost message delays only 50 orders. The dispatcher sends
+    # fewer when three shares of the upstream's learned limit per live worker process are fewer
+    # (worker/queue/dispatcher.py CHUNK_SHARES).
     chunk_size: int = Field(50, ge=1, le=1000)
-    # The broker carries at most this many chunks per live worker process; the rest of the
-    # backlog waits in the database (so the dispatcher can share it fairly between callers).
+    # A dispatch pass fills the broker's orders queue up to this many chunks per live worker
+    # process; the rest of the backlog waits in the database (shared fairly between callers).
     dispatch_chunks_per_process: int = Field(2, ge=1, le=100)
     http_concurrency: int = Field(64, ge=1, le=512)
-    # Four hosts of the default worker (4 processes x 64 calls): never binding until the
-    # upstream pushes back, at which point the learned limit takes over below it.
+    # Four hosts of the default worker (4 processes x 64 calls): binding only for a larger
+    # fleet; the limit the fleet runs at is learned below it from the upstream's answers.
     upstream_max_in_flight: int = Field(1024, ge=1, le=100_000)
     upstream_max_rps: float = Field(0.0, ge=0, le=1_000_000)
 
