@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Its own PostgreSQL and Redis: the same run whichever database the pass tests.
+pytestmark = [pytest.mark.slow, pytest.mark.db_free]
 
 
 def test_short_chaos_run_passes_its_audit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,6 +104,19 @@ class _Run:
     result: RunResult = field(default_factory=RunResult)
 
 
+@dataclass(slots=True)
+class _Claimed:
+    """What a run's first transaction took: the due orders, the claims' history rows (one
+    call each), the orders leased to follow or to reconcile, and those held back while the
+    breaker is open (one may be the fleet's probe)."""
+
+    orders: dict[str, Order]
+    events: list[Event]
+    follow: list[str]
+    unknown: list[str]
+    probe: list[Order]
+
+
 class Pipeline:
     """Drives chunks of orders through preview, submit, follow-up and reconciliation."""
 
@@ -128,9 +141,22 @@ class Pipeline:
         self.actor = "worker"
 
     def run(self, ids: Sequence[str]) -> RunResult:
-        """Take every due order of ``ids`` as far as it can go now."""
+        """Take every due order of ``ids`` as far as it can go now: claim them (or leave them
+        waiting while the fleet may not call), make the calls, reconcile ambiguous submits."""
         now = utcnow()
         run = _Run(new_id("lease"), now + timedelta(seconds=self.settings.lease_s))
+        claimed = self._claim(ids, run, now)
+        if claimed.probe:
+            self._probe(claimed.probe)
+        self._fly(claimed, run)
+        if claimed.unknown:
+            self._reconcile([claimed.orders[i] for i in claimed.unknown], run)
+        return run.result
+
+    def _claim(self, ids: Sequence[str], run: _Run, now: datetime) -> _Claimed:
+        """One transaction: load the due orders, hold them back if the fleet may not call,
+        claim the ones that call next (an attempt each) and lease the ones to follow or
+        reconcile."""
         with transaction(self.db_url) as session:
             orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
             probe = self._hold_back(session, orders, run, now)
@@ -162,8 +188,10 @@ class Pipeline:
             self._record(session, events, run.result)
         run.attempts = {o.id: o.attempts for o in orders.values()}
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
-        if probe:
-            self._probe(probe)
+        return _Claimed(orders, events, follow, unknown, probe)
+
+    def _fly(self, claimed: _Claimed, run: _Run) -> None:
+        """The claimed orders' calls, each answer applied as it comes back."""
         flight = Flight(
             self.executor,
             call=self.call,
@@ -171,28 +199,29 @@ class Pipeline:
             renew=lambda ids: self._renew(ids, run),
             beat_s=self.settings.lease_s / 3,
         )
-        for event in events:
+        for event in claimed.events:
             step = "preview" if event["to_status"] == S.PREVIEWING else "submit"
-            flight.start(orders[event["order_id"]], step)
-        for order_id in follow:
-            flight.start(orders[order_id], "follow")
+            flight.start(claimed.orders[event["order_id"]], step)
+        for order_id in claimed.follow:
+            flight.start(claimed.orders[order_id], "follow")
         flight.land()
-        if unknown:
-            held = [orders[i] for i in unknown]
-            with transaction(self.db_url) as session:
-                sharers = repo.sharing_external_ids(
-                    session, [sent_external_id(o) for o in held], exclude=unknown
-                )
-            decisions = reconcile_decisions(
-                held,
-                self.upstream,
-                settings=self.settings,
-                now=utcnow(),
-                timing=self.timing,
-                sharers=sharers,
+
+    def _reconcile(self, held: list[Order], run: _Run) -> None:
+        """Look upstream for ambiguous submits (``submit_unknown``) and apply what it says."""
+        ids = [o.id for o in held]
+        with transaction(self.db_url) as session:
+            sharers = repo.sharing_external_ids(
+                session, [sent_external_id(o) for o in held], exclude=ids
             )
-            self.apply(decisions, run)
-        return run.result
+        decisions = reconcile_decisions(
+            held,
+            self.upstream,
+            settings=self.settings,
+            now=utcnow(),
+            timing=self.timing,
+            sharers=sharers,
+        )
+        self.apply(decisions, run)
 
     def _hold_back(
         self, session: Any, orders: dict[str, Order], run: _Run, now: datetime
