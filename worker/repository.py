@@ -127,8 +127,7 @@ def apply_moves_bulk(
     and ``updated_at``. ``attempts`` gives each order's attempt count for its history rows.
     """
     moves = sorted(moves, key=lambda m: m.order_id)
-    lock_in_order(session, [m.order_id for m in moves])
-    moves = _hold_previews(session, moves)
+    moves = _hold_previews(moves, _lock_and_holds(session, moves))
     groups: dict[tuple[str, ...], list[tuple[Move, dict[str, Any]]]] = {}
     for move in moves:
         for frm, to in move.legs():
@@ -260,11 +259,29 @@ def _park(session: Session, held: Mapping[str, str], *, status: Status) -> None:
     session.execute(stmt, [{"p_id": oid, "p_reason": r} for oid, r in sorted(held.items())])
 
 
-def _hold_previews(session: Session, moves: list[Move]) -> list[Move]:
+def _lock_and_holds(session: Session, moves: Sequence[Move]) -> dict[str, str]:
+    """Take the row locks of the moves' orders in id order (PostgreSQL, as ``lock_in_order``)
+    and read, in the same statement, the batch holds of those whose preview goes on to
+    ``submitting`` (``{order id: hold reason}``)."""
+    going = {m.order_id for m in moves if m.via == S.PREVIEWED and m.to == S.SUBMITTING}
+    ids = sorted({m.order_id for m in moves})
+    if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
+        holds = _HOLDS[S.SUBMITTING]
+        stmt = (
+            select(_ORDERS.c.id, Batch.state)
+            .select_from(_ORDERS.outerjoin(Batch, Batch.id == _ORDERS.c.batch_id))
+            .where(_ORDERS.c.id.in_(ids))
+            .order_by(_ORDERS.c.id)
+            .with_for_update(of=_ORDERS)
+        )
+        rows = session.execute(stmt)
+        return {oid: holds[state] for oid, state in rows if oid in going and state in holds}
+    return held_by_batch(session, sorted(going), step=S.SUBMITTING)
+
+
+def _hold_previews(moves: list[Move], held: Mapping[str, str]) -> list[Move]:
     """A preview whose batch now holds its orders back stops at ``previewed`` (released, due
     never) instead of going on to ``submitting``: nothing is submitted that was not approved."""
-    going = [m.order_id for m in moves if m.via == S.PREVIEWED and m.to == S.SUBMITTING]
-    held = held_by_batch(session, going, step=S.SUBMITTING)
     if not held:
         return moves
     out: list[Move] = []

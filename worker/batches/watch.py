@@ -53,6 +53,11 @@ def after_events(session: Session, events: Sequence[Event]) -> list[str]:
 
 def check(session: Session, batch: Batch, *, now: datetime) -> list[str]:
     """Halt or complete ``batch`` if its counts say so; returns webhook delivery ids."""
+    if not batch.halt_on and _has_open_order(session, batch.id):
+        # Nothing to halt on, and an order still open: it cannot be complete. One index
+        # probe (orders by batch and status) instead of the counts, on every transaction
+        # that ends orders of a running batch.
+        return []
     summary = batch_store.summaries(session, [batch.id], now=now)[batch.id]
     counts = summary.counts
     final = rules.final_count(counts)
@@ -64,6 +69,15 @@ def check(session: Session, batch: Batch, *, now: datetime) -> list[str]:
     if counts["total"] and final >= counts["total"]:
         return complete(session, batch, now=now)
     return []
+
+
+def _has_open_order(session: Session, batch_id: str) -> bool:
+    stmt = (
+        select(Order.id)
+        .where(Order.batch_id == batch_id, Order.status.not_in(sorted(rules.FINAL)))
+        .limit(1)
+    )
+    return session.execute(stmt).first() is not None
 
 
 def halt(session: Session, batch: Batch, verdict: rules.HaltVerdict, *, now: datetime) -> list[str]:
