@@ -1,4 +1,10 @@
-"""Retry timing: exponential backoff with full jitter, bounded by attempts and age. Pure."""
+"""Retry timing: exponential backoff with full jitter, bounded by attempts and age. Pure.
+
+Kept by hand (the CLI uses tenacity): this is a decision, not a loop. It returns *when* an
+order's next attempt is due, which is written to the database (``next_attempt_at``) and taken by
+whichever worker is free then; a retry decorator sleeps in the calling thread and forgets the
+budget when the process dies.
+"""
 
 from __future__ import annotations
 
