@@ -50,7 +50,8 @@ def test_orders_are_committed_before_they_are_enqueued(
     env: dict[str, str], alpha: CallerKey, redis_client: redis.Redis
 ) -> None:
     """When the enqueue happens, the orders are already visible to other connections."""
-    app = create_app(settings_from(env))
+    # Room in the queue for both messages (no worker process is registered: one counts).
+    app = create_app(settings_from(env, dispatch_chunks_per_process=2))
     broker = CommitCheckingBroker(app.state.settings)
     app.state.broker = broker
     with TestClient(app) as client:
