@@ -46,9 +46,8 @@ import redis  # noqa: E402
 from api_stub.testing import StubControl, stub_process  # noqa: E402
 from bench.pipeline import PREVIEW_PATH, Db, payload  # noqa: E402
 from worker.db import dispose_all  # noqa: E402
-from worker.flow.setup import build_store  # noqa: E402
 from worker.queue.app import configure  # noqa: E402
-from worker.queue.dispatcher import Dispatcher  # noqa: E402
+from worker.queue.dispatcher import build_dispatcher  # noqa: E402
 from worker.queue.enqueue import enqueue_orders  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -107,10 +106,7 @@ class Bench:
         env = self.env(REPO, extra)
         settings = Settings(**{k[len("ORDERS_"):].lower(): v for k, v in env.items()
                                if k.startswith("ORDERS_") and k != "ORDERS_HOME"})  # fmt: skip
-        store = build_store(settings, self.redis)
-        dispatcher = Dispatcher(settings, self.redis, self.celery,
-                                allowance=lambda: store.read().target)  # fmt: skip
-        dispatcher.run(callers=[self.db.caller_id])
+        build_dispatcher(settings, self.redis, self.celery).run(callers=[self.db.caller_id])
 
     def env(self, repo: Path, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERS_")}

@@ -95,22 +95,6 @@ def apply_moves(
     return apply_moves_bulk(session, moves, now=now, owner=owner, attempts=attempts, actor=actor)
 
 
-def lock_in_order(session: Session, ids: Sequence[str]) -> None:
-    """Take the row locks of ``ids`` in id order (PostgreSQL; SQLite locks the whole file).
-
-    Every multi-row write locks in the same order, so two transactions on overlapping orders
-    queue behind each other instead of deadlocking (a chunk's bulk moves are several
-    statements, and another worker or the sweeper may hold some of the same rows).
-    """
-    if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            select(_ORDERS.c.id)
-            .where(_ORDERS.c.id.in_(sorted(set(ids))))
-            .order_by(_ORDERS.c.id)
-            .with_for_update()
-        )
-
-
 def apply_moves_bulk(
     session: Session,
     moves: Sequence[Move],
@@ -260,9 +244,14 @@ def _park(session: Session, held: Mapping[str, str], *, status: Status) -> None:
 
 
 def _lock_and_holds(session: Session, moves: Sequence[Move]) -> dict[str, str]:
-    """Take the row locks of the moves' orders in id order (PostgreSQL, as ``lock_in_order``)
-    and read, in the same statement, the batch holds of those whose preview goes on to
-    ``submitting`` (``{order id: hold reason}``)."""
+    """Take the row locks of the moves' orders in id order (PostgreSQL; SQLite locks the whole
+    file) and read, in the same statement, the batch holds of those whose preview goes on to
+    ``submitting`` (``{order id: hold reason}``).
+
+    Every multi-row write locks in the same order, so two transactions on overlapping orders
+    queue behind each other instead of deadlocking (a chunk's bulk moves are several
+    statements, and another worker or the sweeper may hold some of the same rows).
+    """
     going = {m.order_id for m in moves if m.via == S.PREVIEWED and m.to == S.SUBMITTING}
     ids = sorted({m.order_id for m in moves})
     if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
