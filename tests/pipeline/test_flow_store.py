@@ -16,6 +16,7 @@ from worker.flow.breaker import BreakerState, Mode
 from worker.flow.gate import Gate
 from worker.flow.state import FlowConfig, FlowState, initial_state
 from worker.flow.store import FlowStore, Report, flow_prefix
+from worker.flow.window import bucket_of
 
 
 def store_for(client: redis.Redis, ceiling: int, *, rps: float = 0.0) -> FlowStore:
@@ -250,3 +251,22 @@ def test_a_call_longer_than_the_lease_keeps_its_permit(redis_client):
     gate.call(long_call)
     assert seen and seen[0] >= 1
     gate.close()
+
+
+def test_too_few_answers_carry_over_until_the_latency_rule_can_judge(redis_client):
+    """A slow upstream at a low limit answers a handful of calls an interval: they are kept
+    for the next interval instead of dropped, so the latency rule gets its verdict (a fleet at
+    the minimum of a 200 ms upstream once waited for one for ever)."""
+    store = store_for(redis_client, 64)
+    slow = f"b{bucket_of(0.2)}"
+    report = Report(demand=4, in_use=4, peak=4, had_ok=True, fields={"ok": 6, slow: 6})
+    for _ in range(2):
+        store.sync("p", report, ttl_s=5)
+        state = store.control()
+        assert state is not None and state.latency.baseline_s == 0.0  # 6, then 12: too few
+    store.sync("p", report, ttl_s=5)
+    state = store.control()
+    assert state is not None
+    assert state.latency.baseline_s == pytest.approx(0.2, rel=0.1)  # 18 answers: judged
+    store.sync("p", Report(demand=4, in_use=4, peak=4, had_ok=True, fields={"ok": 1}), ttl_s=5)
+    assert "lat_carry" not in {k.decode() for k in redis_client.hkeys(store.totals_key)}

@@ -1,11 +1,13 @@
 """The latency rule: an upstream that slows down under our load is queueing our calls. Pure.
 
 Compares the fleet's median time-to-answer over an interval with a baseline. The baseline
-follows the upstream both ways: down at once (any lower median is the new baseline), up when
-a cut proved the slowdown is not ours. A cut is a test: the limit goes down in proportion to
-the excess (Little's law; a quarter at least), and if the median did not fall with it after
-``verify_s``, the upstream got slower for everyone (it moves over a day), so the baseline
-moves up to the new level and the limit goes back to where it was. Only a slowdown that falls
+follows the upstream both ways: down within a few intervals (a lower median pulls it half way,
+so one lucky interval of a jittery upstream does not set it), up when a cut proved the
+slowdown is not ours, or at the minimum limit, where no cut can test anything. A cut is a
+test: the limit goes down in proportion to the excess (Little's law; a quarter at least), and
+if the median did not fall with it after ``verify_s``, the upstream got slower for everyone
+(it moves over a day), so the baseline moves up to the new level and the limit goes back to
+where it was. Only a slowdown that falls
 when we send less is queueing; while cuts keep making it fall, the rule keeps cutting, which
 finds the knee even when the first median it saw was already queued. The tolerance (``ratio``
 and an absolute ``margin_s``) is wide enough that our own CPU and GIL noise on a 1 ms upstream
@@ -51,6 +53,17 @@ class LatencyState:
 OVER_TO_CUT = 2
 # A cut's verdict waits until the calls in flight came down with it, at most this long.
 SETTLE_MAX_S = 3.0
+# A cut with no verdict this long after it (too few answers to judge: a slow upstream at a
+# low limit answers a handful of calls a second) is abandoned: back to the limit before it.
+# Without this a fleet at the minimum of a slow upstream could wait for a verdict for ever.
+STALE_CUT_S = 6.0
+# A cut that lowers the calls in flight by less than this share is no test (at the minimum
+# there is nothing left to take off): the slowdown is taken for the upstream's own.
+MIN_TEST_CUT = 0.1
+# A lower median pulls the baseline this share of the way down (not all the way): one lucky
+# interval of a jittery upstream does not set a baseline the next ones all exceed, and an
+# upstream that really got faster is followed within a few intervals.
+BASELINE_DOWN = 0.5
 
 
 def initial_latency(cfg: LatencyConfig) -> LatencyState:
@@ -69,20 +82,32 @@ def next_latency(
     busy: bool,
     now: float,
     cfg: LatencyConfig,
+    current: float | None = None,
 ) -> LatencyState:
     """The latency limit after an interval whose successful calls had ``median_s`` with
     ``in_flight`` calls out on average (Little's law over the interval, not a peak: a cut is
-    only a test when it lowers what is really in flight)."""
+    only a test when it lowers what is really in flight); ``current`` is the fleet's limit
+    now (both rules)."""
     ceiling = float(cfg.ceiling)
     limit = min(state.limit, ceiling)
     if median_s is None:
+        # Too few answers to judge (they carry over to the next interval).
+        if state.cut_from and now - state.cut_at > STALE_CUT_S:
+            return LatencyState(limit=min(ceiling, state.cut_from), baseline_s=state.baseline_s)
+        if busy and not state.cut_from and not state.over:
+            # No sign of a slowdown: no reason to hold back a fleet that uses its limit.
+            return replace(state, limit=min(ceiling, limit * cfg.growth + 1))
         return replace(state, limit=limit)
     baseline = state.baseline_s
-    if baseline <= 0 or median_s < baseline:
+    if baseline <= 0:
         baseline = median_s
+    elif median_s < baseline:
+        baseline -= BASELINE_DOWN * (baseline - median_s)
     high = threshold_s(baseline, cfg)
     if state.cut_from:
         if now - state.cut_at < max(cfg.verify_s, 4 * median_s):
+            if now - state.cut_at > STALE_CUT_S:
+                return LatencyState(limit=min(ceiling, state.cut_from), baseline_s=median_s)
             return replace(state, limit=limit, baseline_s=baseline)
         if in_flight > state.cut_base * (1 - 0.5 * (1 - state.cut_ratio)):
             # The calls in flight have not come down yet (a queueing upstream holds the
@@ -114,9 +139,11 @@ def next_latency(
         grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
         return LatencyState(limit=grown, baseline_s=baseline)
     if state.over + 1 < OVER_TO_CUT:
-        # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
-        # start would otherwise double the calls into a queue while this one waits).
-        held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
+        # Not a cut yet, but no growth either: the fleet's limit stays where it is (the loss
+        # rule's slow start would otherwise double the calls into a queue while this one
+        # waits). Not down to the interval's mean in flight: one slow interval of a jittery
+        # upstream would take the room for the next burst of calls.
+        held = max(float(cfg.min_limit), min(limit, current)) if current else limit
         return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
     return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
 
@@ -139,6 +166,11 @@ def _cut(
     base = min(limit, float(in_flight)) if in_flight else limit
     factor = cfg.max_cut if test else min(cfg.max_cut, max(0.5, high_s / median_s))
     cut = max(float(cfg.min_limit), base * factor)
+    if cut > base * (1 - MIN_TEST_CUT):
+        # Nothing left to take off (the minimum): no test can tell queueing from a slower
+        # upstream here, and waiting for a verdict that cannot come stalls the fleet. The
+        # upstream is this slow: the new baseline, and the limit stays where it is.
+        return LatencyState(limit=max(limit, cut), baseline_s=median_s)
     return LatencyState(
         limit=cut,
         baseline_s=baseline_s,

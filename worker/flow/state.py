@@ -28,6 +28,11 @@ BUSY_SHARE = 0.5
 # The latency rule reads this quantile of the interval's answer times: our own GIL and CPU
 # delays inflate some answers (the upper part), upstream queueing delays all of them.
 LATENCY_QUANTILE = 0.25
+# The latency rule judges no fewer answers than this. An interval with fewer (a slow upstream
+# at a low limit) carries its answers over to the next one, for at most LATENCY_CARRY_MAX
+# intervals: a verdict always comes, on enough answers to tell a shift from jitter.
+LATENCY_MIN_SAMPLES = 16
+LATENCY_CARRY_MAX = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +177,10 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     )
     latency = next_latency(
         state.latency,
-        median_s=totals.percentile_s(LATENCY_QUANTILE),
+        median_s=totals.percentile_s(LATENCY_QUANTILE, min_samples=LATENCY_MIN_SAMPLES),
         in_flight=totals.mean_in_flight(now, cfg.interval_s),
         busy=busy,
+        current=limit,
         now=now,
         cfg=cfg.latency,
     )

@@ -21,7 +21,14 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from worker.flow.state import FlowConfig, FlowState, decide, initial_state
+from worker.flow.state import (
+    LATENCY_CARRY_MAX,
+    LATENCY_MIN_SAMPLES,
+    FlowConfig,
+    FlowState,
+    decide,
+    initial_state,
+)
 from worker.flow.window import Totals
 
 _SYNC = """
@@ -120,9 +127,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local totals = redis.call('HGETALL', KEYS[1])
 local streak = redis.call('HGET', KEYS[1], 'streak')
+local carry = tonumber(redis.call('HGET', KEYS[1], 'lat_carry') or '0')
+local buckets, answers = {}, 0
+for i = 1, #totals, 2 do
+  if string.sub(totals[i], 1, 1) == 'b' then
+    answers = answers + tonumber(totals[i + 1])
+    buckets[#buckets + 1] = totals[i]
+    buckets[#buckets + 1] = totals[i + 1]
+  end
+end
 redis.call('DEL', KEYS[1])
 if streak then redis.call('HSET', KEYS[1], 'streak', streak) end
 redis.call('HSET', KEYS[1], 'started_ms', now)
+if answers > 0 and answers < tonumber(ARGV[1]) and carry < tonumber(ARGV[2]) then
+  -- Too few answers to judge: they count in the next interval's histogram too.
+  redis.call('HSET', KEYS[1], 'lat_carry', carry + 1, unpack(buckets))
+end
 return {now, totals, redis.call('HGETALL', KEYS[2])}
 """
 
@@ -248,7 +268,10 @@ class FlowStore:
 
         Returns the new state, or None when another process changed it meanwhile.
         """
-        now_ms, totals_raw, state_raw = self._take(keys=[self.totals_key, self.state_key])
+        now_ms, totals_raw, state_raw = self._take(
+            keys=[self.totals_key, self.state_key],
+            args=[LATENCY_MIN_SAMPLES, LATENCY_CARRY_MAX],
+        )
         state = FlowState.from_fields(_pairs(state_raw), self.cfg)
         totals = Totals.from_fields(_pairs(totals_raw))
         new = decide(state, totals, int(now_ms) / 1000, self.cfg)
