@@ -82,12 +82,10 @@ def next_latency(
     busy: bool,
     now: float,
     cfg: LatencyConfig,
-    current: float | None = None,
 ) -> LatencyState:
     """The latency limit after an interval whose successful calls had ``median_s`` with
     ``in_flight`` calls out on average (Little's law over the interval, not a peak: a cut is
-    only a test when it lowers what is really in flight); ``current`` is the fleet's limit
-    now (both rules)."""
+    only a test when it lowers what is really in flight)."""
     ceiling = float(cfg.ceiling)
     limit = min(state.limit, ceiling)
     if median_s is None:
@@ -139,11 +137,9 @@ def next_latency(
         grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
         return LatencyState(limit=grown, baseline_s=baseline)
     if state.over + 1 < OVER_TO_CUT:
-        # Not a cut yet, but no growth either: the fleet's limit stays where it is (the loss
-        # rule's slow start would otherwise double the calls into a queue while this one
-        # waits). Not down to the interval's mean in flight: one slow interval of a jittery
-        # upstream would take the room for the next burst of calls.
-        held = max(float(cfg.min_limit), min(limit, current)) if current else limit
+        # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
+        # start would otherwise double the calls into a queue while this one waits).
+        held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
         return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
     return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
 

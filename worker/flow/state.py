@@ -180,7 +180,6 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         median_s=totals.percentile_s(LATENCY_QUANTILE, min_samples=LATENCY_MIN_SAMPLES),
         in_flight=totals.mean_in_flight(now, cfg.interval_s),
         busy=busy,
-        current=limit,
         now=now,
         cfg=cfg.latency,
     )
