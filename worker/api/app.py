@@ -24,6 +24,7 @@ from worker.api.health import Readiness
 from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
+from worker.api.order_lane import LaneThreads, OrderViewLane
 from worker.console.mount import install as install_console
 from worker.flow.setup import build_store
 from worker.flow.store import FlowStore
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     broker = Broker(settings, on_failure=metrics.enqueue_failures.inc)
     readiness = Readiness(settings.database_url, broker.url)
     authenticator = Authenticator(settings.database_url)
+    lane_threads = LaneThreads()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         readiness.close()
         authenticator.close()
+        lane_threads.close()
         broker.close()
         lookup = getattr(app.state, "upstream_lookup", None)
         if lookup is not None:
@@ -125,4 +128,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_bytes=settings.max_batch_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: ordinary polls of the order view skip the framework (worker/api/order_lane.py).
+    app.add_middleware(
+        OrderViewLane,
+        database_url=settings.database_url,
+        authenticator=authenticator,
+        metrics=metrics,
+        threads=lane_threads,
+    )
     return app

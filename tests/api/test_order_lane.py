@@ -1,0 +1,107 @@
+"""The polling lane (``worker/api/order_lane.py``): ordinary polls of the order view answered
+below the framework, byte for byte what the route answers; everything else left to the route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import CallerKey, make_caller, order
+from worker.api import order_lane
+from worker.api.auth import Authenticator
+
+
+class Spy:
+    """Counts the lane's reads (the route reads through another name)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = order_lane.view_bytes
+
+        def counted(*args: Any) -> bytes | None:
+            self.calls += 1
+            return real(*args)
+
+        monkeypatch.setattr(order_lane, "view_bytes", counted)
+
+
+def forget_keys(client: TestClient) -> None:
+    """Empty the key cache: the next request is authenticated by the route."""
+    authenticator: Authenticator = client.app.state.authenticator  # type: ignore[attr-defined]
+    authenticator._cache.clear()
+
+
+WIRE_HEADERS = ("etag", "cache-control", "content-type", "content-length")
+
+
+def test_a_poll_with_a_trusted_key_is_answered_by_the_lane_as_the_route_would(
+    client: TestClient, alpha: CallerKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    url = f"/v1/orders/{created['id']}"
+    spy = Spy(monkeypatch)
+    forget_keys(client)
+    by_route = client.get(url, headers=alpha.headers)
+    assert spy.calls == 0  # the key was not trusted yet: the route looked it up
+    by_lane = client.get(url, headers=alpha.headers)
+    assert spy.calls == 1
+    assert (by_lane.status_code, by_lane.content) == (200, by_route.content)
+    assert {h: by_lane.headers.get(h) for h in WIRE_HEADERS} == {
+        h: by_route.headers.get(h) for h in WIRE_HEADERS
+    }
+    unchanged = client.get(url, headers={**alpha.headers, "If-None-Match": by_lane.headers["etag"]})
+    assert spy.calls == 2
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    assert unchanged.headers["etag"] == by_route.headers["etag"]
+    assert unchanged.headers["cache-control"] == "no-store"
+
+
+def test_the_lane_counts_its_polls_in_the_request_metrics(
+    client: TestClient, alpha: CallerKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    url = f"/v1/orders/{created['id']}"
+    spy = Spy(monkeypatch)
+    requests = client.app.state.metrics.requests  # type: ignore[attr-defined]
+    counted = requests.labels("GET", "/v1/orders/{order_id}", "200")
+    before = counted._value.get()
+    for _ in range(3):
+        assert client.get(url, headers=alpha.headers).status_code == 200
+    assert spy.calls == 3
+    assert counted._value.get() == before + 3
+
+
+def test_what_the_lane_does_not_answer_gets_the_routes_answer(
+    client: TestClient, alpha: CallerKey, beta: CallerKey, clean_db: str
+) -> None:
+    """Another caller's order (404), an unknown key (401), an operator key (401), a
+    malformed id (404), a NUL in the query (400): the API's own error answers."""
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+    client.post("/v1/orders", json=order(), headers=beta.headers)  # beta's key is trusted now
+    url = f"/v1/orders/{created['id']}"
+    foreign = client.get(url, headers=beta.headers)
+    assert foreign.status_code == 404 and "message" in foreign.json()
+    unknown = client.get(url, headers={"Authorization": "Bearer ok_nobody"})
+    assert unknown.status_code == 401
+    operator = make_caller(clean_db, "ops", role="operator")
+    client.get("/metrics", headers=operator.headers)  # the operator's key is trusted now
+    assert client.get(url, headers=operator.headers).status_code == 401
+    assert client.get(url + "x", headers=alpha.headers).status_code == 404
+    assert client.get(url + "?a=%00", headers=alpha.headers).status_code == 400
+
+
+def test_a_read_that_fails_in_the_lane_is_left_to_the_route(
+    client: TestClient, alpha: CallerKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane never answers an error: the route answers (here the route's read works)."""
+    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
+
+    def broken(*_: Any) -> bytes | None:
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(order_lane, "view_bytes", broken)
+    answer = client.get(f"/v1/orders/{created['id']}", headers=alpha.headers)
+    assert answer.status_code == 200
+    assert answer.json()["id"] == created["id"]
