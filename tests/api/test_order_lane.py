@@ -3,28 +3,32 @@ below the framework, byte for byte what the route answers; everything else left 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import CallerKey, make_caller, order
 from worker.api import order_lane
 from worker.api.auth import Authenticator
+from worker.api.lane_reads import CONNECT_TIMEOUT_S, conninfo
 
 
 class Spy:
-    """Counts the lane's reads (the route reads through another name)."""
+    """Counts the lane's reads (the route reads through its own code)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = order_lane.view_bytes
+        real = order_lane.LaneReads.view_bytes
 
-        def counted(*args: Any) -> bytes | None:
+        async def counted(reads: order_lane.LaneReads, *args: Any) -> bytes | None:
             self.calls += 1
-            return real(*args)
+            return await real(reads, *args)
 
-        monkeypatch.setattr(order_lane, "view_bytes", counted)
+        monkeypatch.setattr(order_lane.LaneReads, "view_bytes", counted)
 
 
 def forget_keys(client: TestClient) -> None:
@@ -98,10 +102,30 @@ def test_a_read_that_fails_in_the_lane_is_left_to_the_route(
     """The lane never answers an error: the route answers (here the route's read works)."""
     created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
 
-    def broken(*_: Any) -> bytes | None:
+    async def broken(*_: Any) -> bytes | None:
         raise OSError("connection reset")
 
-    monkeypatch.setattr(order_lane, "view_bytes", broken)
+    monkeypatch.setattr(order_lane.LaneReads, "view_bytes", broken)
     answer = client.get(f"/v1/orders/{created['id']}", headers=alpha.headers)
     assert answer.status_code == 200
     assert answer.json()["id"] == created["id"]
+
+
+def test_the_postgres_read_fails_fast_and_frees_its_slot_when_the_database_is_gone() -> None:
+    """Nothing listens on port 1: the read raises within the connect timeout (the lane then
+    hands the poll to the route) and the connection slot is free again."""
+    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone")
+    assert reads.pg is not None
+    started = time.monotonic()
+    for _ in range(5):  # more than the pool's size: no slot stays taken
+        with pytest.raises(psycopg.OperationalError):
+            asyncio.run(reads.view_bytes("cal_x", "ord_x"))
+    assert time.monotonic() - started < 5 * (CONNECT_TIMEOUT_S + 1)
+    assert reads.pg._open == 0
+
+
+def test_sqlite_reads_go_through_the_lanes_threads(tmp_path: Any) -> None:
+    assert conninfo(f"sqlite:///{tmp_path}/x.db") is None
+    assert conninfo("postgresql+psycopg://u:p@h:5433/d?sslmode=require") == (
+        "postgresql://u:p@h:5433/d?sslmode=require"
+    )

@@ -24,7 +24,7 @@ from worker.api.health import Readiness
 from worker.api.metrics import Metrics
 from worker.api.middleware import MetricsMiddleware, RequestGuard
 from worker.api.openapi import install_openapi
-from worker.api.order_lane import LaneThreads, OrderViewLane
+from worker.api.order_lane import LaneReads, OrderViewLane
 from worker.console.mount import install as install_console
 from worker.flow.setup import build_store
 from worker.flow.store import FlowStore
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     broker = Broker(settings, on_failure=metrics.enqueue_failures.inc)
     readiness = Readiness(settings.database_url, broker.url)
     authenticator = Authenticator(settings.database_url)
-    lane_threads = LaneThreads()
+    lane_reads = LaneReads(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         readiness.close()
         authenticator.close()
-        lane_threads.close()
+        await lane_reads.close()
         broker.close()
         lookup = getattr(app.state, "upstream_lookup", None)
         if lookup is not None:
@@ -130,10 +130,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: ordinary polls of the order view skip the framework (worker/api/order_lane.py).
     app.add_middleware(
-        OrderViewLane,
-        database_url=settings.database_url,
-        authenticator=authenticator,
-        metrics=metrics,
-        threads=lane_threads,
+        OrderViewLane, authenticator=authenticator, metrics=metrics, reads=lane_reads
     )
     return app

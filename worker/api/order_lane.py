@@ -7,7 +7,8 @@ sits outside all of it and answers a poll itself when everything about it is ord
 ``GET`` of one well-formed order id, a caller key the authenticator already trusts (its short
 per-process cache), and an order of that caller. The answer is the same bytes and headers as
 the route's (:mod:`worker.api.order_reads` makes both), a ``304`` when ``If-None-Match`` names
-the ETag, and the same request metrics.
+the ETag, and the same request metrics. On PostgreSQL the read runs on the event loop
+(:mod:`worker.api.lane_reads`); on SQLite in one of the lane's threads.
 
 Anything else goes on to the app unchanged: a key not in the cache (the route looks it up and
 answers 401 when it must), an operator key, an unknown or another caller's order (404), a
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.api.auth import Authenticator
 from worker.api.deps import ID_PATTERN
+from worker.api.lane_reads import PgViews, conninfo
 from worker.api.metrics import Metrics
 from worker.api.order_reads import etag, not_modified, view_bytes
 from worker.db import read_engine
@@ -45,19 +47,12 @@ class OrderViewLane:
     """Answer ordinary polls of the order view; hand everything else to ``app``."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        database_url: str,
-        authenticator: Authenticator,
-        metrics: Metrics,
-        threads: LaneThreads,
+        self, app: ASGIApp, *, authenticator: Authenticator, metrics: Metrics, reads: LaneReads
     ) -> None:
         self.app = app
-        self.database_url = database_url
         self.authenticator = authenticator
         self.metrics = metrics
-        self.threads = threads
+        self.reads = reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -86,9 +81,8 @@ class OrderViewLane:
         caller_id = self._trusted_caller(authorization)
         if caller_id is None:
             return False
-        loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(self.threads.get(), self._read, caller_id, order_id)
+            body = await self.reads.view_bytes(caller_id, order_id)
         except Exception as exc:  # the app's error handling answers it (and logs it)
             log.info("order_lane_read_failed", error=type(exc).__name__)
             return False
@@ -123,27 +117,40 @@ class OrderViewLane:
         owner = self.authenticator.cached(key)
         return owner.id if owner is not None and owner.role == ROLE_CALLER else None
 
+
+class LaneReads:
+    """The lane's reads: on the event loop on PostgreSQL, else in the lane's own threads
+    (started on first use). One per app; closed with it (lifespan)."""
+
+    def __init__(self, database_url: str, threads: int = THREADS) -> None:
+        self.database_url = database_url
+        self.threads = threads
+        uri = conninfo(database_url)
+        self.pg = PgViews(uri) if uri is not None else None
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def view_bytes(self, caller_id: str, order_id: str) -> bytes | None:
+        """The caller's order view as JSON bytes, or None; raises on database trouble."""
+        if self.pg is not None:
+            return await self.pg.view_bytes(caller_id, order_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), self._read, caller_id, order_id)
+
     def _read(self, caller_id: str, order_id: str) -> bytes | None:
         with read_engine(self.database_url).connect() as conn:
             return view_bytes(conn, caller_id, order_id)
 
-
-class LaneThreads:
-    """The lane's query threads: started on first use, stopped with the app (lifespan)."""
-
-    def __init__(self, threads: int = THREADS) -> None:
-        self.threads = threads
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-
-    def get(self) -> ThreadPoolExecutor:
+    def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="order-lane")
             return self._executor
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False)
+        if self.pg is not None:
+            await self.pg.close()

@@ -37,14 +37,14 @@ VIEW_COLUMNS = (
 )
 """What the order view shows (everything but the payload and the bookkeeping columns)."""
 
-_BY_ID = select(*VIEW_COLUMNS).where(
+BY_ID = select(*VIEW_COLUMNS).where(
     Order.id == bindparam("order_id"), Order.caller_id == bindparam("caller_id")
 )
 
 
 def view_bytes(conn: Connection, caller_id: str, order_id: str) -> bytes | None:
     """The caller's order view as JSON bytes, or None (another caller's order is not found)."""
-    row = conn.execute(_BY_ID, {"order_id": order_id, "caller_id": caller_id}).first()
+    row = conn.execute(BY_ID, {"order_id": order_id, "caller_id": caller_id}).first()
     return None if row is None else orjson.dumps(order_view(row))
 
 

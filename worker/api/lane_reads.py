@@ -1,0 +1,126 @@
+"""The polling lane's read on PostgreSQL: a few psycopg async connections on the event loop.
+
+A poll's query takes a fraction of a millisecond; handing it to a worker thread and back cost
+more than the query (measured: a fifth of the API's CPU per poll in the thread pool's submit
+and the future's callbacks, and as much again in SQLAlchemy's execution context). Here the
+query runs on the event loop without blocking it: psycopg's ``AsyncConnection``, autocommit,
+the statement prepared once per connection, rows as named tuples for
+:func:`worker.views.order_view` (the view the route builds from SQLAlchemy's row: the same
+bytes, the same ETag).
+
+The connections are the lane's own (``SIZE`` at most, opened on demand, per event loop), with
+a statement timeout and a connect timeout: a database that is slow or gone makes the read
+fail fast, and the lane hands the poll to the route, which answers it the usual way. A
+connection that failed is dropped, never reused. SQLite has no async driver here: the lane
+reads through a thread there (:mod:`worker.api.order_lane`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import make_url
+from sqlalchemy.dialects import postgresql
+
+from worker.api.order_reads import BY_ID
+from worker.views import order_view
+
+SIZE = 4
+"""Connections per API process: a poll holds one for a round trip (~0.2 ms)."""
+CONNECT_TIMEOUT_S = 2
+STATEMENT_TIMEOUT_MS = 2000
+# UTC session time zone: timestamps come back aware and in UTC, as SQLAlchemy's UTCDateTime
+# gives them to the route.
+OPTIONS = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c TimeZone=UTC"
+
+
+def conninfo(database_url: str) -> str | None:
+    """A libpq URI for ``database_url``, or None when it is not PostgreSQL."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _query() -> str:
+    compiled = BY_ID.compile(dialect=postgresql.dialect(paramstyle="pyformat"))  # type: ignore[no-untyped-call]
+    return str(compiled)
+
+
+class PgViews:
+    """Order views as JSON-ready dicts, read on the event loop (one instance per app)."""
+
+    def __init__(self, uri: str, size: int = SIZE) -> None:
+        self.uri = uri
+        self.size = size
+        self.query = _query()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._open = 0
+        self._freed: asyncio.Condition | None = None
+
+    async def view_bytes(self, caller_id: str, order_id: str) -> bytes | None:
+        """The caller's order view as JSON bytes, or None; raises on any database trouble."""
+        conn = await self._acquire()
+        try:
+            cursor = await conn.execute(
+                self.query, {"order_id": order_id, "caller_id": caller_id}, prepare=True
+            )
+            row = await cursor.fetchone()
+        except BaseException:
+            await self._drop(conn)
+            raise
+        await self._release(conn)
+        return None if row is None else orjson.dumps(order_view(row))
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests start one per client): new connections
+            self._loop, self._idle, self._open = loop, [], 0
+            self._freed = asyncio.Condition()
+        assert self._freed is not None
+        async with self._freed:
+            while not self._idle and self._open >= self.size:
+                await self._freed.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.uri,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                options=OPTIONS,
+                row_factory=namedtuple_row,
+            )
+        except BaseException:
+            await self._forget()
+            raise
+
+    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        assert self._freed is not None
+        async with self._freed:
+            self._idle.append(conn)
+            self._freed.notify()
+
+    async def _drop(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await conn.close()
+        finally:
+            await self._forget()
+
+    async def _forget(self) -> None:
+        assert self._freed is not None
+        async with self._freed:
+            self._open -= 1
+            self._freed.notify()
+
+    async def close(self) -> None:
+        """Close the idle connections (the app is stopping)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
