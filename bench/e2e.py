@@ -246,7 +246,8 @@ class E2E:
                 poller = subprocess.Popen(
                     [sys.executable, str(REPO / "bench" / "poller.py"), "--url", fleet.api_url(0),
                      "--key", key, "--ids", str(ids_file), "--stop", str(stop_file),
-                     "--rate", str(a.poll_rate), "--max-s", str(a.timeout_s)],
+                     "--rate", str(a.poll_rate), "--max-s", str(a.timeout_s),
+                     *(["--timeline", str(a.poll_timeline)] if a.poll_timeline else [])],
                     stdout=subprocess.PIPE,
                 )  # fmt: skip
                 extra = {"poller": [poller.pid]}
@@ -263,6 +264,8 @@ class E2E:
                 get_cost = {k: v / gets for k, v in idle_cost.items() if v / gets >= 0.01}
                 spies = self._profile(latency_ms)
                 started = time.perf_counter()
+                if a.poll_timeline:
+                    print(f"    orders posted from {time.time():.3f} (wall clock)", flush=True)
                 ids = self._post_batches(client, a.orders, ids_file)
                 posted_s = time.perf_counter() - started
                 self._wait_final(len(warm) + len(ids))
@@ -355,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-orders", default="2000,100,30")
     parser.add_argument("--poll-rate", type=float, default=200.0)
     parser.add_argument("--get-phase-s", type=float, default=4.0)
+    parser.add_argument("--poll-timeline", type=Path, help="the poller's per-poll timeline")
     parser.add_argument("--db-url", default=DB_URL)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--json", type=Path)

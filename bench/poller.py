@@ -7,6 +7,7 @@ ones' plans and queueing is measured (no coordinated omission). Stops when the s
 exists (or after ``--max-s``) and prints one JSON line: count, errors, p50/p90/p99/max ms, and
 how far behind its schedule the poller itself sent (``behind_p99_ms``, ``behind_max_ms``: the
 time from a request's planned moment to the moment it got one of the 64 connections).
+``--timeline FILE`` writes each poll's planned wall-clock time and latency (ms), a line each.
 It is its own process, at a higher CPU priority (nice -10 when allowed), so that neither the
 benchmark's own work nor the fleet's delays a poll on this shared machine: a caller polling us
 runs on its own machine.
@@ -36,6 +37,7 @@ def _pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, float]:
     ids: list[str] = []
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []
     behind: list[float] = []
     errors = 0
     headers = {"Authorization": f"Bearer {args.key}"}
@@ -58,6 +60,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 except httpx.HTTPError:
                     errors += 1
             latencies.append((time.perf_counter() - planned) * 1000)
+            timeline.append((time.time() - (time.perf_counter() - planned), latencies[-1]))
 
         started = time.perf_counter()
         tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +85,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         for task in list(tasks):  # still unanswered after 15 s: counted as errors
             task.cancel()
             errors += 1
+    if args.timeline:
+        Path(args.timeline).write_text("".join(f"{t:.3f} {ms:.1f}\n" for t, ms in timeline))
     return {
         "count": len(latencies),
         "errors": errors,
@@ -102,6 +107,7 @@ def main() -> None:
     parser.add_argument("--stop", required=True)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--max-s", type=float, default=900.0)
+    parser.add_argument("--timeline", help="write each poll's planned time and latency here")
     with contextlib.suppress(PermissionError):
         os.setpriority(os.PRIO_PROCESS, 0, -10)
     print(json.dumps(asyncio.run(run(parser.parse_args()))), flush=True)
