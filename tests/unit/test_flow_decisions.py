@@ -464,3 +464,22 @@ def test_a_cut_at_the_minimum_is_no_test_and_never_waits_for_ever():
         state = replace(initial_state(cfg), latency=stuck)
         limits = simulate_jitter([(median_s, 15.0)], seed=1, demand=150, state=state)
         assert limits[-1][1] >= 150, median_s
+
+
+def test_one_noisy_interval_of_a_ramping_fleet_keeps_its_room():
+    """A fleet growing into a 200 ms jittery upstream (16 calls out on average under a limit
+    of 128) reads one interval 1.5x its baseline: growth stops, the limit stays (it once fell
+    to the 16 in flight and took seconds to come back). A jump far past the tolerance (an
+    upstream that queues) still holds the limit at what is in flight."""
+    cfg = LatencyConfig(ceiling=1024)
+    state = LatencyState(limit=128.0, baseline_s=0.12)
+    marginal = next_latency(
+        state, median_s=0.18, in_flight=16, busy=True, now=1.0, cfg=cfg, current=128
+    )
+    assert marginal.limit == 128 and marginal.over == 1
+    jump = next_latency(state, median_s=1.2, in_flight=16, busy=True, now=1.0, cfg=cfg, current=128)
+    assert jump.limit == 16
+    using = next_latency(
+        state, median_s=0.18, in_flight=100, busy=True, now=1.0, cfg=cfg, current=128
+    )
+    assert using.limit == 100  # a fleet that uses its limit: held at what it uses, as before

@@ -60,6 +60,10 @@ STALE_CUT_S = 6.0
 # A cut that lowers the calls in flight by less than this share is no test (at the minimum
 # there is nothing left to take off): the slowdown is taken for the upstream's own.
 MIN_TEST_CUT = 0.1
+# A median this many times the tolerance is a jump, not noise (see the first slow interval);
+# a fleet whose mean in flight is under this share of its limit is still ramping up.
+STRONG = 2.0
+RAMPING = 0.5
 # A lower median pulls the baseline this share of the way down (not all the way): one lucky
 # interval of a jittery upstream does not set a baseline the next ones all exceed, and an
 # upstream that really got faster is followed within a few intervals.
@@ -82,10 +86,12 @@ def next_latency(
     busy: bool,
     now: float,
     cfg: LatencyConfig,
+    current: float | None = None,
 ) -> LatencyState:
     """The latency limit after an interval whose successful calls had ``median_s`` with
     ``in_flight`` calls out on average (Little's law over the interval, not a peak: a cut is
-    only a test when it lowers what is really in flight)."""
+    only a test when it lowers what is really in flight); ``current`` is the fleet's limit
+    now (both rules)."""
     ceiling = float(cfg.ceiling)
     limit = min(state.limit, ceiling)
     if median_s is None:
@@ -138,8 +144,15 @@ def next_latency(
         return LatencyState(limit=grown, baseline_s=baseline)
     if state.over + 1 < OVER_TO_CUT:
         # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
-        # start would otherwise double the calls into a queue while this one waits).
-        held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
+        # start would otherwise double the calls into a queue while this one waits). Except
+        # for a small excess (a jittery upstream, our own CPU for a moment) while the fleet
+        # uses far less than its limit (still ramping up): that only stops growth, or one
+        # noisy interval would take away the room the fleet is growing into.
+        ramping = current is not None and in_flight < RAMPING * current
+        if median_s <= STRONG * high and ramping:
+            held = min(limit, current or limit)
+        else:
+            held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
         return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
     return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
 

@@ -182,6 +182,7 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         busy=busy,
         now=now,
         cfg=cfg.latency,
+        current=limit,
     )
     ramp, ramp_to = state.ramp, state.ramp_to
     if state.breaker.mode is Mode.OPEN:
