@@ -50,7 +50,16 @@ from api_stub.testing import StubControl, free_port, stub_process
 from worker import migrate
 from worker.db import transaction
 from worker.intake.callers import create_caller
-from worker.models import Caller, IdempotencyKey, Order, OrderEvent
+from worker.models import (
+    Batch,
+    BatchCount,
+    BatchEvent,
+    BatchFinal,
+    Caller,
+    IdempotencyKey,
+    Order,
+    OrderEvent,
+)
 from worker.settings import normalise_database_url
 
 ORDER: dict[str, Any] = {
@@ -279,6 +288,10 @@ def cleanup(db_url: str, caller_id: str, redis_url: str) -> None:
         session.execute(delete(OrderEvent).where(OrderEvent.order_id.in_(ids)))
         session.execute(delete(Order).where(Order.caller_id == caller_id))
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.caller_id == caller_id))
+        batches = select(Batch.id).where(Batch.caller_id == caller_id).scalar_subquery()
+        for table in (BatchEvent, BatchCount, BatchFinal):
+            session.execute(delete(table).where(table.batch_id.in_(batches)))
+        session.execute(delete(Batch).where(Batch.caller_id == caller_id))
         session.execute(delete(Caller).where(Caller.id == caller_id))
     client = redis.Redis.from_url(redis_url)
     client.delete("orders", "webhooks")
