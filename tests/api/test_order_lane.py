@@ -114,7 +114,7 @@ def test_a_read_that_fails_in_the_lane_is_left_to_the_route(
 def test_the_postgres_read_fails_fast_and_frees_its_slot_when_the_database_is_gone() -> None:
     """Nothing listens on port 1: the read raises within the connect timeout (the lane then
     hands the poll to the route) and the connection slot is free again."""
-    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone")
+    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone", 4)
     assert reads.pg is not None
     started = time.monotonic()
     for _ in range(5):  # more than the pool's size: no slot stays taken

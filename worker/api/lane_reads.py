@@ -8,7 +8,9 @@ the statement prepared once per connection, rows as named tuples for
 :func:`worker.views.order_view` (the view the route builds from SQLAlchemy's row: the same
 bytes, the same ETag).
 
-The connections are the lane's own (``SIZE`` at most, opened on demand, per event loop), with
+The connections are the lane's own (``ORDERS_API_READ_CONNECTIONS`` at most, opened on demand,
+per event loop; on a busy host a poll waits on PostgreSQL's share of the CPU, so a few more
+than the polls' own concurrency keeps them from queueing behind each other), with
 a statement timeout and a connect timeout: a database that is slow or gone makes the read
 fail fast, and the lane hands the poll to the route, which answers it the usual way. A
 connection that failed is dropped, never reused. SQLite has no async driver here: the lane
@@ -29,8 +31,6 @@ from sqlalchemy.dialects import postgresql
 from worker.api.order_reads import BY_ID
 from worker.views import order_view
 
-SIZE = 4
-"""Connections per API process: a poll holds one for a round trip (~0.2 ms)."""
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 2000
 # UTC session time zone: timestamps come back aware and in UTC, as SQLAlchemy's UTCDateTime
@@ -54,7 +54,7 @@ def _query() -> str:
 class PgViews:
     """Order views as JSON-ready dicts, read on the event loop (one instance per app)."""
 
-    def __init__(self, uri: str, size: int = SIZE) -> None:
+    def __init__(self, uri: str, size: int) -> None:
         self.uri = uri
         self.size = size
         self.query = _query()

@@ -39,8 +39,6 @@ log = structlog.get_logger(__name__)
 PREFIX = "/v1/orders/"
 ROUTE = "/v1/orders/{order_id}"
 """The route template the request metrics count a poll under (the route's own)."""
-THREADS = 8
-"""Threads for the lane's queries: more than the database pool would only queue there."""
 
 
 class OrderViewLane:
@@ -122,11 +120,11 @@ class LaneReads:
     """The lane's reads: on the event loop on PostgreSQL, else in the lane's own threads
     (started on first use). One per app; closed with it (lifespan)."""
 
-    def __init__(self, database_url: str, threads: int = THREADS) -> None:
+    def __init__(self, database_url: str, connections: int) -> None:
         self.database_url = database_url
-        self.threads = threads
+        self.threads = connections
         uri = conninfo(database_url)
-        self.pg = PgViews(uri) if uri is not None else None
+        self.pg = PgViews(uri, connections) if uri is not None else None
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
