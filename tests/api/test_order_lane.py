@@ -40,11 +40,16 @@ def forget_keys(client: TestClient) -> None:
 WIRE_HEADERS = ("etag", "cache-control", "content-type", "content-length")
 
 
+def new_order_url(client: TestClient, caller: CallerKey) -> str:
+    """The view URL of a new order of ``caller`` (whose key is trusted from then on)."""
+    created = client.post("/v1/orders", json=order(), headers=caller.headers).json()
+    return f"/v1/orders/{created['id']}"
+
+
 def test_a_poll_with_a_trusted_key_is_answered_by_the_lane_as_the_route_would(
     client: TestClient, alpha: CallerKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
-    url = f"/v1/orders/{created['id']}"
+    url = new_order_url(client, alpha)
     spy = Spy(monkeypatch)
     forget_keys(client)
     by_route = client.get(url, headers=alpha.headers)
@@ -65,8 +70,7 @@ def test_a_poll_with_a_trusted_key_is_answered_by_the_lane_as_the_route_would(
 def test_the_lane_counts_its_polls_in_the_request_metrics(
     client: TestClient, alpha: CallerKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    created = client.post("/v1/orders", json=order(), headers=alpha.headers).json()
-    url = f"/v1/orders/{created['id']}"
+    url = new_order_url(client, alpha)
     spy = Spy(monkeypatch)
     requests = client.app.state.metrics.requests  # type: ignore[attr-defined]
     counted = requests.labels("GET", "/v1/orders/{order_id}", "200")
