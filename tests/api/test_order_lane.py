@@ -4,6 +4,7 @@ below the framework, byte for byte what the route answers; everything else left 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from tests.api.conftest import CallerKey, make_caller, order
 from worker.api import order_lane
 from worker.api.auth import Authenticator
-from worker.api.lane_reads import CONNECT_TIMEOUT_S, conninfo
+from worker.api.lane_reads import CONNECT_TIMEOUT_S, PgViews, conninfo
 
 
 class Spy:
@@ -117,15 +118,39 @@ def test_a_read_that_fails_in_the_lane_is_left_to_the_route(
 
 def test_the_postgres_read_fails_fast_and_frees_its_slot_when_the_database_is_gone() -> None:
     """Nothing listens on port 1: the read raises within the connect timeout (the lane then
-    hands the poll to the route) and the connection slot is free again."""
-    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone", 4)
+    hands the poll to the route) and no connection slot stays taken: more failures than
+    slots still fail on the connect, never on waiting for a slot."""
+    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone", 2)
     assert reads.pg is not None
     started = time.monotonic()
-    for _ in range(5):  # more than the pool's size: no slot stays taken
+    for _ in range(5):
         with pytest.raises(psycopg.OperationalError):
             asyncio.run(reads.view_bytes("cal_x", "ord_x"))
     assert time.monotonic() - started < 5 * (CONNECT_TIMEOUT_S + 1)
-    assert reads.pg._open == 0
+
+
+def test_a_cancelled_poll_gives_its_connection_slot_back() -> None:
+    """A poll cancelled while its connection hangs (a server that accepts and never answers)
+    leaves every slot free: a lane whose slots leaked would wait for ever."""
+
+    async def scenario() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        views = PgViews(f"postgresql://root@127.0.0.1:{port}/x", size=2)
+        for _ in range(3):
+            task = asyncio.create_task(views.view_bytes("cal_x", "ord_x"))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert not views._slots.locked()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
 
 
 def test_sqlite_reads_go_through_the_lanes_threads(tmp_path: Any) -> None:

@@ -33,6 +33,8 @@ from worker.views import order_view
 
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 2000
+WAIT_S = 3.0
+"""The longest a poll waits for a free connection, or for its read, before the route takes it."""
 # UTC session time zone: timestamps come back aware and in UTC, as SQLAlchemy's UTCDateTime
 # gives them to the route.
 OPTIONS = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c TimeZone=UTC"
@@ -52,7 +54,7 @@ def _query() -> str:
 
 
 class PgViews:
-    """Order views as JSON-ready dicts, read on the event loop (one instance per app)."""
+    """Order views as JSON bytes, read on the event loop (one instance per app)."""
 
     def __init__(self, uri: str, size: int) -> None:
         self.uri = uri
@@ -60,67 +62,62 @@ class PgViews:
         self.query = _query()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._open = 0
-        self._freed: asyncio.Condition | None = None
+        self._slots = asyncio.Semaphore(size)
 
     async def view_bytes(self, caller_id: str, order_id: str) -> bytes | None:
-        """The caller's order view as JSON bytes, or None; raises on any database trouble."""
-        conn = await self._acquire()
+        """The caller's order view as JSON bytes, or None; raises on any database trouble,
+        and ``TimeoutError`` when no connection frees up or the read takes too long.
+
+        A slot is given back on every path without awaiting anything (a cancelled poll
+        cannot leak one); a connection is reused only after a read that completed.
+        """
+        self._bind_loop()
+        await asyncio.wait_for(self._slots.acquire(), WAIT_S)
+        conn = None
         try:
-            cursor = await conn.execute(
-                self.query, {"order_id": order_id, "caller_id": caller_id}, prepare=True
-            )
-            row = await cursor.fetchone()
+            conn = self._idle.pop() if self._idle else await self._connect()
+            row = await asyncio.wait_for(self._read(conn, caller_id, order_id), WAIT_S)
         except BaseException:
-            await self._drop(conn)
+            self._slots.release()
+            if conn is not None:
+                _close_later(conn)
             raise
-        await self._release(conn)
+        self._idle.append(conn)
+        self._slots.release()
         return None if row is None else orjson.dumps(order_view(row))
 
-    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+    async def _read(self, conn: psycopg.AsyncConnection[Any], caller_id: str, order_id: str) -> Any:
+        params = {"order_id": order_id, "caller_id": caller_id}
+        cursor = await conn.execute(self.query, params, prepare=True)
+        return await cursor.fetchone()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.uri,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            options=OPTIONS,
+            row_factory=namedtuple_row,
+        )
+
+    def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests start one per client): new connections
-            self._loop, self._idle, self._open = loop, [], 0
-            self._freed = asyncio.Condition()
-        assert self._freed is not None
-        async with self._freed:
-            while not self._idle and self._open >= self.size:
-                await self._freed.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._open += 1
-        try:
-            return await psycopg.AsyncConnection.connect(
-                self.uri,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                options=OPTIONS,
-                row_factory=namedtuple_row,
-            )
-        except BaseException:
-            await self._forget()
-            raise
-
-    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        assert self._freed is not None
-        async with self._freed:
-            self._idle.append(conn)
-            self._freed.notify()
-
-    async def _drop(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        try:
-            await conn.close()
-        finally:
-            await self._forget()
-
-    async def _forget(self) -> None:
-        assert self._freed is not None
-        async with self._freed:
-            self._open -= 1
-            self._freed.notify()
+            self._loop, self._idle = loop, []
+            self._slots = asyncio.Semaphore(self.size)
 
     async def close(self) -> None:
         """Close the idle connections (the app is stopping)."""
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
+
+
+def _close_later(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Close a connection left in an unknown state, without making anyone wait for it."""
+    task = asyncio.get_running_loop().create_task(conn.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
