@@ -483,3 +483,26 @@ def test_one_noisy_interval_of_a_ramping_fleet_keeps_its_room():
         state, median_s=0.18, in_flight=100, busy=True, now=1.0, cfg=cfg, current=128
     )
     assert using.limit == 100  # a fleet that uses its limit: held at what it uses, as before
+
+
+def test_a_fleet_back_from_an_idle_spell_resumes_the_curve_not_far_along_it():
+    """Refused at 17 calls, then 20 s with nobody calling (an outage, a quiet hour): when the
+    fleet is busy again the limit climbs from where it was, not to the ceiling at once (which
+    met a capacity of 16 with a burst of refusals and seconds of recovery in matrix row f)."""
+    cfg = LossConfig(ceiling=1024)
+    state = LossState(limit=11.9, w_max=17.0, cut_at=0.0)
+    t = 0.0
+    for _ in range(int(20 / INTERVAL_S)):
+        t += INTERVAL_S
+        state = next_loss(state, losses=0, in_flight=0, busy=False, now=t, cfg=cfg)
+    assert state.limit <= 17.0
+    limits = []
+    for _ in range(4):  # the first second busy again
+        t += INTERVAL_S
+        state = next_loss(state, losses=0, in_flight=int(state.limit), busy=True, now=t, cfg=cfg)
+        limits.append(state.limit)
+    assert max(limits) <= 1.2 * 17.0
+    for _ in range(int(10 / INTERVAL_S)):  # and it still probes past the old level later
+        t += INTERVAL_S
+        state = next_loss(state, losses=0, in_flight=int(state.limit), busy=True, now=t, cfg=cfg)
+    assert state.limit > 17.0

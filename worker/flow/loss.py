@@ -11,6 +11,7 @@ while the fleet uses it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 
@@ -67,7 +68,18 @@ def next_loss(
         return replace(state, limit=min(ceiling, grown))
     t = now - state.cut_at
     curve = cfg.scale * (t - cubic_s(state.w_max, cfg)) ** 3 + state.w_max
-    if not busy and curve > limit:
-        # Nobody is using the room: don't climb past what was refused on faith alone.
-        curve = max(limit, min(curve, state.w_max))
+    if not busy:
+        # Nobody is using the room: don't climb past what was refused on faith alone, and
+        # stop the curve's clock where the limit is (CUBIC after an application-limited
+        # period): a fleet back from an outage or an idle spell resumes the curve from there,
+        # not from far along it (it went to the ceiling at once and met the capacity with
+        # a burst of refusals).
+        level = max(float(cfg.min_limit), min(ceiling, max(limit, min(curve, state.w_max))))
+        return replace(state, limit=level, cut_at=now - curve_time_s(level, state.w_max, cfg))
     return replace(state, limit=max(float(cfg.min_limit), min(ceiling, max(limit, curve))))
+
+
+def curve_time_s(level: float, w_max: float, cfg: LossConfig) -> float:
+    """Seconds after a cut at which the curve reaches ``level`` (the inverse of the curve)."""
+    x = (level - w_max) / cfg.scale
+    return cubic_s(w_max, cfg) + math.copysign(abs(x) ** (1 / 3), x)
