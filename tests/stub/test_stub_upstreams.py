@@ -81,7 +81,8 @@ def test_jittered_calls_spread_and_plain_ones_do_not(
     assert control.config()["jitter_sigma"] == 1.0
     control.set_latency(30, jitter_sigma=0)
     plain = sorted(timed_get(client, auth) for _ in range(10))
-    assert plain[0] >= 0.03 and plain[-1] - plain[0] < 0.04
+    # At least the latency (less 1 ms: the stub's asyncio timer fired 20 us early once in CI).
+    assert plain[0] >= 0.029 and plain[-1] - plain[0] < 0.04
 
 
 def test_latency_changed_while_running_applies_to_the_next_call(
