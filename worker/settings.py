@@ -108,8 +108,8 @@ class Settings(BaseSettings):
     http_header_timeout_s: float = Field(10.0, gt=0)
     """A request's headers must arrive within this after its first byte (``orders api``)."""
     api_read_connections: int = Field(16, ge=1, le=200)
-    """Database connections per API process answering polls of an order view (opened on
-    demand; PostgreSQL: on the event loop, SQLite: threads)."""
+    """PostgreSQL connections per API process answering polls of an order view on the event
+    loop (opened on demand; SQLite: the route's worker threads)."""
 
     console_secret: SecretStr | None = None
     """Signs console sessions; unset: a random secret kept in ``$ORDERS_HOME/console.secret``."""

@@ -120,12 +120,13 @@ def test_the_postgres_read_fails_fast_and_frees_its_slot_when_the_database_is_go
     """Nothing listens on port 1: the read raises within the connect timeout (the lane then
     hands the poll to the route) and no connection slot stays taken: more failures than
     slots still fail on the connect, never on waiting for a slot."""
-    reads = order_lane.LaneReads("postgresql+psycopg://root@127.0.0.1:1/gone", 2)
-    assert reads.pg is not None
+    uri = conninfo("postgresql+psycopg://root@127.0.0.1:1/gone")
+    assert uri is not None
+    views = PgViews(uri, 2)
     started = time.monotonic()
     for _ in range(5):
         with pytest.raises(psycopg.OperationalError):
-            asyncio.run(reads.view_bytes("cal_x", "ord_x"))
+            asyncio.run(views.view_bytes("cal_x", "ord_x"))
     assert time.monotonic() - started < 5 * (CONNECT_TIMEOUT_S + 1)
 
 
@@ -153,7 +154,7 @@ def test_a_cancelled_poll_gives_its_connection_slot_back() -> None:
     asyncio.run(scenario())
 
 
-def test_sqlite_reads_go_through_the_lanes_threads(tmp_path: Any) -> None:
+def test_only_postgresql_urls_get_the_event_loop_reads(tmp_path: Any) -> None:
     assert conninfo(f"sqlite:///{tmp_path}/x.db") is None
     assert conninfo("postgresql+psycopg://u:p@h:5433/d?sslmode=require") == (
         "postgresql://u:p@h:5433/d?sslmode=require"

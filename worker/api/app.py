@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     broker = Broker(settings, on_failure=metrics.enqueue_failures.inc)
     readiness = Readiness(settings.database_url, broker.url)
     authenticator = Authenticator(settings.database_url)
-    lane_reads = LaneReads(settings.database_url, settings.api_read_connections)
+    lane_reads = LaneReads(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

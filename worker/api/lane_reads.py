@@ -14,7 +14,7 @@ than the polls' own concurrency keeps them from queueing behind each other), wit
 a statement timeout and a connect timeout: a database that is slow or gone makes the read
 fail fast, and the lane hands the poll to the route, which answers it the usual way. A
 connection that failed is dropped, never reused. SQLite has no async driver here: the lane
-reads through a thread there (:mod:`worker.api.order_lane`).
+reads there as the route does, in a worker thread (:mod:`worker.api.order_lane`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ sits outside all of it and answers a poll itself when everything about it is ord
 per-process cache), and an order of that caller. The answer is the same bytes and headers as
 the route's (:mod:`worker.api.order_reads` makes both), a ``304`` when ``If-None-Match`` names
 the ETag, and the same request metrics. On PostgreSQL the read runs on the event loop
-(:mod:`worker.api.lane_reads`); on SQLite in one of the lane's threads.
+(:mod:`worker.api.lane_reads`); on SQLite in a worker thread, as the route reads.
 
 Anything else goes on to the app unchanged: a key not in the cache (the route looks it up and
 answers 401 when it must), an operator key, an unknown or another caller's order (404), a
@@ -18,21 +18,18 @@ lane never answers an error itself, so the API has one set of error answers.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.api.auth import Authenticator
-from worker.api.deps import ID_PATTERN
+from worker.api.deps import ID_PATTERN, in_connection
 from worker.api.lane_reads import PgViews, conninfo
 from worker.api.metrics import Metrics
 from worker.api.order_reads import etag, not_modified, view_bytes
-from worker.db import read_engine
 from worker.intake.callers import ROLE_CALLER
+from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -117,38 +114,20 @@ class OrderViewLane:
 
 
 class LaneReads:
-    """The lane's reads: on the event loop on PostgreSQL, else in the lane's own threads
-    (started on first use). One per app; closed with it (lifespan)."""
+    """The lane's reads: on the event loop on PostgreSQL, else as the route reads (a worker
+    thread, :func:`worker.api.deps.in_connection`). One per app; closed with it (lifespan)."""
 
-    def __init__(self, database_url: str, connections: int) -> None:
-        self.database_url = database_url
-        self.threads = connections
-        uri = conninfo(database_url)
-        self.pg = PgViews(uri, connections) if uri is not None else None
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        uri = conninfo(settings.database_url)
+        self.pg = PgViews(uri, settings.api_read_connections) if uri is not None else None
 
     async def view_bytes(self, caller_id: str, order_id: str) -> bytes | None:
         """The caller's order view as JSON bytes, or None; raises on database trouble."""
         if self.pg is not None:
             return await self.pg.view_bytes(caller_id, order_id)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool(), self._read, caller_id, order_id)
-
-    def _read(self, caller_id: str, order_id: str) -> bytes | None:
-        with read_engine(self.database_url).connect() as conn:
-            return view_bytes(conn, caller_id, order_id)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="order-lane")
-            return self._executor
+        return await in_connection(self.settings, view_bytes, caller_id, order_id)
 
     async def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
         if self.pg is not None:
             await self.pg.close()
