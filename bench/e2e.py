@@ -214,9 +214,11 @@ class E2E:
         self.args.profile.mkdir(parents=True, exist_ok=True)
         spies = []
         for kind, proc in (("worker", self.fleet.hosts[0]), ("api", self.fleet.apis[0])):
-            out = self.args.profile / f"{kind}-{latency_ms:g}ms{self.args.profile_tag}.svg"
+            raw = self.args.profile_raw
+            name = f"{kind}-{latency_ms:g}ms{self.args.profile_tag}.{'txt' if raw else 'svg'}"
             argv = ["py-spy", "record", "--pid", str(proc.pid), "--subprocesses", "--gil",
-                    "--rate", "200", "--nonblocking", "-o", str(out)]  # fmt: skip
+                    "--rate", "200", "--nonblocking", "-o", str(self.args.profile / name),
+                    *(["--format", "raw"] if raw else [])]  # fmt: skip
             spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
         time.sleep(1.0)  # py-spy attaches before the clock starts
         return spies
@@ -370,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warm-latency-ms", type=float, default=0.0)
     parser.add_argument("--profile", type=Path, help="write py-spy flame graphs to this folder")
+    parser.add_argument(
+        "--profile-raw", action="store_true", help="collapsed stacks (.txt) instead of SVGs"
+    )
     parser.add_argument("--profile-tag", default="", help="suffix of the flame graph names")
     args = parser.parse_args(argv)
     latencies = [float(x) for x in args.latency_ms.split(",")]

@@ -4,8 +4,8 @@ Every answer is parsed into its ``schemas.upstream_responses`` model (lenient: u
 kept, undocumented ones optional); an answer that does not fit is a failed call like any other
 (ambiguous for a submit).
 
-One small ``httpx.Client`` per thread (a shared pool scans all its connections per request,
-which collapses under concurrency), all sharing one SSL context and one token cache.
+Requests travel on a wire (``worker.upstream.wire``): one keep-alive connection per thread,
+all sharing one SSL context and one token cache.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-import threading
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
@@ -32,16 +31,21 @@ from schemas.upstream_responses import (
 from worker.errors import AuthError, PermanentError, RetryableError, UpstreamError
 from worker.flow.gate import Gate
 from worker.settings import Settings
-from worker.upstream.auth import SharedTokenAuth
 from worker.upstream.classify import error_for_exception, error_for_status
 from worker.upstream.token import TokenCache
+from worker.upstream.wire import (
+    KEEPALIVE_EXPIRY_S,
+    HttpxWire,
+    Reply,
+    StdlibWire,
+    Timeouts,
+    Wire,
+    proxied,
+)
 
 M = TypeVar("M", bound=BaseModel)
 _UPSTREAM_ID = re.compile(UPSTREAM_ID_PATTERN)
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
-
-# Below uvicorn's 5 s keep-alive, so we never reuse a connection the server is closing.
-KEEPALIVE_EXPIRY_S = 3.0
 
 
 def timeouts(settings: Settings) -> httpx.Timeout:
@@ -102,7 +106,7 @@ def fetch_token(settings: Settings, client: httpx.Client) -> tuple[str, float]:
     return token.access_token, token.expires_in or DEFAULT_TOKEN_LIFETIME_S
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: httpx.Response | Reply) -> Any:
     try:
         return orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:
@@ -132,32 +136,18 @@ class UpstreamClient:
         self._ssl = ssl_context
         self._gate = gate
         self._timeout = timeouts(settings)
-        self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._clients_lock = threading.Lock()
+        self._wire = make_wire(settings, ssl_context, transport)
 
-    def new_http_client(self, auth: httpx.Auth | None = None) -> httpx.Client:
-        """A small client: a few keep-alive connections, our timeouts and SSL context."""
+    def new_http_client(self) -> httpx.Client:
+        """A small httpx client with our timeouts and SSL context (the token request)."""
         return httpx.Client(
             verify=self._ssl,
             timeout=self._timeout,
-            auth=auth,
             transport=self._transport,
-            # One per thread and a thread makes one call at a time: a few connections suffice.
             limits=httpx.Limits(
                 max_connections=4, max_keepalive_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S
             ),
         )
-
-    def _client(self) -> httpx.Client:
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            auth = SharedTokenAuth(self._tokens) if self._tokens is not None else None
-            client = self.new_http_client(auth)
-            self._local.client = client
-            with self._clients_lock:
-                self._clients.append(client)
-        return client
 
     def _call(
         self,
@@ -201,21 +191,19 @@ class UpstreamClient:
         idempotent: bool,
         elapsed: list[float] | None = None,
     ) -> M:
-        url = f"{self._settings.upstream_url}{path}"
+        if params:
+            path = f"{path}?{urlencode(params)}"
         content = orjson.dumps(payload) if payload is not None else None
-        headers = {"content-type": "application/json"} if content is not None else None
+        headers = _JSON if content is not None else {}
         try:
-            response = self._client().request(
-                method, url, content=content, headers=headers, params=params
-            )
+            response = self._send(method, path, headers, content)
         except UpstreamError:
             raise
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
         if elapsed is not None:
             # Time to the answer, read before parsing: what the latency rule compares.
-            with contextlib.suppress(RuntimeError):  # a transport that never closed it
-                elapsed.append(response.elapsed.total_seconds())
+            elapsed.append(response.elapsed_s)
         if response.is_success:
             # The common case parsed once, bytes to model (no intermediate dict); anything the
             # model refuses takes the general path below, which names the failure.
@@ -238,6 +226,19 @@ class UpstreamClient:
             return model.model_validate(body)
         except ValidationError as exc:
             raise error_for_exception(exc, idempotent=idempotent) from exc
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], content: bytes | None
+    ) -> Reply:
+        """One request with the shared bearer token; a 401 refreshes it and retries once."""
+        if self._tokens is None:
+            return self._wire.send(method, path, headers, content)
+        token = self._tokens.get()
+        response = self._wire.send(method, path, {**headers, **_bearer(token)}, content)
+        if response.status_code != 401:
+            return response
+        self._tokens.invalidate(token)
+        return self._wire.send(method, path, {**headers, **_bearer(self._tokens.get())}, content)
 
     def preview(self, payload: dict[str, Any], *, probe: bool = False) -> PreviewResponse:
         """``POST /api/partner/order/preview``: safe to repeat (``probe``: the breaker's
@@ -270,7 +271,7 @@ class UpstreamClient:
 
     def list_orders(self, *, limit: int = 100, query_more: str | None = None) -> OrderListPage:
         """``GET /api/objects/limio/orders``: one page of order summaries, newest first."""
-        # httpx encodes the cursor: a standard-base64 cursor carries "+", "/" and "=".
+        # urlencode escapes the cursor: a standard-base64 cursor carries "+", "/" and "=".
         params: dict[str, Any] = {"limit": limit}
         if query_more:
             params["queryMore"] = query_more
@@ -278,7 +279,25 @@ class UpstreamClient:
         return self._call("GET", path, OrderListPage, params=params, idempotent=True)
 
     def close(self) -> None:
-        with self._clients_lock:
-            for client in self._clients:
-                client.close()
-            self._clients.clear()
+        self._wire.close()
+
+
+_JSON = {"content-type": "application/json"}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def make_wire(
+    settings: Settings, ssl_context: ssl.SSLContext, transport: httpx.BaseTransport | None = None
+) -> Wire:
+    """The wire the settings ask for: http.client, unless a proxy applies to the upstream,
+    ``ORDERS_UPSTREAM_HTTP=httpx`` says so, or a transport is injected."""
+    t = settings
+    times = Timeouts(
+        t.upstream_connect_timeout_s, t.upstream_write_timeout_s, t.upstream_read_timeout_s
+    )
+    if transport is not None or t.upstream_http == "httpx" or proxied(t.upstream_url):
+        return HttpxWire(t.upstream_url, times, ssl_context, transport=transport)
+    return StdlibWire(t.upstream_url, times, ssl_context)
