@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import CursorResult, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from worker import pg_bulk
 from worker.models import ORDER_EVENTS as _EVENTS
 from worker.models import ORDERS as _ORDERS
 from worker.models import Batch, Order, OrderEvent
@@ -104,11 +105,13 @@ def apply_moves_bulk(
     attempts: Mapping[str, int],
     actor: str | None = None,
 ) -> list[Event]:
-    """``apply_moves`` for many orders at once: one ``executemany`` per kind of move.
+    """``apply_moves`` for many orders at once: one statement per kind of move.
 
-    The same compare-and-set, without a round trip per order. When fewer rows matched than
-    were sent (a lost lease, a race), the winners are those now carrying this call's status
-    and ``updated_at``. ``attempts`` gives each order's attempt count for its history rows.
+    The same compare-and-set, without a round trip per order: on PostgreSQL one
+    ``UPDATE ... FROM unnest(...) RETURNING id`` (the winners are the ids it returns), on
+    SQLite an ``executemany`` (when fewer rows matched than were sent, the winners are those
+    now carrying this call's status and ``updated_at``). ``attempts`` gives each order's
+    attempt count for its history rows.
     """
     moves = sorted(moves, key=lambda m: m.order_id)
     moves = _hold_previews(moves, _lock_and_holds(session, moves))
@@ -118,55 +121,95 @@ def apply_moves_bulk(
             check_move(frm, to)
         values = {"reason": move.reason, "message": move.message, **move.values}
         groups.setdefault(tuple(sorted(values)), []).append((move, values))
-    won: list[Move] = []
-    for keys, group in groups.items():
-        owner_clause = (
-            _ORDERS.c.lease_owner.is_(None)
-            if owner is None
-            else _ORDERS.c.lease_owner == bindparam("w_owner")
-        )
-        stmt = (
-            update(_ORDERS)
-            .where(
-                _ORDERS.c.id == bindparam("w_id"),
-                _ORDERS.c.status == bindparam("w_frm"),
-                owner_clause,
-            )
-            .values(
-                status=bindparam("w_to"),
-                updated_at=bindparam("w_now"),
-                **{k: bindparam(f"v_{k}") for k in keys},
-            )
-        )
-        rows = [
-            {
-                "w_id": m.order_id,
-                "w_frm": str(m.frm),
-                "w_to": str(m.to),
-                "w_now": now,
-                "w_owner": owner,
-                **{f"v_{k}": v for k, v in values.items()},
-            }
-            for m, values in group
-        ]
-        result: CursorResult[Any] = session.execute(stmt, rows)  # type: ignore[assignment]
-        matched = result.rowcount
-        if matched == len(rows):
-            won.extend(m for m, _ in group)
-            continue
-        found = session.execute(
-            select(_ORDERS.c.id, _ORDERS.c.status, _ORDERS.c.updated_at).where(
-                _ORDERS.c.id.in_([m.order_id for m, _ in group])
-            )
-        ).all()
-        current = {oid: (status, updated) for oid, status, updated in found}
-        won.extend(m for m, _ in group if current.get(m.order_id) == (str(m.to), now))
+    conn = session.connection()
+    write = _update_group_pg if pg_bulk.is_postgresql(conn) else _update_group
+    won = [m for keys, group in groups.items() for m in write(session, keys, group, now, owner)]
     events = [
         e for m in won for e in _event_rows(m, attempts.get(m.order_id, 0), now=now, actor=actor)
     ]
     if events:
-        session.execute(insert(_EVENTS), events)
+        if pg_bulk.is_postgresql(conn):
+            pg_bulk.insert_many(conn, _EVENTS, events)
+        else:
+            session.execute(insert(_EVENTS), events)
     return events
+
+
+Group = list[tuple[Move, dict[str, Any]]]
+"""Moves that set the same columns, each with the values it sets."""
+
+
+def _update_group(
+    session: Session, keys: tuple[str, ...], group: Group, now: datetime, owner: str | None
+) -> list[Move]:
+    """One ``executemany`` for the group; returns the moves that won."""
+    owner_clause = (
+        _ORDERS.c.lease_owner.is_(None)
+        if owner is None
+        else _ORDERS.c.lease_owner == bindparam("w_owner")
+    )
+    stmt = (
+        update(_ORDERS)
+        .where(
+            _ORDERS.c.id == bindparam("w_id"),
+            _ORDERS.c.status == bindparam("w_frm"),
+            owner_clause,
+        )
+        .values(
+            status=bindparam("w_to"),
+            updated_at=bindparam("w_now"),
+            **{k: bindparam(f"v_{k}") for k in keys},
+        )
+    )
+    rows = [
+        {
+            "w_id": m.order_id,
+            "w_frm": str(m.frm),
+            "w_to": str(m.to),
+            "w_now": now,
+            "w_owner": owner,
+            **{f"v_{k}": v for k, v in values.items()},
+        }
+        for m, values in group
+    ]
+    result: CursorResult[Any] = session.execute(stmt, rows)  # type: ignore[assignment]
+    if result.rowcount == len(rows):
+        return [m for m, _ in group]
+    found = session.execute(
+        select(_ORDERS.c.id, _ORDERS.c.status, _ORDERS.c.updated_at).where(
+            _ORDERS.c.id.in_([m.order_id for m, _ in group])
+        )
+    ).all()
+    current = {oid: (status, updated) for oid, status, updated in found}
+    return [m for m, _ in group if current.get(m.order_id) == (str(m.to), now)]
+
+
+def _update_group_pg(
+    session: Session, keys: tuple[str, ...], group: Group, now: datetime, owner: str | None
+) -> list[Move]:
+    """The group in one ``UPDATE ... FROM unnest(...) RETURNING id`` (see ``pg_bulk``)."""
+    rows = [
+        {
+            "w_id": m.order_id,
+            "w_frm": str(m.frm),
+            "w_to": str(m.to),
+            **{f"v_{k}": v for k, v in values.items()},
+        }
+        for m, values in group
+    ]
+    matched = set(
+        pg_bulk.update_many(
+            session.connection(),
+            _ORDERS,
+            rows,
+            match={"id": "w_id", "status": "w_frm"},
+            set_from={"status": "w_to", **{k: f"v_{k}" for k in keys}},
+            set_to={"updated_at": now},
+            where="t.lease_owner IS NULL" if owner is None else "t.lease_owner = %(w_owner)s",
+            params={"w_owner": owner},
+        )
+    )
+    return [m for m, _ in group if m.order_id in matched]
 
 
 def claim(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import update
 
 from tests.helpers import add_orders, new_payload
@@ -60,3 +62,52 @@ def test_same_move_twice_only_wins_once(clean_db, caller_id):
         assert repo.apply_moves(session, [move], now=utcnow(), owner=None)
     with transaction(clean_db) as session:
         assert repo.apply_moves(session, [move], now=utcnow(), owner=None) == []
+
+
+def test_bulk_moves_store_every_kind_of_value_as_the_orm_reads_it(clean_db, caller_id):
+    """JSON, times, numbers, long text and NULLs of several moves in one group round-trip
+    (PostgreSQL sends each column as one array; the values must come back unchanged)."""
+    ids = add_orders(clean_db, caller_id, [new_payload(i) for i in range(3)])
+    _lease(clean_db, ids, "lease_a")
+    now = utcnow()
+    later = now + timedelta(seconds=90)
+    previews = [
+        {"total": {"amount": 12.5, "currency": "GBP"}, "lines": [i, None]} for i in range(3)
+    ]
+    moves = [
+        Move(
+            oid,
+            S.PREVIEWING,
+            S.RECEIVED,
+            {
+                "preview": previews[i],
+                "next_attempt_at": later if i else None,
+                "failures": i,
+                "lease_owner": None,
+                "due_at": later,
+            },
+            reason="upstream_502" if i else None,
+            message="é" * 3000 if i == 2 else None,
+            status_code=502,
+        )
+        for i, oid in enumerate(ids)
+    ]
+    with transaction(clean_db) as session:
+        events = repo.apply_moves_bulk(
+            session, moves, now=now, owner="lease_a", attempts={i: 2 for i in ids}
+        )
+    assert [e["order_id"] for e in events] == sorted(ids)
+    with transaction(clean_db) as session:
+        orders = {o.id: o for o in repo.load(session, ids)}
+        for i, oid in enumerate(ids):
+            order = orders[oid]
+            assert (order.status, order.lease_owner, order.failures) == ("received", None, i)
+            assert order.preview == previews[i]
+            assert order.next_attempt_at == (later if i else None)
+            assert order.due_at == later and order.updated_at == now
+            assert order.reason == ("upstream_502" if i else None)
+        assert orders[ids[2]].message == "é" * 3000
+        [last] = repo.history(session, ids[2])[-1:]
+        assert (last.from_status, last.to_status, last.attempt) == ("previewing", "received", 2)
+        assert (last.status_code, last.reason, last.at) == (502, "upstream_502", now)
+        assert last.message == "é" * 2000
