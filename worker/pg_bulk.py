@@ -93,7 +93,7 @@ def _update_sql(
     where: str,
     returning: str,
 ) -> str:
-    casts = ", ".join(f"%(a_{f})s::{_column_sql(table, c, dialect)[0]}[]" for f, c in typed)
+    casts = ", ".join(f"%(a_{f})b::{_column_sql(table, c, dialect)[0]}[]" for f, c in typed)
     names = ", ".join(f for f, _ in typed)
     sets = [f"{c} = v.{f}" for c, f in set_from] + [f"{c} = %(s_{c})s" for c in set_to]
     conds = [f"t.{c} = v.{f}" for c, f in match] + ([where] if where else [])
@@ -115,5 +115,5 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
 
 @cache
 def _insert_sql(table: Table, dialect: Dialect, names: tuple[str, ...]) -> str:
-    casts = ", ".join(f"%(a_{n})s::{_column_sql(table, n, dialect)[0]}[]" for n in names)
+    casts = ", ".join(f"%(a_{n})b::{_column_sql(table, n, dialect)[0]}[]" for n in names)
     return f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({casts})"

@@ -286,6 +286,14 @@ def _park(session: Session, held: Mapping[str, str], *, status: Status) -> None:
     session.execute(stmt, [{"p_id": oid, "p_reason": r} for oid, r in sorted(held.items())])
 
 
+# One statement, text built once (this runs in every transaction that applies answers).
+_LOCK_AND_HOLDS = (
+    f"SELECT o.id, b.state FROM {_ORDERS.name} AS o "
+    f"LEFT JOIN {Batch.__tablename__} AS b ON b.id = o.batch_id "
+    "WHERE o.id = ANY(%(ids)b::text[]) ORDER BY o.id FOR UPDATE OF o"
+)
+
+
 def _lock_and_holds(session: Session, moves: Sequence[Move]) -> dict[str, str]:
     """Take the row locks of the moves' orders in id order (PostgreSQL; SQLite locks the whole
     file) and read, in the same statement, the batch holds of those whose preview goes on to
@@ -297,16 +305,10 @@ def _lock_and_holds(session: Session, moves: Sequence[Move]) -> dict[str, str]:
     """
     going = {m.order_id for m in moves if m.via == S.PREVIEWED and m.to == S.SUBMITTING}
     ids = sorted({m.order_id for m in moves})
-    if len(ids) > 1 and session.get_bind().dialect.name == "postgresql":
+    conn = session.connection()
+    if len(ids) > 1 and pg_bulk.is_postgresql(conn):
         holds = _HOLDS[S.SUBMITTING]
-        stmt = (
-            select(_ORDERS.c.id, Batch.state)
-            .select_from(_ORDERS.outerjoin(Batch, Batch.id == _ORDERS.c.batch_id))
-            .where(_ORDERS.c.id.in_(ids))
-            .order_by(_ORDERS.c.id)
-            .with_for_update(of=_ORDERS)
-        )
-        rows = session.execute(stmt)
+        rows = conn.exec_driver_sql(_LOCK_AND_HOLDS, {"ids": ids})
         return {oid: holds[state] for oid, state in rows if oid in going and state in holds}
     return held_by_batch(session, sorted(going), step=S.SUBMITTING)
 
