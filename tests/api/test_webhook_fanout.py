@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.testclient import TestClient
-from sqlalchemy import event
-from sqlalchemy.orm import ORMExecuteState
 
 from tests.api.conftest import CallerKey
 from tests.helpers import add_orders, new_payload
 from worker.db import transaction
 from worker.ids import utcnow
-from worker.webhooks.outbox import record_deliveries
+from worker.webhooks.outbox import endpoints_of, record_deliveries
 
 
 def test_only_the_orders_callers_endpoints_are_loaded(
@@ -26,17 +22,8 @@ def test_only_the_orders_callers_endpoints_are_loaded(
         "/v1/webhook-endpoints", headers=alpha.headers, json={"url": "http://127.0.0.1:9/a"}
     )
     [order_id] = add_orders(clean_db, alpha.id, [new_payload(1)])
-    loaded: list[Any] = []
-
-    def spy(state: ORMExecuteState) -> Any:
-        if not state.is_select or "FROM webhook_endpoints" not in str(state.statement):
-            return None
-        frozen = state.invoke_statement().freeze()
-        loaded.extend(frozen().all())
-        return frozen()
-
     with transaction(clean_db) as session:
-        event.listen(session, "do_orm_execute", spy)
+        loaded = endpoints_of(session, [order_id])
         event_row = {
             "order_id": order_id,
             "from_status": "received",
@@ -45,4 +32,5 @@ def test_only_the_orders_callers_endpoints_are_loaded(
         }
         ids = record_deliveries(session, [event_row])
     assert len(ids) == 1
-    assert len(loaded) == 1
+    [(_, caller_id, _)] = loaded
+    assert caller_id == alpha.id

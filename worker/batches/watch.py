@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas.batches import HaltOn
+from worker import pg_bulk
 from worker.batches import rules
 from worker.batches import store as batch_store
 from worker.batches.view import batch_view
@@ -37,18 +38,40 @@ def after_events(session: Session, events: Sequence[Event]) -> list[str]:
     ended = sorted({e["order_id"] for e in events if e["to_status"] in rules.FINAL})
     if not ended:
         return deliveries
-    batch_ids = select(Order.batch_id).where(Order.id.in_(ended), Order.batch_id.is_not(None))
-    batches = session.scalars(
-        select(Batch).where(
-            Batch.id.in_(batch_ids.scalar_subquery()),
-            Batch.state == rules.RUNNING,
-            Batch.completed_at.is_(None),
-        )
-    ).all()
+    conn = session.connection()
+    if pg_bulk.is_postgresql(conn):
+        # Only the batches that may halt or complete now: with an order still open and no
+        # halt rule (most transactions of a running batch), nothing more to read.
+        due = [r[0] for r in conn.exec_driver_sql(_DUE_PG, {"ids": ended, "final": _FINAL})]
+        if not due:
+            return deliveries
+        stmt = select(Batch).where(Batch.id.in_(due)).order_by(Batch.id)
+        batches = session.scalars(stmt).all()
+    else:
+        batch_ids = select(Order.batch_id).where(Order.id.in_(ended), Order.batch_id.is_not(None))
+        batches = session.scalars(
+            select(Batch).where(
+                Batch.id.in_(batch_ids.scalar_subquery()),
+                Batch.state == rules.RUNNING,
+                Batch.completed_at.is_(None),
+            )
+        ).all()
     now = utcnow()
     for batch in batches:
         deliveries += check(session, batch, now=now)
     return deliveries
+
+
+_FINAL = sorted(rules.FINAL)
+# The running batches of the ended orders that may halt (a rule) or complete (no open order).
+_DUE_PG = (
+    f"SELECT b.id FROM {Batch.__tablename__} AS b WHERE b.id IN ("
+    f"SELECT o.batch_id FROM {Order.__tablename__} AS o WHERE o.id = ANY(%(ids)b::text[])) "
+    f"AND b.state = '{rules.RUNNING}' AND b.completed_at IS NULL "
+    "AND (b.halt_on IS NOT NULL AND b.halt_on <> 'null'::jsonb OR NOT EXISTS ("
+    f"SELECT 1 FROM {Order.__tablename__} AS p WHERE p.batch_id = b.id "
+    "AND p.status <> ALL(%(final)b::text[])))"
+)
 
 
 def check(session: Session, batch: Batch, *, now: datetime) -> list[str]:

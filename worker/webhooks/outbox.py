@@ -7,14 +7,15 @@ enabled endpoint costs one small query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from schemas.webhooks import BatchWebhookEvent, WebhookEvent
+from worker import pg_bulk
 from worker.ids import new_id, utcnow
 from worker.models import Order, OrderLike, WebhookDelivery, WebhookEndpoint
 from worker.repository import Event
@@ -47,12 +48,35 @@ _ENDPOINTS = select(
 )
 
 
+# The same on PostgreSQL, one text whatever the number of ids (prepared by the driver).
+_ENDPOINTS_PG = (
+    f"SELECT e.id, e.caller_id, e.event_types FROM {WebhookEndpoint.__tablename__} AS e "
+    f"WHERE e.enabled AND e.caller_id IN (SELECT o.caller_id FROM {Order.__tablename__} AS o "
+    "WHERE o.id = ANY(%(ids)b::text[]))"
+)
+
+
+Endpoint = tuple[str, str, list[str] | None]
+"""An enabled endpoint: id, caller id, event types (None: every type)."""
+
+
+def endpoints_of(session: Session, order_ids: Iterable[str]) -> Sequence[Endpoint]:
+    """The enabled endpoints of the orders' callers."""
+    ids = sorted(order_ids)
+    conn = session.connection()
+    if pg_bulk.is_postgresql(conn):
+        rows = conn.exec_driver_sql(_ENDPOINTS_PG, {"ids": ids}).all()
+    else:
+        rows = session.execute(_ENDPOINTS, {"order_ids": ids}).all()
+    return cast(Sequence[Endpoint], rows)
+
+
 def record_deliveries(session: Session, events: Sequence[Event]) -> list[str]:
     """Write one pending delivery per (event, subscribed endpoint); returns their ids."""
     if not events:
         return []
     order_ids = {e["order_id"] for e in events}
-    endpoints = session.execute(_ENDPOINTS, {"order_ids": sorted(order_ids)}).all()
+    endpoints = endpoints_of(session, order_ids)
     if not endpoints:
         return []
     by_caller: dict[str, list[tuple[str, list[str] | None]]] = {}
