@@ -16,7 +16,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Executor, Future,
 from typing import Any
 
 from worker.errors import UpstreamError
-from worker.models import Order
+from worker.models import OrderLike
 
 # Wait this long for more answers before writing: one transaction for a burst of answers
 # (the writes are most of a worker's CPU). Near the end of a run, with few calls left, the
@@ -26,7 +26,7 @@ LINGER_TAIL_S = 0.005
 TAIL_CALLS = 8
 
 Outcome = tuple[Any, UpstreamError | None]
-Answer = tuple[Order, str, Any, UpstreamError | None]
+Answer = tuple[OrderLike, str, Any, UpstreamError | None]
 Call = Future[Outcome]
 
 
@@ -37,7 +37,7 @@ class Flight:
         self,
         executor: Executor,
         *,
-        call: Callable[[Order, str], Outcome],
+        call: Callable[[OrderLike, str], Outcome],
         settle: Callable[[list[Answer]], set[str]],
         renew: Callable[[list[str]], None],
         beat_s: float,
@@ -49,10 +49,10 @@ class Flight:
         self.settle = settle
         self.renew = renew
         self.beat_s = beat_s
-        self.pending: dict[Call, tuple[Order, str]] = {}
+        self.pending: dict[Call, tuple[OrderLike, str]] = {}
         self.next_beat = time.monotonic() + beat_s
 
-    def start(self, order: Order, step: str) -> None:
+    def start(self, order: OrderLike, step: str) -> None:
         future = self.executor.submit(self.call, order, step)
         self.pending[future] = (order, step)
 

@@ -23,7 +23,7 @@ from worker.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from worker.models import ORDERS, Order
+from worker.models import ORDERS, OrderLike
 from worker.pipeline.backoff import RetryDecision, RetryPolicy, decide_retry
 from worker.repository import Move
 from worker.states import Status, upstream_status_outcome
@@ -88,7 +88,7 @@ def clip(column: str, value: str) -> str:
 
 
 def retry_verdict(
-    order: Order,
+    order: OrderLike,
     error: UpstreamError,
     *,
     now: datetime,
@@ -108,7 +108,7 @@ def retry_verdict(
 
 
 def on_failure(
-    order: Order,
+    order: OrderLike,
     error: UpstreamError,
     *,
     frm: Status,
@@ -161,7 +161,7 @@ def on_failure(
     return Decision(move(retry_to, {**values, "failures": failures}), countdown)
 
 
-def on_preview_ok(order: Order, preview: PreviewResponse, *, lease_until: datetime) -> Decision:
+def on_preview_ok(order: OrderLike, preview: PreviewResponse, *, lease_until: datetime) -> Decision:
     """Preview stored; the order goes straight on to ``submitting`` under the same lease."""
     values = {
         # As received: fields the upstream did not send are not invented (exclude_unset).
@@ -176,7 +176,7 @@ def on_preview_ok(order: Order, preview: PreviewResponse, *, lease_until: dateti
 
 
 def on_submit_ok(
-    order: Order, answer: SubmitResponse, *, frm: Status, now: datetime, timing: Timing
+    order: OrderLike, answer: SubmitResponse, *, frm: Status, now: datetime, timing: Timing
 ) -> Decision:
     """The upstream took the order: complete now, or follow it until it is.
 
@@ -204,7 +204,7 @@ def on_submit_ok(
 
 
 def on_follow(
-    order: Order, result: LimioOrderObject | UpstreamError, *, now: datetime, timing: Timing
+    order: OrderLike, result: LimioOrderObject | UpstreamError, *, now: datetime, timing: Timing
 ) -> Decision:
     """A look at a submitted order upstream (its object, or the error reading it): complete,
     failed, or look again later; past ``follow_max_age_s`` it is failed (``follow_timeout``)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from schemas.upstream_responses import OrderSummary
 from worker.errors import PermanentError, UpstreamError
-from worker.models import Order
+from worker.models import OrderLike
 from worker.pipeline.outcomes import Decision, Timing, retry_verdict, upstream_fields
 from worker.pipeline.payload import sent_external_id
 from worker.repository import Move
@@ -59,7 +59,7 @@ def find_upstream(
 
 
 def reconcile_decisions(
-    orders: list[Order],
+    orders: list[OrderLike],
     upstream: UpstreamClient,
     *,
     settings: Settings,
@@ -68,7 +68,7 @@ def reconcile_decisions(
     sharers: Sharers | None = None,
 ) -> list[Decision]:
     """Decide the fate of leased ``submit_unknown`` orders (``sharers``: see ``Sharers``)."""
-    by_ext: dict[str, list[Order]] = {}
+    by_ext: dict[str, list[OrderLike]] = {}
     for order in orders:
         by_ext.setdefault(sent_external_id(order), []).append(order)
     try:
@@ -94,7 +94,7 @@ def reconcile_decisions(
 
 
 def _decide_one(
-    order: Order,
+    order: OrderLike,
     ext: str,
     candidates: list[OrderSummary],
     untied: int,
@@ -134,7 +134,7 @@ def _decide_one(
     return _hold(order, "not found upstream after an ambiguous submit")
 
 
-def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -> Decision:
+def _found(order: OrderLike, item: OrderSummary, *, now: datetime, timing: Timing) -> Decision:
     fields = upstream_fields(item)
     outcome = upstream_status_outcome(fields.get("upstream_status"))
     msg = f"found upstream as {fields.get('upstream_id')}"
@@ -157,7 +157,7 @@ def _found(order: Order, item: OrderSummary, *, now: datetime, timing: Timing) -
     )
 
 
-def _no_list(order: Order, *, now: datetime, timing: Timing) -> Decision:
+def _no_list(order: OrderLike, *, now: datetime, timing: Timing) -> Decision:
     """Without an order list: an order whose upstream id we know is followed by
     ``GET /api/objects/limio/orders/{id}`` (the follow-up step); one without is held, never
     resubmitted blind (the policy's "not found" needs a list that was searched)."""
@@ -172,7 +172,9 @@ def _no_list(order: Order, *, now: datetime, timing: Timing) -> Decision:
     )
 
 
-def _stay_unknown(order: Order, values: dict[str, Any], *, reason: str, message: str) -> Decision:
+def _stay_unknown(
+    order: OrderLike, values: dict[str, Any], *, reason: str, message: str
+) -> Decision:
     """Same state, a recorded decision (a history row) so an operator can follow the lookups."""
     move = Move(
         order.id, S.SUBMIT_UNKNOWN, S.SUBMIT_UNKNOWN, values, reason=reason, message=message
@@ -180,12 +182,14 @@ def _stay_unknown(order: Order, values: dict[str, Any], *, reason: str, message:
     return Decision(move)
 
 
-def _hold(order: Order, why: str) -> Decision:
+def _hold(order: OrderLike, why: str) -> Decision:
     values = {**_RELEASE, "due_at": None, "next_attempt_at": None}
     return _stay_unknown(order, values, reason="held_for_operator", message=why)
 
 
-def _lookup_failed(order: Order, exc: UpstreamError, *, now: datetime, timing: Timing) -> Decision:
+def _lookup_failed(
+    order: OrderLike, exc: UpstreamError, *, now: datetime, timing: Timing
+) -> Decision:
     failures, verdict = retry_verdict(order, exc, now=now, timing=timing)
     if verdict.give_up:
         return _hold(order, f"upstream lookup kept failing: {exc.reason}")

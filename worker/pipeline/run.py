@@ -23,7 +23,7 @@ from worker import repository as repo
 from worker.db import transaction
 from worker.errors import AmbiguousError, RetryableError, UpstreamError
 from worker.ids import new_id, utcnow
-from worker.models import Order
+from worker.models import OrderLike
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.flight import Answer, Flight
 from worker.pipeline.outcomes import (
@@ -78,7 +78,7 @@ def timing_from(settings: Settings) -> Timing:
     )
 
 
-def is_due(order: Order, now: datetime) -> bool:
+def is_due(order: OrderLike, now: datetime) -> bool:
     """Whether a run may work on ``order`` now (not scheduled later, not held)."""
     if order.next_attempt_at is not None and order.next_attempt_at > now + DUE_TOLERANCE:
         return False
@@ -110,11 +110,11 @@ class _Claimed:
     call each), the orders leased to follow or to reconcile, and those held back while the
     breaker is open (one may be the fleet's probe)."""
 
-    orders: dict[str, Order]
+    orders: dict[str, OrderLike]
     events: list[Event]
     follow: list[str]
     unknown: list[str]
-    probe: list[Order]
+    probe: list[OrderLike]
 
 
 class Pipeline:
@@ -158,7 +158,8 @@ class Pipeline:
         claim the ones that call next (an attempt each) and lease the ones to follow or
         reconcile."""
         with transaction(self.db_url) as session:
-            orders = {o.id: o for o in repo.load(session, ids) if is_due(o, now)}
+            loaded = repo.load(session, ids)
+            orders: dict[str, OrderLike] = {o.id: o for o in loaded if is_due(o, now)}
             probe = self._hold_back(session, orders, run, now)
             by_status: dict[str, list[str]] = {}
             for order in orders.values():
@@ -206,7 +207,7 @@ class Pipeline:
             flight.start(claimed.orders[order_id], "follow")
         flight.land()
 
-    def _reconcile(self, held: list[Order], run: _Run) -> None:
+    def _reconcile(self, held: list[OrderLike], run: _Run) -> None:
         """Look upstream for ambiguous submits (``submit_unknown``) and apply what it says."""
         ids = [o.id for o in held]
         with transaction(self.db_url) as session:
@@ -224,8 +225,8 @@ class Pipeline:
         self.apply(decisions, run)
 
     def _hold_back(
-        self, session: Any, orders: dict[str, Order], run: _Run, now: datetime
-    ) -> list[Order]:
+        self, session: Any, orders: dict[str, OrderLike], run: _Run, now: datetime
+    ) -> list[OrderLike]:
         """While the fleet may not call (breaker open, long pause), leave the orders waiting.
 
         They stay in the database with ``reason`` and ``next_attempt_at`` and no history row.
@@ -253,7 +254,7 @@ class Pipeline:
                 run.result.requeue.append((order_id, delay_s))
         return [o for o in waiting if o.id in set(held)] if verdict.kind == "probe" else []
 
-    def _probe(self, held: list[Order]) -> None:
+    def _probe(self, held: list[OrderLike]) -> None:
         """The fleet's probe while the breaker is open (one per interval fleet-wide).
 
         One call that creates nothing upstream: a preview of a waiting order (the kind of call
@@ -298,7 +299,7 @@ class Pipeline:
         run.lease_until = lease_until
 
     def decide(
-        self, order: Order, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
+        self, order: OrderLike, step: str, answer: Any, error: UpstreamError | None, *, run: _Run
     ) -> Decision:
         """What one call's result does to its order (the pure functions of ``outcomes``)."""
         now = utcnow()
@@ -321,7 +322,7 @@ class Pipeline:
             rand=self._rand,
         )
 
-    def call(self, order: Order, step: str) -> tuple[Any, UpstreamError | None]:
+    def call(self, order: OrderLike, step: str) -> tuple[Any, UpstreamError | None]:
         """One upstream call for ``order``; never raises for the order's failure."""
         try:
             if step == "preview":
