@@ -236,26 +236,50 @@ def claim(
             ids = [i for i in ids if i not in held]
     if not ids:
         return []
-    c = _ORDERS.c
-    stmt = (
-        update(_ORDERS)
-        .where(c.id.in_(ids), c.status == str(frm), c.lease_owner.is_(None))
-        .values(
-            status=str(to),
-            lease_owner=owner,
-            due_at=lease_until,
-            updated_at=now,
-            attempts=c.attempts + 1,
+    conn = session.connection()
+    pg = pg_bulk.is_postgresql(conn)
+    if pg:
+        values: dict[str, Any] = {"ids": sorted(ids), "frm": str(frm), "to": str(to)}
+        values |= {"owner": owner, "until": lease_until, "now": now}
+        rows = [(r[0], r[1]) for r in conn.exec_driver_sql(_CLAIM_PG, values)]
+    else:
+        c = _ORDERS.c
+        stmt = (
+            update(_ORDERS)
+            .where(c.id.in_(ids), c.status == str(frm), c.lease_owner.is_(None))
+            .values(
+                status=str(to),
+                lease_owner=owner,
+                due_at=lease_until,
+                updated_at=now,
+                attempts=c.attempts + 1,
+            )
+            .returning(c.id, c.attempts)
         )
-        .returning(c.id, c.attempts)
-    )
-    rows = session.execute(stmt).all()
+        rows = [(r[0], r[1]) for r in session.execute(stmt)]
     events = [
         e for oid, n in rows for e in _event_rows(Move(oid, frm, to), n, now=now, actor=actor)
     ]
     if events:
-        session.execute(insert(_EVENTS), events)
+        if pg:
+            pg_bulk.insert_many(conn, _EVENTS, events)
+        else:
+            session.execute(insert(_EVENTS), events)
     return events
+
+
+# The same on PostgreSQL, one text whatever the number of ids (the driver prepares it).
+_CLAIM_PG = (
+    f"UPDATE {_ORDERS.name} SET status = %(to)s, lease_owner = %(owner)s, due_at = %(until)s, "
+    "updated_at = %(now)s, attempts = attempts + 1 "
+    "WHERE id = ANY(%(ids)b::text[]) AND status = %(frm)s AND lease_owner IS NULL "
+    "RETURNING id, attempts"
+)
+_HELD_PG = (
+    f"SELECT o.id, b.state FROM {_ORDERS.name} AS o "
+    f"JOIN {Batch.__tablename__} AS b ON b.id = o.batch_id "
+    "WHERE o.id = ANY(%(ids)b::text[]) AND b.state = ANY(%(states)b::text[])"
+)
 
 
 def held_by_batch(session: Session, ids: Sequence[str], *, step: Status) -> dict[str, str]:
@@ -264,6 +288,10 @@ def held_by_batch(session: Session, ids: Sequence[str], *, step: Status) -> dict
     holds = _HOLDS.get(step)
     if not holds or not ids:
         return {}
+    conn = session.connection()
+    if pg_bulk.is_postgresql(conn):
+        params = {"ids": sorted(ids), "states": sorted(holds)}
+        return {oid: holds[state] for oid, state in conn.exec_driver_sql(_HELD_PG, params)}
     rows = session.execute(
         select(Order.id, Batch.state)
         .join(Batch, Batch.id == Order.batch_id)

@@ -76,16 +76,28 @@ def has_scheduled(session: Session, caller_id: str) -> bool:
     return any(session.scalar(stmt, {"caller_id": caller_id}) for stmt in _SCHEDULED)
 
 
+# ``claim`` on PostgreSQL: one text whatever the number of ids (the driver prepares it).
+_CLAIM_PG = (
+    f"UPDATE {Order.__tablename__} SET due_at = %(until)s WHERE id = ANY(%(ids)b::text[]) "
+    "AND due_at <= %(now)s AND lease_owner IS NULL RETURNING id"
+)
+
+
 def claim(session: Session, ids: Sequence[str], *, now: datetime, grace_s: float) -> list[str]:
     """Take due, unleased orders of ``ids`` for enqueueing: their ``due_at`` moves a grace
     period ahead (if the message is lost, they are due again then). Compare-and-set: two
     dispatchers never both take one order."""
     if not ids:
         return []
+    until = now + timedelta(seconds=grace_s)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        params = {"ids": sorted(ids), "now": now, "until": until}
+        return [r[0] for r in conn.exec_driver_sql(_CLAIM_PG, params)]
     stmt = (
         update(Order)
         .where(Order.id.in_(sorted(ids)), Order.due_at <= now, Order.lease_owner.is_(None))
-        .values(due_at=now + timedelta(seconds=grace_s))
+        .values(due_at=until)
         .returning(Order.id)
         .execution_options(synchronize_session=False)
     )
