@@ -246,6 +246,21 @@ def test_a_submit_the_upstream_never_answered_is_submit_unknown_through_the_clie
         client.close()
 
 
+def test_the_client_says_it_sends_and_accepts_json_and_who_calls(serve, wire_to):
+    server = serve(_ok)
+    settings = Settings(upstream_url=server.url)
+    client = UpstreamClient(settings, None, ssl.create_default_context())
+    try:
+        client.preview({"order": {}})
+    finally:
+        client.close()
+    head = server.requests[0].split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"post /api/partner/order/preview http/1.1")
+    for line in (b"accept: application/json", b"content-type: application/json"):
+        assert line in head
+    assert b"user-agent: partner-order-worker" in head
+
+
 def test_a_proxy_in_the_environment_or_the_setting_takes_the_httpx_wire(monkeypatch):
     context = ssl.create_default_context()
     settings = Settings(upstream_url="https://upstream.example")

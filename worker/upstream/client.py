@@ -194,7 +194,7 @@ class UpstreamClient:
         if params:
             path = f"{path}?{urlencode(params)}"
         content = orjson.dumps(payload) if payload is not None else None
-        headers = _JSON if content is not None else {}
+        headers = _SEND_JSON if content is not None else _ACCEPT_JSON
         try:
             response = self._send(method, path, headers, content)
         except UpstreamError:
@@ -282,7 +282,10 @@ class UpstreamClient:
         self._wire.close()
 
 
-_JSON = {"content-type": "application/json"}
+# Every call says what it accepts and who calls (httpx sent both; some gateways refuse a
+# request without a User-Agent).
+_ACCEPT_JSON = {"accept": "application/json", "user-agent": "partner-order-worker"}
+_SEND_JSON = {**_ACCEPT_JSON, "content-type": "application/json"}
 
 
 def _bearer(token: str) -> dict[str, str]:
