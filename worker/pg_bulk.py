@@ -1,11 +1,13 @@
 """PostgreSQL's fast path for the repository's bulk writes: one statement for many rows.
 
-Each column travels as one array and ``unnest`` turns the arrays back into rows, so a chunk's
-moves cost one round trip and one statement whatever their number, instead of a statement
-per row (``executemany``, whose per-row work in SQLAlchemy and the driver was a fifth of a
-worker's CPU: bench/profiles). The statement text depends only on the columns, so it is built
-once per set of columns. Values go through each column's own bind processing (UTC datetimes,
-JSONB), exactly as SQLAlchemy would send them.
+Each column travels as one array (in the driver's binary format: the text format quotes every
+JSON value with a regular expression, five times the CPU) and ``unnest`` turns the arrays back
+into rows, so a chunk's moves cost one round trip and one statement whatever their number,
+instead of a statement per row (``executemany``, whose per-row work in SQLAlchemy and the
+driver was a fifth of a worker's CPU: bench/RESULTS.md, "Fifth pass"). The statement text
+depends only on the columns, so it is built once per set of columns and the driver prepares
+it. Values go through each column's own bind processing (UTC datetimes, JSONB), exactly as
+SQLAlchemy would send them. SQLite keeps SQLAlchemy's ``executemany`` (see ``repository``).
 """
 
 from __future__ import annotations
