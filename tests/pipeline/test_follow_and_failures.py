@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import add_orders, new_payload
 from tests.pipeline.conftest import drive
 from worker.db import transaction
@@ -81,10 +83,11 @@ def test_upstream_reported_failure_after_submitted(runtime_factory, caller_id, s
     assert stub.orders()["count"] == 1
 
 
-def test_second_401_fails_with_upstream_auth(runtime_factory, caller_id, stub, clean_db):
+@pytest.mark.parametrize("wire", ["stdlib", "httpx"])
+def test_second_401_fails_with_upstream_auth(runtime_factory, caller_id, stub, clean_db, wire):
     """A 401 refreshes the token and retries once; a second 401 is ``failed``/``upstream_auth``
-    (not retried with backoff, not rejected)."""
-    rt = runtime_factory()
+    (not retried with backoff, not rejected). Both wires (``ORDERS_UPSTREAM_HTTP``)."""
+    rt = runtime_factory(upstream_http=wire)
     stub.script("preview", [{"status": 401, "times": 2}])
     [oid] = add_orders(clean_db, caller_id, [new_payload(1)])
     rt.pipeline.run([oid])
