@@ -50,7 +50,7 @@ def error_for_status(
 ) -> UpstreamError | None:
     """The error an HTTP answer stands for, or None for a 2xx.
 
-    401 reaching this point means the auth hook already refreshed once: an auth failure.
+    401 reaching this point means the client already refreshed the token once: an auth failure.
     ``idempotent`` False (a submit): a status of ``AMBIGUOUS_SUBMIT_STATUS`` is ambiguous.
     """
     if 200 <= status_code < 300:
