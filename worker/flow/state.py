@@ -106,6 +106,7 @@ class FlowState:
             "lat_cut_at": la.cut_at,
             "cut_base": la.cut_base,
             "lat_over": la.over,
+            "lat_regrow_to": la.regrow_to,
             "mode": str(br.mode),
             "since": br.since,
             "epoch": br.epoch,
@@ -136,6 +137,7 @@ class FlowState:
                     f["lat_cut_at"],
                     f["cut_base"],
                     int(f["lat_over"]),
+                    f.get("lat_regrow_to", 0.0),
                 ),
                 BreakerState(
                     Mode(raw["mode"]),
