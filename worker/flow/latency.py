@@ -7,9 +7,7 @@ slowdown is not ours, or at the minimum limit, where no cut can test anything. A
 test: the limit goes down in proportion to the excess (Little's law; a quarter at least), and
 if the median did not fall with it after ``verify_s``, the upstream got slower for everyone
 (it moves over a day), so the baseline moves up to the new level and the limit goes back to
-where it was: at once to the calls in flight before the cut, then doubling each busy interval
-to the limit before the slowdown (``regrow_to``); the same when the median falls far more
-than the cut explains (a slow moment that passed). Only a slowdown that falls
+where it was. Only a slowdown that falls
 when we send less is queueing; while cuts keep making it fall, the rule keeps cutting, which
 finds the knee even when the first median it saw was already queued. The tolerance (``ratio``
 and an absolute ``margin_s``) is wide enough that our own CPU and GIL noise on a 1 ms upstream
@@ -48,11 +46,6 @@ class LatencyState:
     """The calls in flight (the interval's mean) the pending cut started from."""
     over: int = 0
     """Intervals in a row whose median was above the tolerance (a cut needs ``OVER_TO_CUT``)."""
-    regrow_to: float = 0.0
-    """The limit before this slowdown's hold and test cut (0: none, or the slowdown proved to
-    be queueing). Once it proves to be the upstream's own, or a moment that passed, a busy
-    fleet doubles back to it each interval instead of growing a tenth from the calls that
-    happened to be in flight (a few at the moment the upstream changed)."""
 
 
 # A slowdown must last this many intervals before a cut: one stalled moment of our own (a
@@ -104,12 +97,10 @@ def next_latency(
     if median_s is None:
         # Too few answers to judge (they carry over to the next interval).
         if state.cut_from and now - state.cut_at > STALE_CUT_S:
-            back = min(ceiling, state.cut_from)
-            return LatencyState(back, state.baseline_s, regrow_to=state.regrow_to)
+            return LatencyState(limit=min(ceiling, state.cut_from), baseline_s=state.baseline_s)
         if busy and not state.cut_from and not state.over:
             # No sign of a slowdown: no reason to hold back a fleet that uses its limit.
-            grown, regrow_to = _grow(limit, state.regrow_to, busy=True, cfg=cfg)
-            return replace(state, limit=grown, regrow_to=regrow_to)
+            return replace(state, limit=min(ceiling, limit * cfg.growth + 1))
         return replace(state, limit=limit)
     baseline = state.baseline_s
     if baseline <= 0:
@@ -120,8 +111,7 @@ def next_latency(
     if state.cut_from:
         if now - state.cut_at < max(cfg.verify_s, 4 * median_s):
             if now - state.cut_at > STALE_CUT_S:
-                back = min(ceiling, state.cut_from)
-                return LatencyState(back, median_s, regrow_to=state.regrow_to)
+                return LatencyState(limit=min(ceiling, state.cut_from), baseline_s=median_s)
             return replace(state, limit=limit, baseline_s=baseline)
         if in_flight > state.cut_base * (1 - 0.5 * (1 - state.cut_ratio)):
             # The calls in flight have not come down yet (a queueing upstream holds the
@@ -131,8 +121,8 @@ def next_latency(
             # They never came down (fewer than the limit, or more work came): no test.
             # Still slow: cut from what is in flight now.
             if median_s > high:
-                return _cut(limit, median_s, in_flight, baseline, high, now, cfg, state.regrow_to)
-            return LatencyState(limit=limit, baseline_s=baseline, regrow_to=state.regrow_to)
+                return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
+            return LatencyState(limit=limit, baseline_s=baseline)
         # Queueing: the median fell with the calls in flight (half of that at least).
         fell = median_s <= state.cut_median_s * (1 - 0.5 * (1 - state.cut_ratio))
         if not fell:
@@ -140,21 +130,18 @@ def next_latency(
             # (slower for everyone, or the level below the knee): the new baseline, and back
             # to the calls in flight before the cut (not to a limit nobody was using).
             back = min(state.cut_from, max(limit, state.cut_base))
-            return LatencyState(limit=back, baseline_s=median_s, regrow_to=state.regrow_to)
-        if median_s < 0.5 * state.cut_ratio * state.cut_median_s:
-            # Far below what the cut alone explains (queueing falls in proportion to the
-            # calls in flight): the slow moment passed (an upstream busy for a moment, or
-            # answering late while it changed). Back to the limit before the cut, at the
-            # level it answers at now, and double back from there.
-            level = baseline if median_s <= high else median_s
-            back = min(ceiling, state.cut_from)
-            return LatencyState(limit=back, baseline_s=level, regrow_to=state.regrow_to)
+            return LatencyState(limit=back, baseline_s=median_s)
+        if median_s <= high and median_s < 0.5 * state.cut_ratio * state.cut_median_s:
+            # Back within the tolerance, far below what the cut alone explains (queueing
+            # falls in proportion to the calls in flight): the slow moment passed. Hold here
+            # and grow again from the next interval.
+            return LatencyState(limit=limit, baseline_s=baseline)
         # It fell but is still high: past the knee, so keep going down until it stops
         # falling (a baseline first seen while already queueing is found this way too).
         return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
     if median_s <= high:
-        grown, regrow_to = _grow(limit, state.regrow_to, busy=busy, cfg=cfg)
-        return LatencyState(limit=grown, baseline_s=baseline, regrow_to=regrow_to)
+        grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
+        return LatencyState(limit=grown, baseline_s=baseline)
     if state.over + 1 < OVER_TO_CUT:
         # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
         # start would otherwise double the calls into a queue while this one waits). Except
@@ -166,22 +153,8 @@ def next_latency(
             held = min(limit, current or limit)
         else:
             held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
-        regrow_to = max(state.regrow_to, limit)
-        return LatencyState(held, baseline, over=state.over + 1, regrow_to=regrow_to)
-    regrow_to = max(state.regrow_to, limit)
-    return _cut(limit, median_s, in_flight, baseline, high, now, cfg, regrow_to)
-
-
-def _grow(limit: float, regrow_to: float, *, busy: bool, cfg: LatencyConfig) -> tuple[float, float]:
-    """The limit after an interval within the tolerance, and what is left to regrow to: a
-    busy fleet doubles back to the limit it had before a slowdown that was not its doing,
-    then grows by a tenth (plus one)."""
-    if not busy:
-        return limit, regrow_to
-    if regrow_to > limit:
-        grown = min(regrow_to, 2 * limit)
-        return grown, (regrow_to if grown < regrow_to else 0.0)
-    return min(float(cfg.ceiling), limit * cfg.growth + 1), 0.0
+        return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
+    return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
 
 
 def _cut(
@@ -192,15 +165,13 @@ def _cut(
     high_s: float,
     now: float,
     cfg: LatencyConfig,
-    regrow_to: float | None = None,
+    *,
+    test: bool = False,
 ) -> LatencyState:
-    """Lower the limit below what is in flight. A test (the first cut of a slowdown; given
-    ``regrow_to``, the limit to double back to if it proves not to be queueing) takes a
-    quarter off: enough to see whether the median falls with it, cheap when the upstream
-    merely got slower for everyone. Once a cut proved queueing (no ``regrow_to``), the next
-    ones go in proportion to the excess (Little's law), half at most, and nothing is
-    regrown to."""
-    test = regrow_to is not None
+    """Lower the limit below what is in flight. A ``test`` (the first cut of a slowdown)
+    takes a quarter off: enough to see whether the median falls with it, cheap when the
+    upstream merely got slower for everyone. Once a cut proved queueing, the next ones go in
+    proportion to the excess (Little's law), half at most."""
     base = min(limit, float(in_flight)) if in_flight else limit
     factor = cfg.max_cut if test else min(cfg.max_cut, max(0.5, high_s / median_s))
     cut = max(float(cfg.min_limit), base * factor)
@@ -208,7 +179,7 @@ def _cut(
         # Nothing left to take off (the minimum): no test can tell queueing from a slower
         # upstream here, and waiting for a verdict that cannot come stalls the fleet. The
         # upstream is this slow: the new baseline, and the limit stays where it is.
-        return LatencyState(limit=max(limit, cut), baseline_s=median_s, regrow_to=regrow_to or 0.0)
+        return LatencyState(limit=max(limit, cut), baseline_s=median_s)
     return LatencyState(
         limit=cut,
         baseline_s=baseline_s,
@@ -217,5 +188,4 @@ def _cut(
         cut_median_s=median_s,
         cut_at=now,
         cut_base=base,
-        regrow_to=regrow_to or 0.0,
     )

@@ -106,7 +106,6 @@ class FlowState:
             "lat_cut_at": la.cut_at,
             "cut_base": la.cut_base,
             "lat_over": la.over,
-            "lat_regrow_to": la.regrow_to,
             "mode": str(br.mode),
             "since": br.since,
             "epoch": br.epoch,
@@ -137,7 +136,6 @@ class FlowState:
                     f["lat_cut_at"],
                     f["cut_base"],
                     int(f["lat_over"]),
-                    f.get("lat_regrow_to", 0.0),
                 ),
                 BreakerState(
                     Mode(raw["mode"]),
