@@ -3,11 +3,8 @@ which failures may have reached the upstream (classify decides on the exception 
 
 from __future__ import annotations
 
-import http.client
-import platform
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,35 +132,6 @@ def test_calls_of_one_thread_share_one_kept_alive_connection(serve, wire_to):
     assert first.startswith(b"POST /base/x?n=0 HTTP/1.1\r\n")
     assert f"Host: 127.0.0.1:{server.port}".encode() in first
     assert b"Content-Length: 7" in first and first.endswith(b'{"a":1}')
-
-
-def test_the_time_to_answer_is_the_upstreams_not_this_processs(serve, wire_to, monkeypatch):
-    """The latency rule compares answer times: a worker starved of CPU after the answer came
-    (a niced process beside a busy API) must not read as a slower upstream. The kernel's
-    arrival stamp is used where there is one (Linux, plain TCP)."""
-
-    def slow(conn: socket.socket, _: bytes) -> bool:
-        time.sleep(0.1)
-        conn.sendall(OK)
-        return True
-
-    server = serve(slow)
-    wire = wire_to(server.url)
-    assert wire.send("GET", "/x", {}, None).elapsed_s >= 0.09
-    original = http.client.HTTPConnection.getresponse
-
-    def late(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
-        time.sleep(0.3)  # this process gets the CPU back only now
-        return original(self)
-
-    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", late)
-    started = time.perf_counter()
-    reply = wire.send("GET", "/x", {}, None)
-    assert time.perf_counter() - started >= 0.4
-    if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"):
-        assert 0.09 <= reply.elapsed_s < 0.25
-    else:
-        assert reply.elapsed_s >= 0.4
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(serve, wire_to):

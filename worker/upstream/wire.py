@@ -20,12 +20,9 @@ the upstream (ambiguous for a submit).
 from __future__ import annotations
 
 import http.client
-import platform
 import select
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
 import urllib.request
@@ -88,15 +85,13 @@ def proxied(url: str) -> bool:
 
 
 class _Conn:
-    """One thread's connection, when it was last used, and whether the kernel stamps the
-    arrival time of what it receives."""
+    """One thread's connection and when it was last used."""
 
-    __slots__ = ("conn", "idle_since", "stamped")
+    __slots__ = ("conn", "idle_since")
 
     def __init__(self, conn: http.client.HTTPConnection) -> None:
         self.conn = conn
         self.idle_since = time.monotonic()
-        self.stamped = _stamp_arrivals(conn)
 
 
 class StdlibWire:
@@ -127,7 +122,6 @@ class StdlibWire:
         held = self._connection()
         conn = held.conn
         started = time.perf_counter()
-        sent_at = time.time()
         try:
             conn.putrequest(method, self._prefix + path, skip_host=True, skip_accept_encoding=True)
             conn.putheader("Host", self._host_header)
@@ -145,7 +139,6 @@ class StdlibWire:
         try:
             assert conn.sock is not None
             conn.sock.settimeout(self._timeouts.read)
-            arrived_at = _arrival(conn.sock) if held.stamped else None
             response = conn.getresponse()
             content = response.read()
         except TimeoutError as exc:
@@ -158,12 +151,7 @@ class StdlibWire:
         except OSError as exc:
             self._drop(held)
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
-        if arrived_at is not None:
-            # The upstream's own time: from the request leaving to its answer reaching this
-            # host, whatever this process's CPU was doing meanwhile.
-            elapsed_s = max(0.0, arrived_at - sent_at)
-        else:
-            elapsed_s = time.perf_counter() - started
+        elapsed_s = time.perf_counter() - started
         if response.will_close:
             self._drop(held)
         else:
@@ -224,41 +212,6 @@ class StdlibWire:
             kept, self._all = self._all, []
         for held in kept:
             held.conn.close()
-
-
-# Linux's SO_TIMESTAMPNS (the arrival time of each packet, CLOCK_REALTIME, as ancillary data;
-# Python's socket module does not name it). x86 and arm64 share the value.
-_SO_TIMESTAMPNS = 35
-_STAMPED_MACHINES = frozenset({"x86_64", "aarch64", "arm64"})
-_STAMP = struct.Struct("@qq")
-_CMSG_SPACE = socket.CMSG_SPACE(_STAMP.size) if hasattr(socket, "CMSG_SPACE") else 0
-
-
-def _stamp_arrivals(conn: http.client.HTTPConnection) -> bool:
-    """Ask the kernel to stamp arrivals on a plain TCP connection (not TLS: its socket reads
-    decrypted records); False where that is not available."""
-    sock = conn.sock
-    if not _CMSG_SPACE or sys.platform != "linux" or platform.machine() not in _STAMPED_MACHINES:
-        return False
-    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
-        return False
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-    except OSError:
-        return False
-    return True
-
-
-def _arrival(sock: socket.socket) -> float | None:
-    """Wait for the first bytes of the answer (the read timeout applies) without consuming
-    them, and return when the kernel received them (None: no stamp)."""
-    _, ancillary, _, _ = sock.recvmsg(1, _CMSG_SPACE, socket.MSG_PEEK)
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= _STAMP.size:
-            seconds, nanos = _STAMP.unpack_from(data)
-            stamp: float = seconds + nanos / 1e9
-            return stamp
-    return None
 
 
 def _readable(sock: socket.socket) -> bool:
