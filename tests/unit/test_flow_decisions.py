@@ -349,6 +349,57 @@ def test_after_an_outage_the_limit_restarts_at_half_and_doubles():
     assert limits[0] >= 64 and state.ramp == 0
 
 
+def _interval(state: FlowState, cfg: FlowConfig, t: float, **kw: object) -> FlowState:
+    return decide(state, totals(**kw), t, cfg)  # type: ignore[arg-type]
+
+
+def test_a_fleet_idle_for_two_seconds_forgets_the_upstream_it_knew():
+    """Minutes at 1 ms, the limit grown to 512 without a refusal; 5 s without a call (the
+    upstream may have changed meanwhile: here it answers in 50 ms). The baseline is learnt
+    anew (no cut, no hold) and the limit comes back to the slow start (32, then doubling)
+    instead of bursting 512 calls at an upstream it no longer knows."""
+    cfg = FlowConfig(ceiling=1024)
+    state = initial_state(cfg)
+    t = 0.0
+    for _ in range(240):
+        t += 0.25
+        state = _interval(state, cfg, t, ok=400, latency_s=0.001, in_flight=int(state.limit))
+    assert state.limit >= 512 and state.latency.baseline_s < 0.002
+    for _ in range(20):  # 5 s idle
+        t += 0.25
+        state = _interval(state, cfg, t)
+    assert state.limit == 32 and state.latency.baseline_s == 0.0
+    limits = []
+    for _ in range(8):
+        t += 0.25
+        state = _interval(state, cfg, t, ok=100, latency_s=0.05, in_flight=int(state.limit))
+        limits.append(state.limit)
+    assert limits[-1] >= 256 and state.latency.cut_from == 0.0, limits
+
+
+def test_a_short_pause_or_a_learnt_refusal_level_is_kept():
+    """Under 2 s without calls forgets nothing; a level set by refusals (capacity) survives
+    any idle spell: it is what the upstream takes."""
+    cfg = FlowConfig(ceiling=1024)
+    state = initial_state(cfg)
+    t = 0.0
+    for _ in range(40):
+        t += 0.25
+        state = _interval(state, cfg, t, ok=100, latency_s=0.001, in_flight=int(state.limit))
+    grown = state.limit
+    for _ in range(6):  # 1.5 s
+        t += 0.25
+        state = _interval(state, cfg, t)
+    assert state.limit == grown and state.latency.baseline_s > 0
+    t += 1.0
+    state = _interval(state, cfg, t, ok=50, dropped=5, in_flight=20)  # refused at 20
+    refused_at = state.loss.limit
+    for _ in range(40):  # 10 s idle
+        t += 0.25
+        state = _interval(state, cfg, t)
+    assert state.loss.w_max > 0 and refused_at <= state.loss.limit <= state.loss.w_max
+
+
 # ---------------------------------------------------------------- pauses
 
 

@@ -25,6 +25,10 @@ LONG_RETRY_AFTER_S = 2.0
 REFUSED_INTERVALS_TO_PAUSE = 4
 # The fleet uses its limit when its peak in flight reaches this share of it.
 BUSY_SHARE = 0.5
+# No call at all for this long: the latency baseline is forgotten and a limit that grew
+# without refusals starts again from the slow start (the idea of TCP's congestion window
+# validation, RFC 7661: a window not used is not known to be safe).
+IDLE_FORGET_S = 2.0
 # The latency rule reads this quantile of the interval's answer times: our own GIL and CPU
 # delays inflate some answers (the upper part), upstream queueing delays all of them.
 LATENCY_QUANTILE = 0.25
@@ -76,6 +80,8 @@ class FlowState:
     ramp_to: float = 0.0
     refused_intervals: int = 0
     version: int = 0
+    idle_since: float = 0.0
+    """When the fleet last stopped calling (0: it is calling)."""
 
     @property
     def limit(self) -> int:
@@ -117,6 +123,7 @@ class FlowState:
             "ramp_to": self.ramp_to,
             "refused_intervals": self.refused_intervals,
             "version": self.version,
+            "idle_since": self.idle_since,
         }
         return {k: (v if isinstance(v, str) else repr(v)) for k, v in values.items()}
 
@@ -150,6 +157,7 @@ class FlowState:
                 f["ramp_to"],
                 int(f["refused_intervals"]),
                 int(f["version"]),
+                f.get("idle_since", 0.0),
             )
         except (KeyError, ValueError):
             return initial_state(cfg)
@@ -167,6 +175,14 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         return replace(state, breaker=breaker, ramp=0.0, refused_intervals=0, version=version)
     limit = state.limit
     busy = totals.in_flight_peak >= BUSY_SHARE * limit
+    calling = bool(totals.in_flight_peak or totals.ok or totals.losses or totals.failures)
+    idle_since = 0.0 if calling else (state.idle_since or now)
+    if idle_since and now - idle_since >= IDLE_FORGET_S:
+        # Nobody called the upstream for a while: what was learnt of it may be stale (it may
+        # have slowed down, or be another deployment's by now). Forget the latency baseline
+        # (the next answers set it) and, when no refusal ever set a level, start again from
+        # the slow start rather than bursting at a limit grown against a fast upstream.
+        state = replace(state, latency=initial_latency(cfg.latency), loss=_restart(state.loss, cfg))
     loss = next_loss(
         state.loss,
         losses=totals.losses,
@@ -202,7 +218,17 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         # The upstream means it: everyone waits (at least a second when it named no time).
         paused_until = max(paused_until, now + max(retry_after, 1.0))
         refused = 0
-    return FlowState(loss, latency, breaker, paused_until, ramp, ramp_to, refused, version)
+    return FlowState(
+        loss, latency, breaker, paused_until, ramp, ramp_to, refused, version, idle_since
+    )
+
+
+def _restart(loss: LossState, cfg: FlowConfig) -> LossState:
+    """The loss rule after an idle spell: a level set by refusals stays (it is what the
+    upstream takes); a limit that only grew comes back to the slow start."""
+    if loss.w_max:
+        return loss
+    return replace(loss, limit=min(loss.limit, initial_loss(cfg.loss).limit))
 
 
 def admission(mode: Mode, paused_s: float) -> Admission:
