@@ -357,7 +357,8 @@ def test_a_fleet_idle_for_two_seconds_forgets_the_upstream_it_knew():
     """Minutes at 1 ms, the limit grown to 512 without a refusal; 5 s without a call (the
     upstream may have changed meanwhile: here it answers in 50 ms). The baseline is learnt
     anew (no cut, no hold) and the limit comes back to the slow start (32, then doubling)
-    instead of bursting 512 calls at an upstream it no longer knows."""
+    instead of bursting 512 calls at an upstream it no longer knows. A limit the latency rule
+    learnt (a queue's knee) stays."""
     cfg = FlowConfig(ceiling=1024)
     state = initial_state(cfg)
     t = 0.0
@@ -369,6 +370,7 @@ def test_a_fleet_idle_for_two_seconds_forgets_the_upstream_it_knew():
         t += 0.25
         state = _interval(state, cfg, t)
     assert state.limit == 32 and state.latency.baseline_s == 0.0
+    assert state.latency.limit == 1024  # nothing was learnt against a queue here
     limits = []
     for _ in range(8):
         t += 0.25
@@ -398,6 +400,13 @@ def test_a_short_pause_or_a_learnt_refusal_level_is_kept():
         t += 0.25
         state = _interval(state, cfg, t)
     assert state.loss.w_max > 0 and refused_at <= state.loss.limit <= state.loss.w_max
+    # The knee of a queueing upstream, learnt by the latency rule, survives too (its baseline
+    # does not: the next answers set it).
+    state = replace(state, latency=LatencyState(limit=20.0, baseline_s=0.05))
+    for _ in range(12):
+        t += 0.25
+        state = _interval(state, cfg, t)
+    assert state.latency.limit == 20.0 and state.latency.baseline_s == 0.0
 
 
 # ---------------------------------------------------------------- pauses

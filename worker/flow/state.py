@@ -178,11 +178,13 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     calling = bool(totals.in_flight_peak or totals.ok or totals.losses or totals.failures)
     idle_since = 0.0 if calling else (state.idle_since or now)
     if idle_since and now - idle_since >= IDLE_FORGET_S:
-        # Nobody called the upstream for a while: what was learnt of it may be stale (it may
-        # have slowed down, or be another deployment's by now). Forget the latency baseline
-        # (the next answers set it) and, when no refusal ever set a level, start again from
-        # the slow start rather than bursting at a limit grown against a fast upstream.
-        state = replace(state, latency=initial_latency(cfg.latency), loss=_restart(state.loss, cfg))
+        # Nobody called the upstream for a while: what was learnt of its speed may be stale
+        # (it may have slowed down meanwhile). Forget the latency baseline (the next answers
+        # set it; the limit a queue taught stays) and, when no refusal ever set a level,
+        # start again from the slow start rather than bursting at a limit grown against a
+        # fast upstream.
+        latency = LatencyState(limit=state.latency.limit)
+        state = replace(state, latency=latency, loss=_restart(state.loss, cfg))
     loss = next_loss(
         state.loss,
         losses=totals.losses,
