@@ -353,6 +353,16 @@ def _interval(state: FlowState, cfg: FlowConfig, t: float, **kw: object) -> Flow
     return decide(state, totals(**kw), t, cfg)  # type: ignore[arg-type]
 
 
+def _busy(
+    state: FlowState, cfg: FlowConfig, t: float, n: int, *, ok: int, latency_s: float
+) -> tuple[FlowState, float]:
+    """``n`` intervals of a fleet that uses its whole limit; returns the state and the time."""
+    for _ in range(n):
+        t += 0.25
+        state = _interval(state, cfg, t, ok=ok, latency_s=latency_s, in_flight=int(state.limit))
+    return state, t
+
+
 def test_a_fleet_idle_for_two_seconds_forgets_the_upstream_it_knew():
     """Minutes at 1 ms, the limit grown to 512 without a refusal; 5 s without a call (the
     upstream may have changed meanwhile: here it answers in 50 ms). The baseline is learnt
@@ -360,11 +370,7 @@ def test_a_fleet_idle_for_two_seconds_forgets_the_upstream_it_knew():
     instead of bursting 512 calls at an upstream it no longer knows. A limit the latency rule
     learnt (a queue's knee) stays."""
     cfg = FlowConfig(ceiling=1024)
-    state = initial_state(cfg)
-    t = 0.0
-    for _ in range(240):
-        t += 0.25
-        state = _interval(state, cfg, t, ok=400, latency_s=0.001, in_flight=int(state.limit))
+    state, t = _busy(initial_state(cfg), cfg, 0.0, 240, ok=400, latency_s=0.001)
     assert state.limit >= 512 and state.latency.baseline_s < 0.002
     for _ in range(20):  # 5 s idle
         t += 0.25
@@ -383,11 +389,7 @@ def test_a_short_pause_or_a_learnt_refusal_level_is_kept():
     """Under 2 s without calls forgets nothing; a level set by refusals (capacity) survives
     any idle spell: it is what the upstream takes."""
     cfg = FlowConfig(ceiling=1024)
-    state = initial_state(cfg)
-    t = 0.0
-    for _ in range(40):
-        t += 0.25
-        state = _interval(state, cfg, t, ok=100, latency_s=0.001, in_flight=int(state.limit))
+    state, t = _busy(initial_state(cfg), cfg, 0.0, 40, ok=100, latency_s=0.001)
     grown = state.limit
     for _ in range(6):  # 1.5 s
         t += 0.25
