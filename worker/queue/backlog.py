@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Select, bindparam, exists, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
+from worker import pg_bulk
 from worker.models import Caller, Order
 from worker.states import RESTING
 
@@ -91,7 +92,7 @@ def claim(session: Session, ids: Sequence[str], *, now: datetime, grace_s: float
         return []
     until = now + timedelta(seconds=grace_s)
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
+    if pg_bulk.is_postgresql(conn):
         params = {"ids": sorted(ids), "now": now, "until": until}
         return [r[0] for r in conn.exec_driver_sql(_CLAIM_PG, params)]
     stmt = (

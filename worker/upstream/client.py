@@ -34,13 +34,13 @@ from worker.settings import Settings
 from worker.upstream.classify import error_for_exception, error_for_status
 from worker.upstream.token import TokenCache
 from worker.upstream.wire import (
-    KEEPALIVE_EXPIRY_S,
     HttpxWire,
     Reply,
     StdlibWire,
     Timeouts,
     Wire,
     proxied,
+    small_client,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -140,14 +140,7 @@ class UpstreamClient:
 
     def new_http_client(self) -> httpx.Client:
         """A small httpx client with our timeouts and SSL context (the token request)."""
-        return httpx.Client(
-            verify=self._ssl,
-            timeout=self._timeout,
-            transport=self._transport,
-            limits=httpx.Limits(
-                max_connections=4, max_keepalive_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S
-            ),
-        )
+        return small_client(self._timeout, self._ssl, self._transport)
 
     def _call(
         self,
@@ -298,9 +291,9 @@ def make_wire(
     """The wire the settings ask for: http.client, unless a proxy applies to the upstream,
     ``ORDERS_UPSTREAM_HTTP=httpx`` says so, or a transport is injected."""
     t = settings
+    if transport is not None or t.upstream_http == "httpx" or proxied(t.upstream_url):
+        return HttpxWire(t.upstream_url, timeouts(t), ssl_context, transport=transport)
     times = Timeouts(
         t.upstream_connect_timeout_s, t.upstream_write_timeout_s, t.upstream_read_timeout_s
     )
-    if transport is not None or t.upstream_http == "httpx" or proxied(t.upstream_url):
-        return HttpxWire(t.upstream_url, times, ssl_context, transport=transport)
     return StdlibWire(t.upstream_url, times, ssl_context)

@@ -225,28 +225,39 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
+def small_client(
+    timeout: httpx.Timeout,
+    ssl_context: ssl.SSLContext | None,
+    transport: httpx.BaseTransport | None = None,
+    *,
+    keepalive_s: float = KEEPALIVE_EXPIRY_S,
+) -> httpx.Client:
+    """An httpx client for one thread's calls (one at a time: a few connections suffice)."""
+    return httpx.Client(
+        verify=ssl_context or True,
+        timeout=timeout,
+        transport=transport,
+        limits=httpx.Limits(
+            max_connections=4, max_keepalive_connections=2, keepalive_expiry=keepalive_s
+        ),
+    )
+
+
 class HttpxWire:
     """An ``httpx.Client`` per thread: proxies from the environment, injected transports."""
 
     def __init__(
         self,
         base_url: str,
-        timeouts: Timeouts,
+        timeout: httpx.Timeout,
         ssl_context: ssl.SSLContext | None,
         *,
         transport: httpx.BaseTransport | None = None,
-        keepalive_s: float = KEEPALIVE_EXPIRY_S,
     ) -> None:
         self._base = base_url
-        self._timeout = httpx.Timeout(
-            connect=timeouts.connect,
-            read=timeouts.read,
-            write=timeouts.write,
-            pool=timeouts.connect,
-        )
+        self._timeout = timeout
         self._ssl = ssl_context
         self._transport = transport
-        self._keepalive_s = keepalive_s
         self._local = threading.local()
         self._all: list[httpx.Client] = []
         self._lock = threading.Lock()
@@ -254,17 +265,7 @@ class HttpxWire:
     def send(self, method: str, path: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = httpx.Client(
-                verify=self._ssl or True,
-                timeout=self._timeout,
-                transport=self._transport,
-                # One per thread, and a thread makes one call at a time.
-                limits=httpx.Limits(
-                    max_connections=4,
-                    max_keepalive_connections=2,
-                    keepalive_expiry=self._keepalive_s,
-                ),
-            )
+            client = small_client(self._timeout, self._ssl, self._transport)
             self._local.client = client
             with self._lock:
                 self._all.append(client)
