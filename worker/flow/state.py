@@ -28,7 +28,7 @@ BUSY_SHARE = 0.5
 # No call at all for this long: the latency baseline is forgotten and a limit that grew
 # without refusals starts again from the slow start (the idea of TCP's congestion window
 # validation, RFC 7661: a window not used is not known to be safe).
-IDLE_FORGET_S = 2.0
+IDLE_FORGET_S = 1.0
 # The latency rule reads this quantile of the interval's answer times: our own GIL and CPU
 # delays inflate some answers (the upper part), upstream queueing delays all of them.
 LATENCY_QUANTILE = 0.25
@@ -193,10 +193,16 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         now=now,
         cfg=cfg.loss,
     )
+    in_flight = totals.mean_in_flight(now, cfg.interval_s)
+    if state.idle_since:
+        # The fleet began calling again within this interval: the pause before dilutes the
+        # mean (a run that meets a slower upstream was held at a handful of calls and
+        # regrew 10 % an interval); what it reached is its peak.
+        in_flight = max(in_flight, float(totals.in_flight_peak))
     latency = next_latency(
         state.latency,
         median_s=totals.percentile_s(LATENCY_QUANTILE, min_samples=LATENCY_MIN_SAMPLES),
-        in_flight=totals.mean_in_flight(now, cfg.interval_s),
+        in_flight=in_flight,
         busy=busy,
         now=now,
         cfg=cfg.latency,
