@@ -1,7 +1,9 @@
 """The loss rule: how many calls in flight the upstream takes before it refuses. Pure.
 
 CUBIC applied to concurrency (the curve TCP CUBIC and the AWS SDKs' adaptive retry mode use):
-a refusal (429, 503) or a timeout cuts the limit to ``beta`` times the level that was refused;
+a refusal (429, 503) or a timeout cuts the limit to ``beta`` times the level that was refused
+(``soft_beta`` for one or two refusals: the top of a cycle just past the capacity, where a
+deep cut only leaves the upstream idle);
 the limit then climbs back along a cubic curve that is steep far below that level, flat near it
 (so the fleet spends most of its time just under the capacity) and steep again past it (so a
 capacity that grew is found). With capacity C the limit averages close to C, with refusals only
@@ -21,6 +23,11 @@ class LossConfig:
     min_limit: int = 1
     initial: int = 32
     beta: float = 0.7
+    soft_beta: float = 0.85
+    soft_share: float = 0.1
+    """Refusals up to this share of the refused level (two at least) cut by ``soft_beta``:
+    counted against the level, not the interval's calls, because the controller runs at once
+    on a refusal, on a window that may hold a handful of calls."""
     scale: float = 0.4
     """CUBIC's C: calls per s**3. With beta 0.7 the curve is back at a level of 16 in ~2.3 s."""
     cooldown_s: float = 0.4
@@ -46,7 +53,13 @@ def cubic_s(w_max: float, cfg: LossConfig) -> float:
 
 
 def next_loss(
-    state: LossState, *, losses: int, in_flight: int, busy: bool, now: float, cfg: LossConfig
+    state: LossState,
+    *,
+    losses: int,
+    in_flight: int,
+    busy: bool,
+    now: float,
+    cfg: LossConfig,
 ) -> LossState:
     """The loss limit after an interval with ``losses`` refusals or timeouts.
 
@@ -59,7 +72,8 @@ def next_loss(
     if losses and now - state.cut_at >= cfg.cooldown_s:
         # Refused with this many in flight: the capacity is below it, whatever the limit.
         level = max(float(cfg.min_limit), min(limit, float(in_flight) if in_flight else limit))
-        cut = max(float(cfg.min_limit), level * cfg.beta)
+        soft = losses <= max(2.0, cfg.soft_share * level)
+        cut = max(float(cfg.min_limit), level * (cfg.soft_beta if soft else cfg.beta))
         return LossState(limit=cut, w_max=level, cut_at=now)
     if losses:
         return replace(state, limit=limit)
@@ -83,3 +97,16 @@ def curve_time_s(level: float, w_max: float, cfg: LossConfig) -> float:
     """Seconds after a cut at which the curve reaches ``level`` (the inverse of the curve)."""
     x = (level - w_max) / cfg.scale
     return cubic_s(w_max, cfg) + math.copysign(abs(x) ** (1 / 3), x)
+
+
+def restart(state: LossState, *, now: float, cfg: LossConfig) -> LossState:
+    """The loss limit after an idle spell (nobody used it: it is not known to be safe, the
+    idea of RFC 7661). A limit that never met a refusal comes back to the slow start; one
+    that grew past the level last refused comes back to that level, on the curve's plateau
+    (it grew there on faith: a warm-up against a fast upstream took it from 32 to 433, and
+    the first interval against the same capacity at 50 ms refused 184 calls)."""
+    if not state.w_max:
+        return replace(state, limit=min(state.limit, initial_loss(cfg).limit))
+    if state.limit <= state.w_max:
+        return state
+    return LossState(limit=state.w_max, w_max=state.w_max, cut_at=now - cubic_s(state.w_max, cfg))

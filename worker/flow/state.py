@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from worker.flow.breaker import BreakerConfig, BreakerState, Mode, next_breaker
 from worker.flow.latency import LatencyConfig, LatencyState, initial_latency, next_latency
-from worker.flow.loss import LossConfig, LossState, initial_loss, next_loss
+from worker.flow.loss import LossConfig, LossState, initial_loss, next_loss, restart
 from worker.flow.window import Totals, clamp_retry_after_s
 
 # A Retry-After up to this long delays only the call it answered (its order waits it out);
@@ -180,11 +180,11 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     if idle_since and now - idle_since >= IDLE_FORGET_S:
         # Nobody called the upstream for a while: what was learnt of its speed may be stale
         # (it may have slowed down meanwhile). Forget the latency baseline (the next answers
-        # set it; the limit a queue taught stays) and, when no refusal ever set a level,
-        # start again from the slow start rather than bursting at a limit grown against a
-        # fast upstream.
+        # set it; the limit a queue taught stays) and bring the loss limit back to the level
+        # last refused (the slow start when none was) rather than bursting at a limit grown
+        # against a fast upstream.
         latency = LatencyState(limit=state.latency.limit)
-        state = replace(state, latency=latency, loss=_restart(state.loss, cfg))
+        state = replace(state, latency=latency, loss=restart(state.loss, now=now, cfg=cfg.loss))
     loss = next_loss(
         state.loss,
         losses=totals.losses,
@@ -229,14 +229,6 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     return FlowState(
         loss, latency, breaker, paused_until, ramp, ramp_to, refused, version, idle_since
     )
-
-
-def _restart(loss: LossState, cfg: FlowConfig) -> LossState:
-    """The loss rule after an idle spell: a level set by refusals stays (it is what the
-    upstream takes); a limit that only grew comes back to the slow start."""
-    if loss.w_max:
-        return loss
-    return replace(loss, limit=min(loss.limit, initial_loss(cfg.loss).limit))
 
 
 def admission(mode: Mode, paused_s: float) -> Admission:
