@@ -366,7 +366,25 @@ def test_after_an_outage_the_limit_restarts_at_half_and_doubles():
     for i in range(4):
         state = decide(state, totals(100, in_flight=state.limit), 10.25 + i * 0.25, cfg)
         limits.append(state.limit)
-    assert limits[0] >= 64 and state.ramp == 0
+    assert limits[0] >= 64 and state.ramp == 0 and state.ramp_to == 0
+
+
+@pytest.mark.parametrize("ramping", [True, False])
+def test_a_refusal_while_climbing_back_is_read_at_the_level_the_climb_allowed(
+    ramping: bool,
+) -> None:
+    """Back from an outage, the limit doubles to the old level 17 in two intervals and the
+    17th call is refused; the processes' reported peaks still read 11 (they lag). The level
+    refused is 17: the curve's plateau stays there (it was set at 11 and the fleet took 3 s
+    more to reach full speed, row f). Outside a climb the reported peak is the level."""
+    cfg = FlowConfig(ceiling=1024)
+    loss = LossState(limit=17.0, w_max=17.0, cut_at=0.0)
+    state = FlowState(loss, initial_latency(cfg.latency), ramp_to=17.0 if ramping else 0.0)
+    state = decide(state, totals(40, dropped=1, in_flight=11), 30.0, cfg)
+    if ramping:
+        assert state.loss.w_max == 17.0 and state.loss.limit == 17.0 * cfg.loss.soft_beta
+    else:
+        assert state.loss.w_max == 11.0
 
 
 def _interval(state: FlowState, cfg: FlowConfig, t: float, **kw: object) -> FlowState:

@@ -78,6 +78,8 @@ class FlowState:
     ramp: float = 0.0
     """After an outage: the limit climbs from half its old level, doubling each interval."""
     ramp_to: float = 0.0
+    """The level the climb heads for; kept one interval after the climb ends (the processes'
+    peaks in flight, reported at their syncs, lag a limit that doubles each interval)."""
     refused_intervals: int = 0
     version: int = 0
     idle_since: float = 0.0
@@ -185,10 +187,16 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         # against a fast upstream.
         latency = LatencyState(limit=state.latency.limit)
         state = replace(state, latency=latency, loss=restart(state.loss, now=now, cfg=cfg.loss))
+    refused_at = float(totals.in_flight_peak)
+    if state.ramp_to:
+        # Climbing back after an outage (or one interval after): the peaks the processes
+        # reported lag the doubling limit (a refusal at 17 calls read as 11 set the curve's
+        # plateau there for 3 s, row f): the level refused is at least what the climb allowed.
+        refused_at = max(refused_at, float(min(limit, int(state.ramp_to))))
     loss = next_loss(
         state.loss,
         losses=totals.losses,
-        in_flight=totals.in_flight_peak,
+        in_flight=int(refused_at),
         busy=busy,
         now=now,
         cfg=cfg.loss,
@@ -216,7 +224,9 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
     elif ramp:
         ramp = ramp * 2
         if ramp >= ramp_to:
-            ramp, ramp_to = 0.0, 0.0
+            ramp = 0.0  # ramp_to stays for one more interval (see refused_at above)
+    elif ramp_to:
+        ramp_to = 0.0
     refused = state.refused_intervals + 1 if totals.dropped else 0
     paused_until = state.paused_until
     retry_after = clamp_retry_after_s(totals.retry_after_s) or 0.0
