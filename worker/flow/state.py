@@ -25,9 +25,9 @@ LONG_RETRY_AFTER_S = 2.0
 REFUSED_INTERVALS_TO_PAUSE = 4
 # The fleet uses its limit when its peak in flight reaches this share of it.
 BUSY_SHARE = 0.5
-# No call at all for this long: the latency baseline is forgotten and a limit that grew
-# without refusals starts again from the slow start (the idea of TCP's congestion window
-# validation, RFC 7661: a window not used is not known to be safe).
+# No call at all for this long: the latency baseline is forgotten and the loss limit comes back
+# to the level last refused, or to the slow start when none was (the idea of TCP's congestion
+# window validation, RFC 7661: a window not used is not known to be safe).
 IDLE_FORGET_S = 1.0
 # The latency rule reads this quantile of the interval's answer times: our own GIL and CPU
 # delays inflate some answers (the upper part), upstream queueing delays all of them.
@@ -187,16 +187,16 @@ def decide(state: FlowState, totals: Totals, now: float, cfg: FlowConfig) -> Flo
         # against a fast upstream.
         latency = LatencyState(limit=state.latency.limit)
         state = replace(state, latency=latency, loss=restart(state.loss, now=now, cfg=cfg.loss))
-    refused_at = float(totals.in_flight_peak)
+    refused_at = totals.in_flight_peak
     if state.ramp_to:
         # Climbing back after an outage (or one interval after): the peaks the processes
         # reported lag the doubling limit (a refusal at 17 calls read as 11 set the curve's
         # plateau there for 3 s, row f): the level refused is at least what the climb allowed.
-        refused_at = max(refused_at, float(min(limit, int(state.ramp_to))))
+        refused_at = max(refused_at, min(limit, int(state.ramp_to)))
     loss = next_loss(
         state.loss,
         losses=totals.losses,
-        in_flight=int(refused_at),
+        in_flight=refused_at,
         busy=busy,
         now=now,
         cfg=cfg.loss,
