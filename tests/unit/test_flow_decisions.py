@@ -130,13 +130,14 @@ def test_a_refusal_cuts_to_beta_of_the_refused_level_once_per_cooldown():
 
 
 def test_a_refusal_at_the_top_of_a_cycle_cuts_less_than_a_burst_of_them():
-    """One or two refused calls at 17 (the limit just past a capacity of 16) take 15 % off;
-    184 at 200 (a limit far past it) take 30 %, and so do 3 at 17."""
+    """One or two refused calls at 17 (the limit just past a capacity of 16) bring the limit
+    to the capacity they show (16, 15); 184 at 200 (a limit far past it) take 30 %, and so
+    do 3 at 17."""
     cfg = LossConfig(ceiling=1024)
     for losses in (1, 2):
         top = next_loss(LossState(limit=17.0, w_max=17.0), losses=losses, in_flight=17,
                         busy=True, now=10.0, cfg=cfg)  # fmt: skip
-        assert top.limit == 17 * cfg.soft_beta and top.w_max == 17
+        assert top.limit == 17 - losses and top.w_max == 17
     more = next_loss(LossState(limit=17.0, w_max=17.0), losses=3, in_flight=17, busy=True,
                      now=10.0, cfg=cfg)  # fmt: skip
     assert more.limit == 17 * cfg.beta
@@ -189,10 +190,11 @@ def simulate_capacity_by_refusal(
 
 @pytest.mark.parametrize("capacity", [16, 64])
 def test_capacity_by_refusal_runs_near_capacity_with_few_refusals(capacity: int) -> None:
-    """No ceiling: at least 94 % of ideal and at most 1 % refused (the real fleet loses a
-    few more percent to permits idle between chunks: matrix row d)."""
+    """No ceiling: at least 98 % of ideal and at most 1 % refused (the real fleet loses a
+    few more percent to permits idle between chunks: matrix row d). A cut to 0.85 of the
+    level at the top of each cycle gave 96 % at 16 and 94 % at 64."""
     goodput, refused = simulate_capacity_by_refusal(capacity, ceiling=1024)
-    assert goodput >= 0.94
+    assert goodput >= 0.98
     assert refused <= 0.01
 
 
@@ -382,7 +384,7 @@ def test_a_refusal_while_climbing_back_is_read_at_the_level_the_climb_allowed(
     state = FlowState(loss, initial_latency(cfg.latency), ramp_to=17.0 if ramping else 0.0)
     state = decide(state, totals(40, dropped=1, in_flight=11), 30.0, cfg)
     if ramping:
-        assert state.loss.w_max == 17.0 and state.loss.limit == 17.0 * cfg.loss.soft_beta
+        assert state.loss.w_max == 17.0 and state.loss.limit == 16.0
     else:
         assert state.loss.w_max == 11.0
 

@@ -1,9 +1,9 @@
 """The loss rule: how many calls in flight the upstream takes before it refuses. Pure.
 
 CUBIC applied to concurrency (the curve TCP CUBIC and the AWS SDKs' adaptive retry mode use):
-a refusal (429, 503) or a timeout cuts the limit to ``beta`` times the level that was refused
-(``soft_beta`` for one or two refusals: the top of a cycle just past the capacity, where a
-deep cut only leaves the upstream idle);
+a burst of refusals (429, 503) or timeouts cuts the limit to ``beta`` times the level that was
+refused; one or two (the top of a cycle just past the capacity, where a deep cut only leaves
+the upstream idle) take the limit to the level less the calls refused, the capacity they show;
 the limit then climbs back along a cubic curve that is steep far below that level, flat near it
 (so the fleet spends most of its time just under the capacity) and steep again past it (so a
 capacity that grew is found). With capacity C the limit averages close to C, with refusals only
@@ -23,11 +23,11 @@ class LossConfig:
     min_limit: int = 1
     initial: int = 32
     beta: float = 0.7
-    soft_beta: float = 0.85
     soft_share: float = 0.1
-    """Refusals up to this share of the refused level (two at least) cut by ``soft_beta``:
-    counted against the level, not the interval's calls, because the controller runs at once
-    on a refusal, on a window that may hold a handful of calls."""
+    """Refusals up to this share of the refused level (two at least) are the top of a cycle:
+    the limit goes to the level less the calls refused (the capacity they show), not to
+    ``beta`` of it. Counted against the level, not the interval's calls, because the
+    controller runs at once on a refusal, on a window that may hold a handful of calls."""
     scale: float = 0.4
     """CUBIC's C: calls per s**3. With beta 0.7 the curve is back at a level of 16 in ~2.3 s."""
     cooldown_s: float = 0.4
@@ -73,7 +73,10 @@ def next_loss(
         # Refused with this many in flight: the capacity is below it, whatever the limit.
         level = max(float(cfg.min_limit), min(limit, float(in_flight) if in_flight else limit))
         soft = losses <= max(2.0, cfg.soft_share * level)
-        cut = max(float(cfg.min_limit), level * (cfg.soft_beta if soft else cfg.beta))
+        # A burst: the capacity is well below, or it fell. One or two at the top of a cycle:
+        # the level less those is what the upstream took (a cut to beta left a quarter of
+        # the capacity idle for a second of each 2.6 s cycle, row d).
+        cut = max(float(cfg.min_limit), level - losses if soft else level * cfg.beta)
         return LossState(limit=cut, w_max=level, cut_at=now)
     if losses:
         return replace(state, limit=limit)
