@@ -187,7 +187,9 @@ class Matrix:
 
     def capacity_row(self, warm: bool, *, ceiling: bool, mode: str) -> dict[str, float]:
         extra = {"ORDERS_UPSTREAM_MAX_IN_FLIGHT": "16"} if ceiling else {}
-        stub = {"latency_ms": 50, "capacity": 16, "capacity_mode": mode}
+        # ``--capacity-stub``: other upstreams of the same capacity and latency (a 503, no or
+        # a longer Retry-After, jitter) than the stub's defaults.
+        stub = {"latency_ms": 50, "capacity": 16, "capacity_mode": mode, **self.args.capacity_stub}
         with self.fresh(extra, **stub) as procs:
             if warm:
                 self.warm(0.0)
@@ -432,10 +434,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-orders", type=int, default=100)
     parser.add_argument("--fair-big", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="matrix: fewer orders, short waits")
+    parser.add_argument(
+        "--capacity-stub",
+        type=json.loads,
+        default={},
+        help="rows c-e: JSON of stub settings on top of capacity 16 at 50 ms, e.g. "
+        '\'{"over_capacity_status": 503, "capacity_retry_after_s": 0, "jitter_sigma": 0.3}\'',
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the matrix and print the table with the load average."""
+    fixed = sorted({"latency_ms", "capacity", "capacity_mode"} & set(args.capacity_stub))
+    if fixed:
+        # The ideal (160 orders/s) and the rows' meaning rest on these.
+        raise SystemExit(f"--capacity-stub may not set {', '.join(fixed)}")
     if args.quick:
         args.orders = min(args.orders, 800)
         args.outage_orders = min(args.outage_orders, 1000)
