@@ -27,32 +27,26 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api_stub.testing import StubControl, stub_process
-from bench.pipeline import PREVIEW_PATH, payload
+from bench.pipeline import PREVIEW_PATH, payload, previews_until
 
 
 def _threads(url: str, token: str, n: int, seconds: float, out: Any) -> None:
     """``n`` threads, each a client calling back to back; puts (calls ok, latencies)."""
-    done = [0]
+    done: list[int] = []  # one count per thread (list.append is atomic)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
 
     def loop() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
-            i = 0
-            while time.monotonic() < stop:
-                started = time.perf_counter()
-                response = http.post(PREVIEW_PATH, json=payload(i, True))
-                latencies.append(time.perf_counter() - started)
-                i += 1
-                done[0] += response.status_code == 200
+            done.append(previews_until(http, stop, latencies))
 
     workers = [threading.Thread(target=loop) for _ in range(n)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
-    out.put((done[0], latencies))
+    out.put((sum(done), latencies))
 
 
 def processes(url: str, token: str, procs: int, threads: int, seconds: float) -> tuple[int, list]:

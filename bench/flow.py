@@ -44,7 +44,7 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from api_stub.testing import StubControl, stub_process  # noqa: E402
-from bench.pipeline import PREVIEW_PATH, Db, payload  # noqa: E402
+from bench.pipeline import Db, previews_until  # noqa: E402
 from worker.db import dispose_all  # noqa: E402
 from worker.queue.app import configure  # noqa: E402
 from worker.queue.dispatcher import build_dispatcher  # noqa: E402
@@ -158,22 +158,20 @@ class Bench:
     def raw_calls_per_s(self, threads: int = 16, seconds: float = 3.0) -> float:
         """Previews/s of ``threads`` plain httpx clients, back to back (what the box allows)."""
         token = self.stub.token()
-        done = [0]
+        done: list[int] = []  # one count per thread (list.append is atomic)
         stop = time.monotonic() + seconds
 
         def loop() -> None:
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=self.stub_url, headers=headers, timeout=10) as http:
-                while time.monotonic() < stop:
-                    if http.post(PREVIEW_PATH, json=payload(done[0], True)).status_code == 200:
-                        done[0] += 1
+                done.append(previews_until(http, stop))
 
         workers = [threading.Thread(target=loop) for _ in range(threads)]
         for t in workers:
             t.start()
         for t in workers:
             t.join()
-        return done[0] / seconds
+        return sum(done) / seconds
 
     def capacity(self, ceiling: int | None) -> dict[str, float]:
         self.reset(latency_ms=50, capacity=16)

@@ -105,6 +105,20 @@ def code_version() -> str:
     return f"HEAD {head or '?'}, worker/ sha256 {digest.hexdigest()[:12]} ({dirty} changed files)"
 
 
+def previews_until(http: httpx.Client, stop: float, latencies: list[float] | None = None) -> int:
+    """Previews over ``http`` one after another until ``stop`` (``time.monotonic``); returns
+    how many answered 200 (and appends each call's seconds to ``latencies``)."""
+    ok = i = 0
+    while time.monotonic() < stop:
+        started = time.perf_counter()
+        response = http.post(PREVIEW_PATH, json=payload(i, True))
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
+        i += 1
+        ok += response.status_code == 200
+    return ok
+
+
 def payload(n: int, immediately: bool) -> dict[str, Any]:
     """A valid ``new`` order payload (as tests/helpers.new_payload)."""
     return {

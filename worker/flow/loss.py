@@ -74,8 +74,8 @@ def next_loss(
         level = max(float(cfg.min_limit), min(limit, float(in_flight) if in_flight else limit))
         soft = losses <= max(2.0, cfg.soft_share * level)
         # A burst: the capacity is well below, or it fell. One or two at the top of a cycle:
-        # the level less those is what the upstream took (a cut to beta left a quarter of
-        # the capacity idle for a second of each 2.6 s cycle, row d).
+        # the level less those is what the upstream took (a cut to 0.85 of the level left
+        # one or two of 16 slots idle for a second of each 2.6 s cycle, row d).
         cut = max(float(cfg.min_limit), level - losses if soft else level * cfg.beta)
         return LossState(limit=cut, w_max=level, cut_at=now)
     if losses:
