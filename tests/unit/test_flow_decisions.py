@@ -303,6 +303,33 @@ def test_capacity_by_slowing_down_holds_near_capacity():
     assert over <= 1.5
 
 
+def test_once_the_knee_is_known_a_cycle_never_dips_below_the_capacity():
+    """The first slowdown is cut until the median stops falling (its baseline may have been
+    queued); after that, a cut that brings the median back within the tolerance holds. A
+    second cut would take the fleet below the knee for the length of its verdict (12 of 16
+    calls, the upstream's capacity idle: row e of the matrix)."""
+    cfg = FlowConfig(ceiling=1024)
+    state = initial_state(cfg)
+    limits = []
+    for i in range(int(30 / INTERVAL_S)):
+        n = state.limit
+        latency = 0.05 * max(1.0, n / 16)
+        window = totals(
+            int(n * INTERVAL_S / latency),
+            latency_s=latency,
+            in_flight=n,
+            peak=n,
+            held_s=n * INTERVAL_S,
+            started_s=i * INTERVAL_S,
+        )
+        state = decide(state, window, (i + 1) * INTERVAL_S, cfg)
+        limits.append(state.limit)
+    assert state.latency.knee_known
+    steady = limits[int(10 / INTERVAL_S) :]
+    assert min(steady) >= 16
+    assert sum(steady) / len(steady) <= 1.5 * 16
+
+
 def test_a_cut_above_what_is_in_flight_is_no_test():
     """The outside run's failure: 50 calls out (peaks of 100) against a 16-call upstream
     that queues. A cut from the peak left the calls in flight where they were, the median

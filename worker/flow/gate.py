@@ -150,6 +150,10 @@ class Gate:
         lease = self._lease
         return None if lease is None else min(lease.target, self.store.cfg.ceiling)
 
+    def allotment(self) -> int | None:
+        """Permits this process may hold now (its lease's allotment); None before it has one."""
+        return None if self._lease is None else self._allot
+
     def admission(self) -> Admission:
         """What the shared state (as this process last saw it) allows a new call now."""
         self._ensure_syncer()

@@ -46,6 +46,9 @@ class LatencyState:
     """The calls in flight (the interval's mean) the pending cut started from."""
     over: int = 0
     """Intervals in a row whose median was above the tolerance (a cut needs ``OVER_TO_CUT``)."""
+    knee_known: bool = False
+    """Whether a cut whose median did not fall showed the baseline to be the upstream's own
+    (until then, the first median seen may have been queued: cuts go on while it falls)."""
 
 
 # A slowdown must last this many intervals before a cut: one stalled moment of our own (a
@@ -97,7 +100,7 @@ def next_latency(
     if median_s is None:
         # Too few answers to judge (they carry over to the next interval).
         if state.cut_from and now - state.cut_at > STALE_CUT_S:
-            return LatencyState(limit=min(ceiling, state.cut_from), baseline_s=state.baseline_s)
+            return _held(state, min(ceiling, state.cut_from), state.baseline_s)
         if busy and not state.cut_from and not state.over:
             # No sign of a slowdown: no reason to hold back a fleet that uses its limit.
             return replace(state, limit=min(ceiling, limit * cfg.growth + 1))
@@ -121,8 +124,8 @@ def next_latency(
             # They never came down (fewer than the limit, or more work came): no test.
             # Still slow: cut from what is in flight now.
             if median_s > high:
-                return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
-            return LatencyState(limit=limit, baseline_s=baseline)
+                return _cut(state, limit, median_s, in_flight, baseline, high, now, cfg, test=True)
+            return _held(state, limit, baseline)
         # Queueing: the median fell with the calls in flight (half of that at least).
         fell = median_s <= state.cut_median_s * (1 - 0.5 * (1 - state.cut_ratio))
         if not fell:
@@ -130,18 +133,19 @@ def next_latency(
             # (slower for everyone, or the level below the knee): the new baseline, and back
             # to the calls in flight before the cut (not to a limit nobody was using).
             back = min(state.cut_from, max(limit, state.cut_base))
-            return LatencyState(limit=back, baseline_s=median_s)
-        if median_s <= high and median_s < 0.5 * state.cut_ratio * state.cut_median_s:
-            # Back within the tolerance, far below what the cut alone explains (queueing
-            # falls in proportion to the calls in flight): the slow moment passed. Hold here
-            # and grow again from the next interval.
-            return LatencyState(limit=limit, baseline_s=baseline)
-        # It fell but is still high: past the knee, so keep going down until it stops
-        # falling (a baseline first seen while already queueing is found this way too).
-        return _cut(limit, median_s, in_flight, baseline, high, now, cfg)
+            return LatencyState(limit=back, baseline_s=median_s, knee_known=True)
+        if median_s <= high and state.knee_known:
+            # Back within the tolerance of a baseline an earlier cut showed to be the
+            # upstream's own: this cut found the knee again (or the slow moment passed).
+            # Hold here and grow again from the next interval; a second cut would take the
+            # fleet below the knee and leave the upstream's capacity idle for its verdict.
+            return LatencyState(limit=limit, baseline_s=baseline, knee_known=True)
+        # It fell but is still high, or the baseline may have been seen while queueing: past
+        # the knee, so keep going down until it stops falling.
+        return _cut(state, limit, median_s, in_flight, baseline, high, now, cfg)
     if median_s <= high:
         grown = min(ceiling, limit * cfg.growth + 1) if busy else limit
-        return LatencyState(limit=grown, baseline_s=baseline)
+        return _held(state, grown, baseline)
     if state.over + 1 < OVER_TO_CUT:
         # Not a cut yet, but no growth past what is in flight either (the loss rule's slow
         # start would otherwise double the calls into a queue while this one waits). Except
@@ -153,11 +157,17 @@ def next_latency(
             held = min(limit, current or limit)
         else:
             held = max(float(cfg.min_limit), min(limit, in_flight)) if in_flight else limit
-        return LatencyState(limit=held, baseline_s=baseline, over=state.over + 1)
-    return _cut(limit, median_s, in_flight, baseline, high, now, cfg, test=True)
+        return _held(state, held, baseline, over=state.over + 1)
+    return _cut(state, limit, median_s, in_flight, baseline, high, now, cfg, test=True)
+
+
+def _held(state: LatencyState, limit: float, baseline_s: float, over: int = 0) -> LatencyState:
+    """No cut pending: ``limit`` and ``baseline_s``, what the state knew of the knee kept."""
+    return LatencyState(limit=limit, baseline_s=baseline_s, over=over, knee_known=state.knee_known)
 
 
 def _cut(
+    state: LatencyState,
     limit: float,
     median_s: float,
     in_flight: float,
@@ -179,7 +189,7 @@ def _cut(
         # Nothing left to take off (the minimum): no test can tell queueing from a slower
         # upstream here, and waiting for a verdict that cannot come stalls the fleet. The
         # upstream is this slow: the new baseline, and the limit stays where it is.
-        return LatencyState(limit=max(limit, cut), baseline_s=median_s)
+        return LatencyState(limit=max(limit, cut), baseline_s=median_s, knee_known=True)
     return LatencyState(
         limit=cut,
         baseline_s=baseline_s,
@@ -188,4 +198,5 @@ def _cut(
         cut_median_s=median_s,
         cut_at=now,
         cut_base=base,
+        knee_known=state.knee_known,
     )

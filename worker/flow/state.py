@@ -114,6 +114,7 @@ class FlowState:
             "lat_cut_at": la.cut_at,
             "cut_base": la.cut_base,
             "lat_over": la.over,
+            "lat_knee": int(la.knee_known),
             "mode": str(br.mode),
             "since": br.since,
             "epoch": br.epoch,
@@ -145,6 +146,7 @@ class FlowState:
                     f["lat_cut_at"],
                     f["cut_base"],
                     int(f["lat_over"]),
+                    bool(f.get("lat_knee", 0.0)),
                 ),
                 BreakerState(
                     Mode(raw["mode"]),

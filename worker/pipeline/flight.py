@@ -56,8 +56,12 @@ class Flight:
         future = self.executor.submit(self.call, order, step)
         self.pending[future] = (order, step)
 
-    def land(self) -> None:
-        """Apply every answer as it comes back; start submits after won previews."""
+    def land(self, until: Callable[[int], bool] | None = None) -> bool:
+        """Apply every answer as it comes back; start submits after won previews.
+
+        With ``until``, stop early (returning False) once ``until(calls still pending)`` is
+        true after an answer was applied: the rest can land on another thread.
+        """
         while self.pending:
             timeout = max(0.0, self.next_beat - time.monotonic())
             done, rest = wait(list(self.pending), timeout, FIRST_COMPLETED)
@@ -70,6 +74,9 @@ class Flight:
             if time.monotonic() >= self.next_beat:
                 self.renew([order.id for order, _ in self.pending.values()])
                 self.next_beat = time.monotonic() + self.beat_s
+            if done and self.pending and until is not None and until(len(self.pending)):
+                return False
+        return True
 
     def _apply(self, done: set[Call]) -> None:
         answers: list[Answer] = [(*self.pending.pop(f), *f.result()) for f in done]

@@ -43,6 +43,7 @@ from worker.upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
     from worker.flow.gate import Gate
+    from worker.pipeline.tail import Tail
 
 S = Status
 T = TypeVar("T")
@@ -143,15 +144,50 @@ class Pipeline:
     def run(self, ids: Sequence[str]) -> RunResult:
         """Take every due order of ``ids`` as far as it can go now: claim them (or leave them
         waiting while the fleet may not call), make the calls, reconcile ambiguous submits."""
+        claimed, run, flight = self._begin(ids)
+        flight.land()
+        self._end(claimed, run)
+        return run.result
+
+    def run_overlapped(
+        self, ids: Sequence[str], *, tail: Tail, then: Callable[[RunResult], None]
+    ) -> bool:
+        """:meth:`run`, handing the run's last calls to ``tail`` once they no longer fill this
+        process's permits (see ``worker/pipeline/tail.py``). ``then`` gets the result when
+        the run is over, here or on the tail's thread. Returns whether the tail took over."""
+        claimed, run, flight = self._begin(ids)
+        gate = self.gate
+        started = len(flight.pending)
+
+        def tail_starts(pending: int) -> bool:
+            # Only a run that waited for permits (more calls than the process's allotment):
+            # with room to spare, its next message would only add threads to a busy CPU.
+            allotment = gate.allotment() if gate is not None else None
+            return allotment is not None and pending <= allotment < started and tail.free()
+
+        def rest() -> None:
+            flight.land()
+            self._end(claimed, run)
+            then(run.result)
+
+        if not flight.land(until=tail_starts) and tail.hand_off(rest):
+            return True
+        rest()
+        return False
+
+    def _begin(self, ids: Sequence[str]) -> tuple[_Claimed, _Run, Flight]:
+        """Claim the due orders of ``ids`` (or hold them back) and start their calls."""
         now = utcnow()
         run = _Run(new_id("lease"), now + timedelta(seconds=self.settings.lease_s))
         claimed = self._claim(ids, run, now)
         if claimed.probe:
             self._probe(claimed.probe)
-        self._fly(claimed, run)
+        return claimed, run, self._fly(claimed, run)
+
+    def _end(self, claimed: _Claimed, run: _Run) -> None:
+        """After the calls landed: look upstream for the run's ambiguous submits."""
         if claimed.unknown:
             self._reconcile([claimed.orders[i] for i in claimed.unknown], run)
-        return run.result
 
     def _claim(self, ids: Sequence[str], run: _Run, now: datetime) -> _Claimed:
         """One transaction: load the due orders, hold them back if the fleet may not call,
@@ -191,8 +227,8 @@ class Pipeline:
         run.attempts.update((e["order_id"], e["attempt"]) for e in events)
         return _Claimed(orders, events, follow, unknown, probe)
 
-    def _fly(self, claimed: _Claimed, run: _Run) -> None:
-        """The claimed orders' calls, each answer applied as it comes back."""
+    def _fly(self, claimed: _Claimed, run: _Run) -> Flight:
+        """The claimed orders' calls, started; each answer is applied as it comes back."""
         flight = Flight(
             self.executor,
             call=self.call,
@@ -205,7 +241,7 @@ class Pipeline:
             flight.start(claimed.orders[event["order_id"]], step)
         for order_id in claimed.follow:
             flight.start(claimed.orders[order_id], "follow")
-        flight.land()
+        return flight
 
     def _reconcile(self, held: list[OrderLike], run: _Run) -> None:
         """Look upstream for ambiguous submits (``submit_unknown``) and apply what it says."""

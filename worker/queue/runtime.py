@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
@@ -18,6 +18,7 @@ from worker.embedded_redis import resolve_redis_url
 from worker.flow.gate import Gate
 from worker.flow.setup import build_gate
 from worker.pipeline.run import Pipeline
+from worker.pipeline.tail import Tail
 from worker.queue.app import configure
 from worker.queue.dispatcher import Dispatcher, build_dispatcher
 from worker.redis_client import redis_client
@@ -38,10 +39,13 @@ class Runtime:
     pipeline: Pipeline
     gate: Gate
     dispatcher: Dispatcher
+    tail: Tail = field(default_factory=Tail)
+    """Where a run's last calls land while the process's next message starts."""
     name: str = ""
     """This process, as the dispatcher counts live worker processes."""
 
     def close(self) -> None:
+        self.tail.join(self.settings.lease_s)
         self.gate.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.upstream.close()
@@ -64,7 +68,7 @@ def build_runtime(settings: Settings, redis_url: str) -> Runtime:
     dispatcher = build_dispatcher(settings, client, celery, gate=gate)
     name = f"{socket.gethostname()}:{os.getpid()}"
     return Runtime(
-        settings, client, celery, tokens, upstream, executor, pipeline, gate, dispatcher, name
+        settings, client, celery, tokens, upstream, executor, pipeline, gate, dispatcher, name=name
     )
 
 
@@ -76,6 +80,11 @@ def get_runtime() -> Runtime:
         _runtime = build_runtime(settings, resolve_redis_url(settings, start_if_missing=False))
         _pid = os.getpid()
     return _runtime
+
+
+def peek_runtime() -> Runtime | None:
+    """This process's runtime if it was built (never builds one)."""
+    return _runtime if _runtime is not None and _pid == os.getpid() else None
 
 
 def reset_runtime() -> None:

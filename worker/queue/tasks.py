@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
 from worker.batches import watch as batch_watch
 from worker.db import dispose_all, transaction
 from worker.ids import utcnow
 from worker.pipeline import retention, sweeper
+from worker.pipeline.run import RunResult
 from worker.queue import backlog, watchdog  # noqa: F401  (watchdog: arms the stall check)
 from worker.queue.app import (
     LAST_SWEEP_KEY,
@@ -33,7 +34,7 @@ from worker.queue.app import (
 )
 from worker.queue.dispatcher import note_worker_process
 from worker.queue.enqueue import enqueue_deliveries
-from worker.queue.runtime import get_runtime, reset_runtime
+from worker.queue.runtime import get_runtime, peek_runtime, reset_runtime
 from worker.webhooks.delivery import Deliverer
 from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
@@ -52,23 +53,31 @@ def _requeue(pairs: Sequence[tuple[str, float]]) -> dict[float, list[str]]:
 
 @app.task(name=TASK_PROCESS, bind=True, max_retries=5)
 def process_orders(self: Task[[list[str]], int], order_ids: list[str]) -> int:
-    """Take the given orders as far as they can go; short waits come back with a countdown."""
+    """Take the given orders as far as they can go; short waits come back with a countdown.
+
+    The run's last calls may land on the process's tail thread while the next message starts
+    (``worker/pipeline/tail.py``): then what the run leaves is sent from there."""
     rt = get_runtime()
     note_worker_process(rt.redis, rt.name)
     try:
-        result = rt.pipeline.run(order_ids)
+        rt.pipeline.run_overlapped(order_ids, tail=rt.tail, then=_after_run)
     except OperationalError as exc:
         # The database is unreachable: nothing moved; try the message again shortly.
         raise self.retry(exc=exc, countdown=5) from exc
+    # This process has room again: refill the queue from the backlog.
+    rt.dispatcher.run()
+    return len(order_ids)
+
+
+def _after_run(result: RunResult) -> None:
+    """What a run leaves: countdown ticks for short waits, webhook deliveries."""
+    rt = get_runtime()
     for delay, ids in _requeue(result.requeue).items():
         # A short wait is a countdown tick that dispatches whatever is due then: retries and
         # follow-ups go out through the same fair share as new orders.
         app.send_task(TASK_DISPATCH, args=[ids], queue=QUEUE_ORDERS, countdown=delay or None)
     if result.deliveries:
         enqueue_deliveries(rt.celery, result.deliveries, chunk_size=rt.settings.webhook_chunk_size)
-    # This process has room again: refill the queue from the backlog.
-    rt.dispatcher.run()
-    return result.moved
 
 
 @app.task(name=TASK_DISPATCH)
@@ -154,6 +163,14 @@ def deliver(delivery_ids: list[str]) -> int:
             rt.celery, ids, chunk_size=rt.settings.webhook_chunk_size, countdown_s=delay
         )
     return len(delivery_ids)
+
+
+@worker_process_shutdown.connect
+def _before_exit(**_: object) -> None:
+    # A warm shutdown lets the tail of the last run land (its calls and their answers).
+    rt = peek_runtime()
+    if rt is not None:
+        rt.tail.join(rt.settings.lease_s)
 
 
 @worker_process_init.connect
