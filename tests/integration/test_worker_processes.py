@@ -109,9 +109,15 @@ def test_short_token_lifetime(cluster, caller_id):
 
 
 @pytest.mark.long
-def test_worker_killed_mid_batch(cluster, caller_id):
-    """SIGKILL of the worker mid-batch, then a restart: nothing lost, nothing created twice."""
+@pytest.mark.parametrize("ceiling", [None, 8], ids=["no-ceiling", "ceiling-8"])
+def test_worker_killed_mid_batch(cluster, caller_id, ceiling):
+    """SIGKILL of the worker mid-batch, then a restart: nothing lost, nothing created twice.
+    With a ceiling of 8 each of the 2 processes holds 4 permits for chunks of 12: its runs hand
+    their last calls to the tail thread (``worker/pipeline/tail.py``), and the kill takes
+    tails down with their calls out."""
     cluster.env["ORDERS_SUBMIT_UNKNOWN_POLICY"] = "resubmit"
+    if ceiling:
+        cluster.env["ORDERS_UPSTREAM_MAX_IN_FLIGHT"] = str(ceiling)
     cluster.stub.configure(latency_ms=40)
     worker = cluster.worker()
     cluster.beat()
