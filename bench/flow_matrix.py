@@ -7,7 +7,7 @@ prints as one table with each row's target and PASS/MISS. Rows (``--rows a,b,...
 * ``a``: no capacity, 50 ms, from the first POST (``bench/e2e.py``): pipeline / naive loop,
   fresh and after ``--warm-s`` at 0 ms. Target >= 30x.
 * ``b``: no capacity, jitter sigma 0.5, 50 ms then 200 ms then 20 ms in one run, each phase
-  against the same phase on fresh processes. Target >= 0.8x.
+  against the same phase on fresh processes (odd repeats run the one run first). Target >= 0.8x.
 * ``c``: capacity 16 by refusal (429, ``Retry-After: 1``) at 50 ms, ceiling 16
   (``ORDERS_UPSTREAM_MAX_IN_FLIGHT``). Target >= 90 % of ideal (160 orders/s), <= 1 % refused.
 * ``d``: the same, ceiling unset. Target >= 85 %, <= 2 % refused.
