@@ -134,12 +134,14 @@ def next_latency(
             # to the calls in flight before the cut (not to a limit nobody was using).
             back = min(state.cut_from, max(limit, state.cut_base))
             return LatencyState(limit=back, baseline_s=median_s, knee_known=True)
-        if median_s <= high and state.knee_known:
-            # Back within the tolerance of a baseline an earlier cut showed to be the
-            # upstream's own: this cut found the knee again (or the slow moment passed).
-            # Hold here and grow again from the next interval; a second cut would take the
-            # fleet below the knee and leave the upstream's capacity idle for its verdict.
-            return LatencyState(limit=limit, baseline_s=baseline, knee_known=True)
+        passed = median_s < 0.5 * state.cut_ratio * state.cut_median_s
+        if median_s <= high and (state.knee_known or passed):
+            # Back within the tolerance: far below what the cut alone explains (queueing
+            # falls in proportion to the calls in flight), the slow moment passed; or of a
+            # baseline an earlier cut showed to be the upstream's own, the cut found the knee
+            # again. Hold here and grow again from the next interval; a second cut would take
+            # the fleet below the knee and leave the upstream's capacity idle for its verdict.
+            return _held(state, limit, baseline)
         # It fell but is still high, or the baseline may have been seen while queueing: past
         # the knee, so keep going down until it stops falling.
         return _cut(state, limit, median_s, in_flight, baseline, high, now, cfg)

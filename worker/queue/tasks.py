@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import structlog
 from celery import Task
@@ -34,7 +35,7 @@ from worker.queue.app import (
 )
 from worker.queue.dispatcher import note_worker_process
 from worker.queue.enqueue import enqueue_deliveries
-from worker.queue.runtime import get_runtime, peek_runtime, reset_runtime
+from worker.queue.runtime import Runtime, get_runtime, peek_runtime, reset_runtime
 from worker.webhooks.delivery import Deliverer
 from worker.webhooks.slots import DeliveryClaims, EndpointSlots
 
@@ -60,7 +61,7 @@ def process_orders(self: Task[[list[str]], int], order_ids: list[str]) -> int:
     rt = get_runtime()
     note_worker_process(rt.redis, rt.name)
     try:
-        rt.pipeline.run_overlapped(order_ids, tail=rt.tail, then=_after_run)
+        rt.pipeline.run_overlapped(order_ids, tail=rt.tail, then=partial(_after_run, rt))
     except OperationalError as exc:
         # The database is unreachable: nothing moved; try the message again shortly.
         raise self.retry(exc=exc, countdown=5) from exc
@@ -69,9 +70,8 @@ def process_orders(self: Task[[list[str]], int], order_ids: list[str]) -> int:
     return len(order_ids)
 
 
-def _after_run(result: RunResult) -> None:
+def _after_run(rt: Runtime, result: RunResult) -> None:
     """What a run leaves: countdown ticks for short waits, webhook deliveries."""
-    rt = get_runtime()
     for delay, ids in _requeue(result.requeue).items():
         # A short wait is a countdown tick that dispatches whatever is due then: retries and
         # follow-ups go out through the same fair share as new orders.
